@@ -1,0 +1,21 @@
+"""gdjax: the gradient-descent family as optax transformations, and AlexNet trained the 2012 way.
+
+The public API is exactly ``__all__``: the optimizers (also under :mod:`gdjax.optim`, with
+their building blocks) and the subpackages.
+"""
+
+from gdjax import optim
+from gdjax.optim import adagrad, adam, adamw, alexnet_sgd, momentum, rmsprop, sgd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "adagrad",
+    "adam",
+    "adamw",
+    "alexnet_sgd",
+    "momentum",
+    "optim",
+    "rmsprop",
+    "sgd",
+]

@@ -1,0 +1,86 @@
+"""Hyperparameter plumbing shared by the optimizer blocks.
+
+A numeric hyperparameter is a Python/NumPy number, a JAX array (possibly traced, as under
+``optax.inject_hyperparams``) or a schedule ``step -> value``. Python and NumPy numbers are
+validated eagerly, so a bad value fails where the optimizer is built; arrays and schedules are
+taken as given (checking a traced value is impossible, and checking a concrete device array
+would cost a host transfer on every step).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Schedule: TypeAlias = Callable[[jax.Array], jax.typing.ArrayLike]
+ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
+
+
+def value_at(hyperparam: ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
+    """The hyperparameter's value at step ``count`` (0 for the first update)."""
+    return hyperparam(count) if callable(hyperparam) else hyperparam
+
+
+def _as_python_number(owner: str, name: str, value: Any) -> float | None:
+    """The value as a float when it is a plain number; None when it is an array or schedule."""
+    if callable(value) or isinstance(value, jax.Array):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray)):
+        raise TypeError(
+            f"{owner}: {name} must be a number, a JAX array or a schedule (step -> value), "
+            f"got {value!r} of type {type(value).__name__}"
+        )
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0:
+            raise ValueError(
+                f"{owner}: {name} must be a scalar, got an array of shape {value.shape}"
+            )
+        return float(value)
+    return float(value)
+
+
+def check_range(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    low: float,
+    low_inclusive: bool = True,
+    high: float | None = None,
+) -> None:
+    """Raise ``ValueError`` unless ``low <= value`` (``<`` if exclusive) and ``value < high``.
+
+    Only plain numbers are checked; arrays and schedules pass through (see module docstring).
+    """
+    number = _as_python_number(owner, name, value)
+    if number is None:
+        return
+    ok_low = number >= low if low_inclusive else number > low
+    ok_high = high is None or number < high
+    if not (ok_low and ok_high):  # NaN fails both comparisons and lands here too.
+        left = "[" if low_inclusive else "("
+        expected = (
+            f"in {left}{low:g}, {high:g})"
+            if high is not None
+            else (f"{'>=' if low_inclusive else '>'} {low:g}")
+        )
+        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
+
+
+def is_zero(value: Any) -> bool:
+    """True only for a plain number equal to zero (arrays and schedules are never 'zero')."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == 0
+
+
+def compute_dtype(*dtypes: Any) -> jnp.dtype:
+    """The dtype a leaf's update is computed in: the inputs' promotion, at least float32.
+
+    Low-precision leaves (bfloat16, float16) are computed in float32 and cast back, so
+    updates keep the gradients' dtype and state keeps its own without losing the arithmetic.
+    """
+    return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)

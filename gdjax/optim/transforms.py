@@ -1,0 +1,440 @@
+r"""Building blocks of the gradient-descent family.
+
+Each function returns an :class:`optax.GradientTransformationExtraArgs`: a pair of pure
+functions ``init(params) -> state`` and ``update(updates, state, params=None, **extra) ->
+(updates, state)``. The finished optimizers in :mod:`gdjax.optim.alias` are short
+``optax.chain`` s of these blocks, and the blocks compose with any other optax transformation.
+
+Conventions shared by every block:
+
+* State is a ``NamedTuple`` whose first field is an int32 ``count`` (updates applied so far);
+  parameter-shaped state is built with ``jax.tree.map`` over ``params``, so ``optax.masked``,
+  ``optax.multi_transform`` and ``optax.tree_map_params`` see it.
+* Every numeric hyperparameter may be a number, an array or a schedule ``count -> value``
+  (optax's schedules are the intended source); a schedule is evaluated at the 0-based step.
+* Each leaf is computed in at least float32 and cast back: updates keep the gradients'
+  dtype, state keeps its own (``None`` leaves and empty pytrees pass through).
+* ``update`` accepts and ignores unknown keyword arguments (``value=`` for
+  ``reduce_on_plateau`` and the like).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gdjax.optim import _hparams
+from gdjax.optim._hparams import ScalarOrSchedule
+
+__all__ = [
+    "AddDecayedWeightsState",
+    "ScaleByAdagradState",
+    "ScaleByAdamState",
+    "ScaleByAmsgradState",
+    "ScaleByCenteredRmsState",
+    "ScaleByLearningRateState",
+    "ScaleByRmsState",
+    "TraceState",
+    "add_decayed_weights",
+    "scale_by_adagrad",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_rms",
+    "trace",
+]
+
+
+def _zeros(count_dtype: Any = jnp.int32) -> jax.Array:
+    return jnp.zeros([], count_dtype)
+
+
+def _increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the int32 maximum instead of wrapping to negative."""
+    return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
+
+
+def _tree_zeros(params: Any, dtype: Any = None, fill: ScalarOrSchedule = 0.0) -> Any:
+    def make(p: jax.Array) -> jax.Array:
+        return jnp.full(jnp.shape(p), fill, dtype=jnp.result_type(p) if dtype is None else dtype)
+
+    return jax.tree.map(make, params)
+
+
+class ScaleByLearningRateState(NamedTuple):
+    """State of :func:`scale_by_learning_rate`: the step counter that drives schedules."""
+
+    count: jax.Array
+
+
+def scale_by_learning_rate(
+    learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
+) -> optax.GradientTransformationExtraArgs:
+    r"""Multiply updates by the learning rate (negated, so that the result is a descent step).
+
+    .. math::  u_t = -\eta_t\, g_t
+
+    Args:
+      learning_rate: :math:`\eta \ge 0`, a number or a schedule of the 0-based step.
+      flip_sign: negate (the default) so that ``optax.apply_updates`` descends.
+    """
+    _hparams.check_range("scale_by_learning_rate", "learning_rate", learning_rate, low=0.0)
+    sign = -1.0 if flip_sign else 1.0
+
+    def init_fn(params: Any) -> ScaleByLearningRateState:
+        del params
+        return ScaleByLearningRateState(count=_zeros())
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        lr = _hparams.value_at(learning_rate, state.count)
+
+        def leaf(g: jax.Array) -> jax.Array:
+            dt = _hparams.compute_dtype(g)
+            return (sign * jnp.asarray(lr, dt) * g.astype(dt)).astype(g.dtype)
+
+        updates = jax.tree.map(leaf, updates)
+        return updates, ScaleByLearningRateState(count=_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class AddDecayedWeightsState(NamedTuple):
+    """State of :func:`add_decayed_weights`: the step counter that drives schedules."""
+
+    count: jax.Array
+
+
+def add_decayed_weights(
+    weight_decay: ScalarOrSchedule = 0.0, mask: Any = None
+) -> optax.GradientTransformationExtraArgs:
+    r"""Add the weights, scaled by ``weight_decay``, to the updates.
+
+    .. math::  u_t = g_t + \lambda_t\, w_t
+
+    Placed before a rescaling block this is an L2 penalty folded into the gradient (PyTorch's
+    ``weight_decay`` in ``SGD``/``Adam``); placed after it, decoupled weight decay (AdamW).
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0`, a number or a schedule.
+      mask: optional pytree of booleans (or a function ``params -> pytree``) choosing the
+        leaves that decay, applied with ``optax.masked``.
+    """
+    _hparams.check_range("add_decayed_weights", "weight_decay", weight_decay, low=0.0)
+
+    def init_fn(params: Any) -> AddDecayedWeightsState:
+        del params
+        return AddDecayedWeightsState(count=_zeros())
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "add_decayed_weights: update() needs params (call update(grads, state, params))"
+            )
+        wd = _hparams.value_at(weight_decay, state.count)
+
+        def leaf(g: jax.Array, p: jax.Array) -> jax.Array:
+            dt = _hparams.compute_dtype(g, p)
+            return (g.astype(dt) + jnp.asarray(wd, dt) * p.astype(dt)).astype(g.dtype)
+
+        updates = jax.tree.map(leaf, updates, params)
+        return updates, AddDecayedWeightsState(count=_increment(state.count))
+
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return tx if mask is None else optax.masked(tx, mask)
+
+
+class TraceState(NamedTuple):
+    """State of :func:`trace`: step counter and the velocity (momentum buffer)."""
+
+    count: jax.Array
+    trace: Any
+
+
+def trace(
+    decay: ScalarOrSchedule,
+    nesterov: bool = False,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Accumulate a velocity (heavy-ball momentum), optionally with Nesterov's look-ahead.
+
+    .. math::
+       v_t = \mu_t\, v_{t-1} + g_t, \qquad
+       u_t = \begin{cases} g_t + \mu_t v_t & \text{Nesterov} \\ v_t & \text{otherwise}\end{cases}
+
+    with :math:`v_0 = 0`. This is PyTorch's ``SGD`` buffer with ``dampening=0`` and optax's
+    ``trace``. Whether the learning rate sits inside the velocity depends only on whether
+    :func:`scale_by_learning_rate` comes before this block (inside, as in the AlexNet paper)
+    or after it (outside, as in PyTorch and optax).
+
+    Args:
+      decay: :math:`\mu \in [0, 1)`, a number or a schedule.
+      nesterov: use Nesterov's momentum (Sutskever et al., 2013).
+      accumulator_dtype: dtype of the velocity (e.g. ``jnp.bfloat16`` on a TPU); ``None``
+        keeps each parameter's dtype.
+    """
+    _hparams.check_range("trace", "decay", decay, low=0.0, high=1.0)
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"trace: nesterov must be a bool, got {nesterov!r}")
+
+    def init_fn(params: Any) -> TraceState:
+        return TraceState(count=_zeros(), trace=_tree_zeros(params, accumulator_dtype))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        mu = _hparams.value_at(decay, state.count)
+
+        def leaf(g: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+            dt = _hparams.compute_dtype(g, v)
+            m, g32 = jnp.asarray(mu, dt), g.astype(dt)
+            v_new = g32 + m * v.astype(dt)
+            u = g32 + m * v_new if nesterov else v_new
+            return u.astype(g.dtype), v_new.astype(v.dtype)
+
+        pairs = jax.tree.map(leaf, updates, state.trace)
+        new_updates, new_trace = _unzip(pairs, updates)
+        return new_updates, TraceState(count=_increment(state.count), trace=new_trace)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByAdagradState(NamedTuple):
+    """State of :func:`scale_by_adagrad`: step counter and the running sum of squares."""
+
+    count: jax.Array
+    sum_of_squares: Any
+
+
+def scale_by_adagrad(
+    initial_accumulator_value: float = 0.0,
+    eps: ScalarOrSchedule = 1e-10,
+    eps_in_sqrt: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Rescale by the root of the running sum of squared gradients (Duchi et al., 2011).
+
+    .. math::
+       G_t = G_{t-1} + g_t^2, \qquad
+       u_t = \frac{g_t}{\sqrt{G_t} + \epsilon}
+       \quad\text{or, with ``eps_in_sqrt``,}\quad u_t = \frac{g_t}{\sqrt{G_t + \epsilon}}
+
+    with :math:`G_0` = ``initial_accumulator_value``. The default (``eps`` outside the root,
+    :math:`G_0 = 0`) is the paper's diagonal update and PyTorch's ``Adagrad``; optax's
+    ``adagrad`` puts ``eps`` inside the root (``eps_in_sqrt=True``).
+
+    Args:
+      initial_accumulator_value: :math:`G_0 \ge 0`.
+      eps: :math:`\epsilon > 0` (PyTorch's default; the paper leaves it unspecified).
+      eps_in_sqrt: add ``eps`` under the square root instead of after it.
+    """
+    _hparams.check_range(
+        "scale_by_adagrad", "initial_accumulator_value", initial_accumulator_value, low=0.0
+    )
+    _hparams.check_range("scale_by_adagrad", "eps", eps, low=0.0, low_inclusive=False)
+
+    def init_fn(params: Any) -> ScaleByAdagradState:
+        return ScaleByAdagradState(
+            count=_zeros(), sum_of_squares=_tree_zeros(params, fill=initial_accumulator_value)
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        e = _hparams.value_at(eps, state.count)
+
+        def leaf(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+            dt = _hparams.compute_dtype(g, s)
+            g32, e32 = g.astype(dt), jnp.asarray(e, dt)
+            s_new = s.astype(dt) + g32 * g32
+            u = g32 * jax.lax.rsqrt(s_new + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s_new) + e32)
+            return u.astype(g.dtype), s_new.astype(s.dtype)
+
+        new_updates, new_sum = _unzip(jax.tree.map(leaf, updates, state.sum_of_squares), updates)
+        return new_updates, ScaleByAdagradState(
+            count=_increment(state.count), sum_of_squares=new_sum
+        )
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByRmsState(NamedTuple):
+    """State of :func:`scale_by_rms`: step counter and the average of squared gradients."""
+
+    count: jax.Array
+    nu: Any
+
+
+class ScaleByCenteredRmsState(NamedTuple):
+    """State of centered :func:`scale_by_rms`: adds ``mu``, the average of the gradients."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+def scale_by_rms(
+    decay: ScalarOrSchedule = 0.9,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_in_sqrt: bool = False,
+    centered: bool = False,
+    initial_scale: float = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Rescale by a moving root mean square of the gradients (RMSProp; Tieleman & Hinton, 2012).
+
+    .. math::
+       \nu_t = \rho\,\nu_{t-1} + (1-\rho)\, g_t^2, \qquad
+       m_t = \rho\, m_{t-1} + (1-\rho)\, g_t \ \text{(centered only)}, \\
+       s_t = \nu_t - m_t^2 \ \text{(centered) or } \nu_t, \qquad
+       u_t = \frac{g_t}{\sqrt{s_t} + \epsilon}
+       \ \text{or, with ``eps_in_sqrt``,}\ \frac{g_t}{\sqrt{s_t + \epsilon}}
+
+    with :math:`\nu_0` = ``initial_scale`` and :math:`m_0 = 0`. The centered variant is Graves
+    (2013). ``eps`` outside the root is PyTorch's ``RMSprop``; optax's ``rmsprop`` puts it
+    inside (``eps_in_sqrt=True``). :math:`s_t` is clipped at 0 against round-off.
+
+    Args:
+      decay: :math:`\rho \in [0, 1)`; 0.9 is the lecture's value (PyTorch uses 0.99).
+      eps: :math:`\epsilon > 0` (PyTorch's default 1e-8).
+      eps_in_sqrt: add ``eps`` under the square root instead of after it.
+      centered: divide by an estimate of the standard deviation instead of the RMS.
+      initial_scale: :math:`\nu_0 \ge 0`.
+    """
+    _hparams.check_range("scale_by_rms", "decay", decay, low=0.0, high=1.0)
+    _hparams.check_range("scale_by_rms", "eps", eps, low=0.0, low_inclusive=False)
+    _hparams.check_range("scale_by_rms", "initial_scale", initial_scale, low=0.0)
+
+    def init_fn(params: Any) -> ScaleByRmsState | ScaleByCenteredRmsState:
+        nu = _tree_zeros(params, fill=initial_scale)
+        if centered:
+            return ScaleByCenteredRmsState(count=_zeros(), mu=_tree_zeros(params), nu=nu)
+        return ScaleByRmsState(count=_zeros(), nu=nu)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        rho, e = _hparams.value_at(decay, state.count), _hparams.value_at(eps, state.count)
+        # Without centering, `nu` stands in for `mu` so that one tree.map serves both cases.
+        mus = state.mu if centered else state.nu
+
+        def leaf(g: jax.Array, n: jax.Array, m: jax.Array):
+            dt = _hparams.compute_dtype(g, n, m)
+            g32, r, e32 = g.astype(dt), jnp.asarray(rho, dt), jnp.asarray(e, dt)
+            n_new = r * n.astype(dt) + (1 - r) * g32 * g32
+            s, m_new = n_new, m
+            if centered:
+                m_new = r * m.astype(dt) + (1 - r) * g32
+                s = jnp.maximum(n_new - m_new * m_new, 0)
+            u = g32 * jax.lax.rsqrt(s + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s) + e32)
+            return u.astype(g.dtype), n_new.astype(n.dtype), m_new.astype(m.dtype)
+
+        triples = jax.tree.map(leaf, updates, state.nu, mus)
+        new_updates, new_nu, new_mu = _unzip(triples, updates, n=3)
+        count = _increment(state.count)
+        if centered:
+            return new_updates, ScaleByCenteredRmsState(count=count, mu=new_mu, nu=new_nu)
+        return new_updates, ScaleByRmsState(count=count, nu=new_nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByAdamState(NamedTuple):
+    """State of :func:`scale_by_adam`: step counter, first and second moment estimates."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+class ScaleByAmsgradState(NamedTuple):
+    """State of :func:`scale_by_adam` with ``amsgrad``: adds the running maximum of ``nu``."""
+
+    count: jax.Array
+    mu: Any
+    nu: Any
+    nu_max: Any
+
+
+def scale_by_adam(
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any = None,
+    amsgrad: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Rescale by Adam's bias-corrected moment estimates (Kingma & Ba, 2015, Algorithm 1).
+
+    .. math::
+       m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+       v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \\
+       \hat m_t = \frac{m_t}{1-\beta_1^t}, \qquad
+       \hat v_t = \frac{v_t}{1-\beta_2^t}, \qquad
+       u_t = \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
+
+    With ``amsgrad`` (Reddi et al., 2018) the running maximum :math:`v^{max}_t =
+    \max(v^{max}_{t-1}, v_t)` replaces :math:`v_t` before bias correction. That is PyTorch's
+    (and Keras') convention; optax's ``amsgrad`` takes the maximum of the bias-corrected
+    :math:`\hat v_t` instead, which differs during the first steps.
+
+    Args:
+      b1: :math:`\beta_1 \in [0, 1)` (paper: 0.9).
+      b2: :math:`\beta_2 \in [0, 1)` (paper: 0.999).
+      eps: :math:`\epsilon` (paper: 1e-8); must be > 0, or >= 0 when ``eps_root`` > 0.
+      eps_root: :math:`\epsilon_{root} \ge 0`, added under the root (optax's argument; keeps
+        the gradient of the update finite for meta-learning).
+      mu_dtype: dtype of the first moment (e.g. ``jnp.bfloat16``); ``None`` keeps each
+        parameter's dtype. The second moment always keeps the parameter's dtype.
+      amsgrad: use the running maximum of the second moment.
+    """
+    _hparams.check_range("scale_by_adam", "b1", b1, low=0.0, high=1.0)
+    _hparams.check_range("scale_by_adam", "b2", b2, low=0.0, high=1.0)
+    _hparams.check_range("scale_by_adam", "eps_root", eps_root, low=0.0)
+    # eps may be 0 when eps_root > 0 (or is an array/schedule): the root is then never 0.
+    _hparams.check_range(
+        "scale_by_adam", "eps", eps, low=0.0, low_inclusive=not _hparams.is_zero(eps_root)
+    )
+
+    def init_fn(params: Any) -> ScaleByAdamState | ScaleByAmsgradState:
+        mu, nu = _tree_zeros(params, mu_dtype), _tree_zeros(params)
+        if amsgrad:
+            return ScaleByAmsgradState(count=_zeros(), mu=mu, nu=nu, nu_max=_tree_zeros(params))
+        return ScaleByAdamState(count=_zeros(), mu=mu, nu=nu)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        hp = [_hparams.value_at(h, state.count) for h in (b1, b2, eps, eps_root)]
+        t = _increment(state.count)
+        # Without AMSGrad, `nu` stands in for `nu_max` so that one tree.map serves both cases.
+        maxes = state.nu_max if amsgrad else state.nu
+
+        def leaf(g: jax.Array, m: jax.Array, v: jax.Array, vmax: jax.Array):
+            dt = _hparams.compute_dtype(g, m, v)
+            beta1, beta2, e, e_root = (jnp.asarray(h, dt) for h in hp)
+            g32, step = g.astype(dt), t.astype(dt)
+            m_new = beta1 * m.astype(dt) + (1 - beta1) * g32
+            v_new = beta2 * v.astype(dt) + (1 - beta2) * g32 * g32
+            vmax_new = jnp.maximum(vmax.astype(dt), v_new) if amsgrad else v_new
+            m_hat = m_new / (1 - beta1**step)
+            v_hat = vmax_new / (1 - beta2**step)
+            u = m_hat / (jnp.sqrt(v_hat + e_root) + e)
+            return (
+                u.astype(g.dtype),
+                m_new.astype(m.dtype),
+                v_new.astype(v.dtype),
+                vmax_new.astype(vmax.dtype),
+            )
+
+        quads = jax.tree.map(leaf, updates, state.mu, state.nu, maxes)
+        new_updates, mu, nu, nu_max = _unzip(quads, updates, n=4)
+        if amsgrad:
+            return new_updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
+        return new_updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _unzip(tree_of_tuples: Any, like: Any, n: int = 2) -> tuple[Any, ...]:
+    """Split a pytree whose leaves (at ``like``'s leaf positions) are n-tuples into n pytrees."""
+    treedef = jax.tree.structure(like)
+    tuples = treedef.flatten_up_to(tree_of_tuples)
+    return tuple(treedef.unflatten([tup[i] for tup in tuples]) for i in range(n))

@@ -1,0 +1,43 @@
+"""Test-wide setup: 8 fake CPU devices, strict JAX, and no silently skipped tests in CI.
+
+The XLA flag must be set before jax is imported anywhere, which is why it lives here.
+Set ``GDJAX_NO_SKIPS=1`` (``.ci/run`` does) to turn any skipped test into a failed run, so a
+missing test dependency (PyTorch for the parity tests) cannot pass unnoticed.
+"""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def x64():
+    """Enable float64 for one test, then restore the previous setting."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("GDJAX_NO_SKIPS") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        reporter.write_line(
+            f"GDJAX_NO_SKIPS=1: {len(skipped)} test(s) were skipped; failing the run "
+            "(install the test extras, including torch, and rerun).",
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,46 @@
+"""The public API is exactly what ``__all__`` lists, at the top level and in each subpackage."""
+
+import importlib
+import types
+
+import optax
+import pytest
+
+import gdjax
+
+PACKAGES = ["gdjax", "gdjax.optim", "gdjax.optim.alias", "gdjax.optim.transforms"]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_names_import_and_nothing_else_is_advertised(name):
+    module = importlib.import_module(name)
+    exported = set(module.__all__)
+    assert len(exported) == len(module.__all__), "duplicate names in __all__"
+    for item in exported:
+        assert getattr(module, item) is not None
+    public = {
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_")
+        and not (isinstance(v, types.ModuleType) and n not in exported)
+        and getattr(v, "__module__", name).startswith("gdjax")
+        and n not in {"annotations"}
+    }
+    assert public - exported == set(), f"public but not in __all__: {sorted(public - exported)}"
+
+
+def test_star_import_gives_exactly_all():
+    namespace: dict = {}
+    exec("from gdjax import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(gdjax.__all__)
+
+
+@pytest.mark.parametrize(
+    "name", ["sgd", "momentum", "alexnet_sgd", "adagrad", "rmsprop", "adam", "adamw"]
+)
+def test_optimizers_are_optax_transformations_with_a_learning_rate(name):
+    tx = getattr(gdjax, name)(0.1)
+    assert isinstance(tx, optax.GradientTransformationExtraArgs)
+    assert getattr(gdjax, name) is getattr(gdjax.optim, name)
+    doc = getattr(gdjax, name).__doc__
+    assert "PyTorch" in doc and ".. math::" in doc, "docstrings state the maths and the mapping"

@@ -1,0 +1,194 @@
+"""JAX hygiene of every optimizer and block: one compile, dtypes, empty and None pytrees,
+state that passes through lax.cond, accumulator dtypes, and clear errors for bad input."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from optim_testing import all_optimizers, mixed_tree
+
+import gdjax
+from gdjax import optim
+
+OPTIMIZERS = all_optimizers()
+NAMES = sorted(OPTIMIZERS)
+
+
+def make(name, lr=0.05):
+    factory, kwargs = OPTIMIZERS[name]
+    return factory(lr, **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_update_compiles_once(name):
+    tx = make(name, optax.linear_schedule(0.1, 0.01, 10))
+    params = jax.tree.map(jnp.asarray, mixed_tree(0))
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    for t in range(5):
+        updates, state = update(jax.tree.map(jnp.asarray, mixed_tree(t)), state, params)
+        params = optax.apply_updates(params, updates)
+    assert update._cache_size() == 1
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
+@pytest.mark.parametrize("name", NAMES)
+def test_dtypes_are_kept(name, dtype, request):
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    dtype = jnp.dtype(dtype)
+    tx = make(name)
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), mixed_tree(0))
+    state0 = tx.init(params)
+    update = jax.jit(tx.update)
+    state = state0
+    for t in range(3):
+        grads = jax.tree.map(lambda x: jnp.asarray(x, dtype), mixed_tree(t + 1))
+        updates, state = update(grads, state, params)
+        for u in jax.tree.leaves(updates):
+            assert u.dtype == dtype
+            assert bool(jnp.all(jnp.isfinite(u)))
+        params = optax.apply_updates(params, updates)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state, state0)
+    for leaf in jax.tree.leaves(state):
+        assert leaf.dtype in (dtype, jnp.int32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_pytree(name):
+    tx = make(name)
+    state = tx.init({})
+    updates, state = jax.jit(tx.update)({}, state, {})
+    assert updates == {}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_none_leaves_pass_through(name):
+    tx = make(name)
+    params = {"w": jnp.ones((3,)), "frozen": None}
+    grads = {"w": jnp.full((3,), 0.5), "frozen": None}
+    state = tx.init(params)
+    updates, _ = jax.jit(tx.update)(grads, state, params)
+    assert updates["frozen"] is None
+    assert updates["w"].shape == (3,)
+    assert bool(jnp.all(updates["w"] < 0))  # a descent step
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_passes_through_lax_cond(name):
+    tx = make(name)
+    params = jax.tree.map(jnp.asarray, mixed_tree(0))
+    grads = jax.tree.map(jnp.asarray, mixed_tree(1))
+
+    @jax.jit
+    def maybe_step(pred, state):
+        return jax.lax.cond(pred, lambda s: tx.update(grads, s, params)[1], lambda s: s, state)
+
+    state = tx.init(params)
+    stepped = maybe_step(True, state)
+    kept = maybe_step(False, state)
+    assert int(jax.tree.leaves(stepped)[0]) == 1
+    jax.tree.map(np.testing.assert_array_equal, kept, state)
+
+
+@pytest.mark.parametrize(
+    "tx, field",
+    [
+        (gdjax.momentum(0.1, accumulator_dtype=jnp.bfloat16), "trace"),
+        (gdjax.alexnet_sgd(0.1, accumulator_dtype=jnp.bfloat16), "trace"),
+        (gdjax.rmsprop(0.1, momentum=0.9, accumulator_dtype=jnp.bfloat16), "trace"),
+        (gdjax.adam(0.1, mu_dtype=jnp.bfloat16), "mu"),
+        (gdjax.adamw(0.1, mu_dtype=jnp.bfloat16), "mu"),
+    ],
+)
+def test_accumulator_dtype_is_the_users_choice(tx, field):
+    params = jax.tree.map(jnp.asarray, mixed_tree(0))
+    state = tx.init(params)
+    for t in range(2):
+        updates, state = jax.jit(tx.update)(jax.tree.map(jnp.asarray, mixed_tree(t)), state, params)
+        for u in jax.tree.leaves(updates):
+            assert u.dtype == jnp.float32
+    found = [getattr(s, field) for s in state if hasattr(s, field)]
+    assert found, f"no {field} buffer in the state"
+    for leaf in jax.tree.leaves(found):
+        assert leaf.dtype == jnp.bfloat16
+    others = [s.nu for s in state if hasattr(s, "nu")]
+    for leaf in jax.tree.leaves(others):
+        assert leaf.dtype == jnp.float32  # only the named accumulator changes dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad hyperparameters: a ValueError naming the argument and the value, at construction.
+
+BAD = [
+    (gdjax.sgd, {"learning_rate": -0.1}, "learning_rate"),
+    (gdjax.momentum, {"learning_rate": 0.1, "momentum": 1.0}, "momentum"),
+    (gdjax.momentum, {"learning_rate": 0.1, "momentum": -0.5}, "momentum"),
+    (gdjax.momentum, {"learning_rate": 0.1, "weight_decay": -1e-4}, "weight_decay"),
+    (gdjax.alexnet_sgd, {"learning_rate": float("nan")}, "learning_rate"),
+    (gdjax.alexnet_sgd, {"learning_rate": 0.1, "momentum": 1.5}, "momentum"),
+    (gdjax.adagrad, {"learning_rate": 0.1, "eps": 0.0}, "eps"),
+    (
+        gdjax.adagrad,
+        {"learning_rate": 0.1, "initial_accumulator_value": -1.0},
+        "initial_accumulator_value",
+    ),
+    (gdjax.rmsprop, {"learning_rate": 0.1, "decay": 1.0}, "decay"),
+    (gdjax.rmsprop, {"learning_rate": 0.1, "eps": -1e-8}, "eps"),
+    (gdjax.rmsprop, {"learning_rate": 0.1, "momentum": 1.0}, "momentum"),
+    (gdjax.adam, {"learning_rate": -1e-3}, "learning_rate"),
+    (gdjax.adam, {"learning_rate": 1e-3, "b1": 1.0}, "b1"),
+    (gdjax.adam, {"learning_rate": 1e-3, "b2": -0.1}, "b2"),
+    (gdjax.adam, {"learning_rate": 1e-3, "eps": 0.0}, "eps"),
+    (gdjax.adam, {"learning_rate": 1e-3, "eps_root": -1.0}, "eps_root"),
+    (gdjax.adamw, {"learning_rate": 1e-3, "weight_decay": -0.01}, "weight_decay"),
+    (gdjax.adamw, {"learning_rate": 1e-3, "b2": np.float32(1.2)}, "b2"),
+    (optim.trace, {"decay": 1.0}, "decay"),
+    (optim.scale_by_adam, {"b1": 2.0}, "b1"),
+    (optim.scale_by_learning_rate, {"learning_rate": -1.0}, "learning_rate"),
+    (optim.add_decayed_weights, {"weight_decay": -1.0}, "weight_decay"),
+]
+
+
+@pytest.mark.parametrize("factory, kwargs, arg", BAD, ids=lambda x: getattr(x, "__name__", None))
+def test_bad_hyperparameter_names_argument_and_value(factory, kwargs, arg):
+    with pytest.raises(ValueError) as excinfo:
+        factory(**kwargs)
+    message = str(excinfo.value)
+    assert arg in message
+    assert repr(kwargs[arg]) in message
+    assert factory.__name__ in message
+
+
+def test_non_numeric_hyperparameter_is_a_type_error():
+    with pytest.raises(TypeError, match="learning_rate"):
+        gdjax.adam("0.001")
+    with pytest.raises(TypeError, match="nesterov"):
+        optim.trace(0.9, nesterov="yes")
+
+
+def test_adam_accepts_eps_zero_when_eps_root_is_positive():
+    tx = gdjax.adam(1e-3, eps=0.0, eps_root=1e-8)
+    params = {"w": jnp.ones(2)}
+    updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
+    assert bool(jnp.all(jnp.isfinite(updates["w"])))
+
+
+def test_traced_hyperparameters_are_not_checked_eagerly():
+    params = {"w": jnp.ones(2)}
+
+    @jax.jit
+    def step(lr, b1):
+        tx = gdjax.adam(lr, b1=b1)
+        return tx.update({"w": jnp.ones(2)}, tx.init(params), params)[0]
+
+    updates = step(jnp.asarray(0.1), jnp.asarray(0.9))
+    np.testing.assert_allclose(updates["w"], -0.1, rtol=1e-5)
+
+
+def test_add_decayed_weights_without_params_says_so():
+    tx = optim.add_decayed_weights(1e-2)
+    with pytest.raises(ValueError, match="needs params"):
+        tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))

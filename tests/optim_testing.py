@@ -1,0 +1,83 @@
+"""Shared helpers for the optimizer tests: a mixed-shape pytree and a trajectory runner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+SHAPES = {
+    "conv": {"kernel": (3, 3, 2, 4), "bias": (4,)},
+    "dense": {"kernel": (5, 3), "bias": (3,)},
+    "scalar": (),
+}
+
+
+def mixed_tree(seed: int = 0, dtype: Any = np.float32) -> dict:
+    """A pytree of mixed shapes (4-D, 2-D, 1-D and scalar leaves) with N(0, 1) entries."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda shape: rng.standard_normal(shape).astype(dtype),
+        SHAPES,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def noises(steps: int, seed: int = 1, dtype: Any = np.float32) -> list[dict]:
+    """Per-step gradient noise, one mixed tree per step."""
+    return [mixed_tree(seed + 1000 * t, dtype) for t in range(steps)]
+
+
+def gradient(params: Any, noise: Any) -> Any:
+    """The test's gradient: noise plus a pull towards zero, so it depends on the params."""
+    return jax.tree.map(lambda p, n: n + 0.5 * p, params, noise)
+
+
+def trajectory(tx: optax.GradientTransformation, params: Any, noise_list: list) -> list:
+    """Params after each step of ``tx`` on :func:`gradient`, as numpy trees."""
+
+    @jax.jit
+    def step(params, state, noise):
+        updates, state = tx.update(gradient(params, noise), state, params)
+        return optax.apply_updates(params, updates), state
+
+    params = jax.tree.map(jnp.asarray, params)
+    state = tx.init(params)
+    out = []
+    for noise in noise_list:
+        params, state = step(params, state, noise)
+        out.append(jax.tree.map(np.asarray, params))
+    return out
+
+
+def max_rel_diff(a: Any, b: Any) -> float:
+    """max |a - b| / (1 + |b|) over all leaves of two trees (or lists of trees)."""
+    diffs = jax.tree.map(
+        lambda x, y: float(
+            np.max(np.abs(np.asarray(x, np.float64) - y) / (1 + np.abs(y)), initial=0)
+        ),
+        a,
+        b,
+    )
+    return max(jax.tree.leaves(diffs), default=0.0)
+
+
+def all_optimizers() -> dict:
+    """name -> (factory, kwargs besides learning_rate): every optimizer, main variants included."""
+    import gdjax
+
+    return {
+        "sgd": (gdjax.sgd, {}),
+        "momentum": (gdjax.momentum, {"momentum": 0.9}),
+        "nesterov_wd": (gdjax.momentum, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
+        "alexnet_sgd": (gdjax.alexnet_sgd, {}),
+        "adagrad": (gdjax.adagrad, {}),
+        "rmsprop": (gdjax.rmsprop, {}),
+        "rmsprop_centered_momentum": (gdjax.rmsprop, {"centered": True, "momentum": 0.9}),
+        "adam": (gdjax.adam, {}),
+        "adam_amsgrad": (gdjax.adam, {"amsgrad": True}),
+        "adamw": (gdjax.adamw, {}),
+    }
