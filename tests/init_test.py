@@ -8,7 +8,17 @@ import pytest
 
 import gdjax
 
-PACKAGES = ["gdjax", "gdjax.optim", "gdjax.optim.alias", "gdjax.optim.transforms"]
+PACKAGES = [
+    "gdjax",
+    "gdjax.optim",
+    "gdjax.optim.alias",
+    "gdjax.optim.transforms",
+    "gdjax.models",
+    "gdjax.models.alexnet",
+    "gdjax.models.layers",
+    "gdjax.models.stats",
+    "gdjax.models.torchvision",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -18,14 +28,20 @@ def test_all_names_import_and_nothing_else_is_advertised(name):
     assert len(exported) == len(module.__all__), "duplicate names in __all__"
     for item in exported:
         assert getattr(module, item) is not None
+    # A package advertises every gdjax object it holds; a module, those it defines.
+    is_package = hasattr(module, "__path__")
+
+    def ours(value) -> bool:
+        origin = getattr(value, "__module__", None) or ""
+        return origin.startswith("gdjax") if is_package else origin == name
+
     public = {
         n
         for n, v in vars(module).items()
-        if not n.startswith("_")
-        and not (isinstance(v, types.ModuleType) and n not in exported)
-        and getattr(v, "__module__", name).startswith("gdjax")
-        and n not in {"annotations"}
+        if not n.startswith("_") and not isinstance(v, types.ModuleType) and ours(v)
     }
+    modules = {n for n, v in vars(module).items() if isinstance(v, types.ModuleType)}
+    assert modules & exported <= {"optim", "models"}
     assert public - exported == set(), f"public but not in __all__: {sorted(public - exported)}"
 
 

@@ -1,0 +1,316 @@
+r"""AlexNet in Flax: the 2012 paper's network, torchvision's layout, and a small variant.
+
+All variants take NHWC images (``float`` in any dtype; normalisation is the data pipeline's
+job) and return logits of shape ``(N, num_classes)``. Dropout follows the ``train`` flag and
+draws from the caller's ``'dropout'`` RNG stream::
+
+    model = AlexNet(num_classes=1000, variant="paper")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 227, 227, 3)))
+    logits = model.apply(variables, images, train=True, rngs={"dropout": key})
+
+Variants (``variant=``):
+
+``"paper"``
+    Krizhevsky, Sutskever & Hinton (2012): conv 96@11×11/4 → LRN → max-pool 3/2 → conv 256@5×5
+    → LRN → pool → conv 384@3×3 → conv 384@3×3 → conv 256@3×3 → pool → fc 4096 → fc 4096 → fc,
+    ReLU after every conv and hidden fc, dropout 0.5 before fc7 and fc8 (on the outputs of the
+    two hidden fc layers). The two-GPU split is expressed as grouped convolutions (``groups=2``
+    on conv2, conv4 and conv5, and LRN within each group); ``groups=1`` gives the one-tower
+    network. Initialisation as in §5: weights N(0, 0.01²), biases 1 on conv2, conv4, conv5 and
+    the hidden fc layers, 0 elsewhere.
+
+    **Input size: 227×227.** The paper says 224, but its own numbers (55×55 maps after an
+    11×11 stride-4 convolution with no padding) need 227; 224 gives 54×54 and a 5×5 map at fc6.
+    We follow the arithmetic, as Caffe's reference model does: inputs of 227–230 px are
+    accepted (all give the 6×6×256 map the paper's fc6 expects), anything else is an error.
+    With 1000 classes and ``groups=2`` the network has 60,965,224 parameters.
+
+``"torchvision"``
+    ``torchvision.models.alexnet``: 64-192-384-256-256 channels, padded convolutions, no LRN,
+    adaptive average pooling to 6×6, dropout before fc6 and fc7; 61,100,840 parameters with
+    1000 classes; PyTorch's default initialisation (uniform ±1/√fan_in). Any input of at least
+    63 px; 224 is the usual. Pretrained torchvision weights load with :func:`from_torchvision`.
+
+``"small"``
+    For 28–32 px images (MNIST, CIFAR): conv 32@5×5 → LRN → max-pool 3/2 → conv 64@5×5 → LRN →
+    pool → conv 96@3×3 → conv 96@3×3 → conv 64@3×3 → pool → fc 256 → fc 256 → fc, with ReLU,
+    overlapping pooling, dropout on the hidden fc layers, and He initialisation (so that it
+    trains in seconds without the paper's careful learning-rate start). Inputs of at least
+    15 px; about 0.4 M parameters at 28×28×1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gdjax.models.layers import adaptive_avg_pool, local_response_norm
+
+__all__ = ["ACTIVATIONS", "VARIANTS", "AlexNet", "spatial_sizes"]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+}
+
+
+@dataclass(frozen=True)
+class _Conv:
+    features: int
+    kernel: int
+    stride: int
+    padding: int
+    grouped: bool  # split into `groups` towers when grouping is on
+    lrn: bool
+    pool: bool
+    bias_one: bool  # the paper initialises these biases to 1
+
+
+@dataclass(frozen=True)
+class _Spec:
+    convs: tuple[_Conv, ...]
+    hidden: tuple[int, ...]
+    hidden_bias_one: bool
+    adaptive_pool: tuple[int, int] | None
+    init: str  # "paper" | "torch" | "he"
+    default_groups: int
+    dropout_before_fc: bool  # torchvision: before fc6/fc7; paper: after the hidden fc layers
+
+
+VARIANTS: dict[str, _Spec] = {
+    "paper": _Spec(
+        convs=(
+            _Conv(96, 11, 4, 0, grouped=False, lrn=True, pool=True, bias_one=False),
+            _Conv(256, 5, 1, 2, grouped=True, lrn=True, pool=True, bias_one=True),
+            _Conv(384, 3, 1, 1, grouped=False, lrn=False, pool=False, bias_one=False),
+            _Conv(384, 3, 1, 1, grouped=True, lrn=False, pool=False, bias_one=True),
+            _Conv(256, 3, 1, 1, grouped=True, lrn=False, pool=True, bias_one=True),
+        ),
+        hidden=(4096, 4096),
+        hidden_bias_one=True,
+        adaptive_pool=None,
+        init="paper",
+        default_groups=2,
+        dropout_before_fc=False,
+    ),
+    "torchvision": _Spec(
+        convs=(
+            _Conv(64, 11, 4, 2, grouped=False, lrn=False, pool=True, bias_one=False),
+            _Conv(192, 5, 1, 2, grouped=False, lrn=False, pool=True, bias_one=False),
+            _Conv(384, 3, 1, 1, grouped=False, lrn=False, pool=False, bias_one=False),
+            _Conv(256, 3, 1, 1, grouped=False, lrn=False, pool=False, bias_one=False),
+            _Conv(256, 3, 1, 1, grouped=False, lrn=False, pool=True, bias_one=False),
+        ),
+        hidden=(4096, 4096),
+        hidden_bias_one=False,
+        adaptive_pool=(6, 6),
+        init="torch",
+        default_groups=1,
+        dropout_before_fc=True,
+    ),
+    "small": _Spec(
+        convs=(
+            _Conv(32, 5, 1, 2, grouped=False, lrn=True, pool=True, bias_one=False),
+            _Conv(64, 5, 1, 2, grouped=True, lrn=True, pool=True, bias_one=False),
+            _Conv(96, 3, 1, 1, grouped=False, lrn=False, pool=False, bias_one=False),
+            _Conv(96, 3, 1, 1, grouped=True, lrn=False, pool=False, bias_one=False),
+            _Conv(64, 3, 1, 1, grouped=True, lrn=False, pool=True, bias_one=False),
+        ),
+        hidden=(256, 256),
+        hidden_bias_one=False,
+        adaptive_pool=None,
+        init="he",
+        default_groups=1,
+        dropout_before_fc=False,
+    ),
+}
+
+
+def _torch_uniform(fan_in: int) -> Callable:
+    """PyTorch's default Conv/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = fan_in**-0.5
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _initializers(init: str, fan_in: int, bias_one: bool) -> tuple[Callable, Callable]:
+    if init == "paper":
+        bias = nn.initializers.ones if bias_one else nn.initializers.zeros
+        return nn.initializers.normal(stddev=0.01), bias
+    if init == "torch":
+        return _torch_uniform(fan_in), _torch_uniform(fan_in)
+    return nn.initializers.he_normal(), nn.initializers.zeros
+
+
+def _pool_shape(overlapping: bool) -> tuple[int, int]:
+    """(window, stride): 3/2 is the paper's overlapping pooling (§3.4), 2/2 the classic one."""
+    return (3, 2) if overlapping else (2, 2)
+
+
+def spatial_sizes(variant: str, size: int, overlapping_pool: bool = True) -> list[int]:
+    """The side of the feature map after each conv stage (after its pooling, if any)."""
+    window, stride = _pool_shape(overlapping_pool)
+    sizes = []
+    for conv in VARIANTS[variant].convs:
+        size = max(0, (size + 2 * conv.padding - conv.kernel) // conv.stride + 1)
+        if conv.pool:
+            size = (size - window) // stride + 1 if size >= window else 0
+        sizes.append(size)
+    return sizes
+
+
+def _min_size(variant: str, overlapping_pool: bool = True) -> int:
+    return next(s for s in range(1, 1024) if min(spatial_sizes(variant, s, overlapping_pool)) >= 1)
+
+
+class AlexNet(nn.Module):
+    """AlexNet; see the module docstring for the variants and their exact layouts.
+
+    Attributes:
+      num_classes: size of the last layer.
+      variant: ``"paper"``, ``"torchvision"`` or ``"small"``.
+      dropout_rate: dropout on the hidden fc layers (0.5 in the paper).
+      activation: ``"relu"`` (the paper's), ``"tanh"`` or ``"sigmoid"`` — for the paper's
+        ReLU-vs-tanh comparison.
+      groups: towers of the grouped convolutions (``None``: the variant's default, 2 for the
+        paper, 1 otherwise; 1 switches the two-GPU split off).
+      lrn: apply local response normalization where the variant has it.
+      overlapping_pool: 3×3 windows with stride 2 (the paper's); ``False`` gives 2×2/2.
+      in_channels: channels of the input images (3 for RGB, 1 for MNIST).
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: storage dtype.
+    """
+
+    num_classes: int = 1000
+    variant: str = "paper"
+    dropout_rate: float = 0.5
+    activation: str = "relu"
+    groups: int | None = None
+    lrn: bool = True
+    overlapping_pool: bool = True
+    in_channels: int = 3
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def _check(self, x: jax.Array) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(
+                f"AlexNet: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"AlexNet: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"AlexNet: dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"AlexNet: num_classes must be >= 1, got {self.num_classes!r}")
+        spec = VARIANTS[self.variant]
+        groups = self._groups()
+        for conv in spec.convs:
+            if conv.grouped and conv.features % groups:
+                raise ValueError(
+                    f"AlexNet: groups={groups} does not divide {conv.features} channels"
+                )
+        expected = self._expected_shape()
+        if x.ndim != 4:
+            raise ValueError(
+                f"AlexNet({self.variant!r}): expected a batch of NHWC images of shape {expected}, "
+                f"got an array of shape {x.shape} (rank {x.ndim})"
+            )
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"AlexNet({self.variant!r}): expected {self.in_channels} channels (shape "
+                f"{expected}), got shape {x.shape}; set in_channels= for other inputs"
+            )
+        h, w = x.shape[1], x.shape[2]
+        if self.variant == "paper":
+            ok = all(spatial_sizes("paper", s, self.overlapping_pool)[-1] == 6 for s in (h, w))
+        else:
+            ok = min(h, w) >= _min_size(self.variant, self.overlapping_pool)
+        if not ok:
+            raise ValueError(
+                f"AlexNet({self.variant!r}): expected images of shape {expected}, got spatial "
+                f"size {h}x{w}"
+            )
+
+    def _groups(self) -> int:
+        return VARIANTS[self.variant].default_groups if self.groups is None else self.groups
+
+    def _expected_shape(self) -> str:
+        if self.variant == "paper":
+            return f"(N, 227, 227, {self.in_channels})"
+        m = _min_size(self.variant, self.overlapping_pool)
+        return f"(N, H, W, {self.in_channels}) with H, W >= {m}"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self._check(x)
+        spec = VARIANTS[self.variant]
+        act = ACTIVATIONS[self.activation]
+        groups = self._groups()
+        window, stride = _pool_shape(self.overlapping_pool)
+        dtype = self.dtype
+        if dtype is None:
+            dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+        x = x.astype(dtype)
+        in_features = x.shape[-1]
+        for i, conv in enumerate(spec.convs, start=1):
+            g = groups if conv.grouped else 1
+            fan_in = conv.kernel * conv.kernel * in_features // g
+            kernel_init, bias_init = _initializers(spec.init, fan_in, conv.bias_one)
+            x = nn.Conv(
+                conv.features,
+                (conv.kernel, conv.kernel),
+                strides=(conv.stride, conv.stride),
+                padding=[(conv.padding, conv.padding)] * 2,
+                feature_group_count=g,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                dtype=dtype,
+                param_dtype=self.param_dtype,
+                name=f"conv{i}",
+            )(x)
+            x = act(x)
+            if conv.lrn and self.lrn:
+                # Each GPU of the paper normalised its own maps: LRN within the towers of
+                # the layer the maps feed (conv1's maps are split between the GPUs too).
+                x = local_response_norm(x, groups=groups)
+            if conv.pool:
+                x = nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+            in_features = conv.features
+        if spec.adaptive_pool is not None:
+            x = adaptive_avg_pool(x, spec.adaptive_pool)
+        x = x.reshape(x.shape[0], -1)
+        for j, width in enumerate(spec.hidden, start=6):
+            if spec.dropout_before_fc:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            kernel_init, bias_init = _initializers(spec.init, x.shape[-1], spec.hidden_bias_one)
+            x = nn.Dense(
+                width,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                dtype=dtype,
+                param_dtype=self.param_dtype,
+                name=f"fc{j}",
+            )(x)
+            x = act(x)
+            if not spec.dropout_before_fc:
+                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        kernel_init, bias_init = _initializers(spec.init, x.shape[-1], False)
+        return nn.Dense(
+            self.num_classes,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            dtype=dtype,
+            param_dtype=self.param_dtype,
+            name=f"fc{6 + len(spec.hidden)}",
+        )(x)

@@ -1,0 +1,88 @@
+r"""Layers AlexNet needs that Flax does not ship: local response normalization, adaptive pooling.
+
+Layout is NHWC throughout (channels last), the layout XLA prefers on every backend.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["LocalResponseNorm", "adaptive_avg_pool", "local_response_norm"]
+
+
+def local_response_norm(
+    x: jax.Array,
+    size: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 2.0,
+    groups: int = 1,
+) -> jax.Array:
+    r"""Local response normalization across channels (Krizhevsky et al., 2012, §3.3).
+
+    .. math::
+       b^i_{x,y} = a^i_{x,y} \Big/ \Big(k + \alpha \sum_{j=\max(0,\, i-\lfloor n/2 \rfloor)}
+       ^{\min(N-1,\, i+\lfloor (n-1)/2 \rfloor)} (a^j_{x,y})^2\Big)^{\beta}
+
+    over the last (channel) axis, :math:`n` = ``size``, channels outside the map counting as
+    zero. :math:`\alpha` multiplies the plain sum, as in the paper (defaults are the paper's).
+    PyTorch's ``nn.LocalResponseNorm`` and Caffe's ``LRN`` divide :math:`\alpha` by ``size``:
+    ``torch.nn.LocalResponseNorm(size, alpha=alpha * size, beta, k)`` equals this.
+
+    ``groups`` > 1 normalizes each group of channels on its own (the two-GPU AlexNet: each
+    GPU normalized its own half). The sum is computed in at least float32.
+    """
+    if x.ndim < 1 or x.shape[-1] % groups:
+        raise ValueError(
+            f"local_response_norm: the channel count {x.shape[-1] if x.ndim else None} must be "
+            f"divisible by groups={groups}"
+        )
+    c = x.shape[-1] // groups
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    a = x.astype(compute).reshape(*x.shape[:-1], groups, c)
+    sq = jnp.square(a)
+    lo, hi = size // 2, (size - 1) // 2
+    padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(lo, hi)])
+    window = sum(padded[..., i : i + c] for i in range(size))  # `size` shifted slices; fuses.
+    b = a * jnp.power(k + alpha * window, -beta)
+    return b.reshape(x.shape).astype(x.dtype)
+
+
+class LocalResponseNorm(nn.Module):
+    """:func:`local_response_norm` as a (parameter-free) Flax module."""
+
+    size: int = 5
+    alpha: float = 1e-4
+    beta: float = 0.75
+    k: float = 2.0
+    groups: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
+
+
+def _averaging_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Row i averages inputs floor(i*n_in/n_out) .. ceil((i+1)*n_in/n_out) - 1 (PyTorch's bins)."""
+    m = np.zeros((n_out, n_in), np.float32)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+    """Average-pool an NHWC batch to ``output_size`` with PyTorch's ``AdaptiveAvgPool2d`` bins.
+
+    When the input already has the output size this is the identity (no work is done).
+    """
+    h, w = x.shape[-3], x.shape[-2]
+    oh, ow = output_size
+    if (h, w) == (oh, ow):
+        return x
+    mh = jnp.asarray(_averaging_matrix(h, oh), x.dtype)
+    mw = jnp.asarray(_averaging_matrix(w, ow), x.dtype)
+    return jnp.einsum("ih,...hwc,jw->...ijc", mh, x, mw)

@@ -1,0 +1,196 @@
+"""AlexNet variants: shapes, parameter counts, init, grouping, dropout, dtypes, bad input."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gdjax.models import AlexNet, count_params
+
+CASES = [  # (variant, kwargs, input shape, num_classes)
+    ("paper", {}, (2, 227, 227, 3), 1000),
+    ("paper", {"groups": 1}, (2, 227, 227, 3), 1000),
+    ("paper", {"overlapping_pool": False}, (1, 227, 227, 3), 10),
+    ("torchvision", {}, (2, 224, 224, 3), 1000),
+    ("torchvision", {}, (1, 256, 200, 3), 7),
+    ("small", {"in_channels": 1}, (4, 28, 28, 1), 10),
+    ("small", {}, (4, 32, 32, 3), 100),
+    ("small", {"groups": 2, "activation": "tanh"}, (2, 32, 32, 3), 10),
+]
+
+
+def init(model, shape, seed=0):
+    return model.init(jax.random.key(seed), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("variant, kwargs, shape, classes", CASES)
+def test_output_shapes(variant, kwargs, shape, classes):
+    model = AlexNet(num_classes=classes, variant=variant, **kwargs)
+    variables = init(model, shape)
+    x = jax.random.normal(jax.random.key(1), shape)
+    logits = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+    assert logits.shape == (shape[0], classes)
+    assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_parameter_counts():
+    paper = init(AlexNet(variant="paper"), (1, 227, 227, 3))
+    assert count_params(paper["params"]) == 60_965_224
+    tv = init(AlexNet(variant="torchvision"), (1, 224, 224, 3))
+    assert count_params(tv["params"]) == 61_100_840
+    # Without the two-GPU split, conv2/4/5 see all input channels: more parameters.
+    one_tower = init(AlexNet(variant="paper", groups=1), (1, 227, 227, 3))
+    extra = (5 * 5 * 48 * 256) + (3 * 3 * 192 * 384) + (3 * 3 * 192 * 256)
+    assert count_params(one_tower["params"]) == 60_965_224 + extra
+    small = init(AlexNet(variant="small", num_classes=10, in_channels=1), (1, 28, 28, 1))
+    assert count_params(small["params"]) < 500_000
+
+
+def test_paper_initialisation():
+    params = init(AlexNet(variant="paper"), (1, 227, 227, 3))["params"]
+    for name in ("conv2", "conv4", "conv5", "fc6", "fc7"):
+        np.testing.assert_array_equal(params[name]["bias"], 1.0)
+    for name in ("conv1", "conv3", "fc8"):
+        np.testing.assert_array_equal(params[name]["bias"], 0.0)
+    w = np.concatenate([np.ravel(params[n]["kernel"]) for n in ("conv3", "fc7")])
+    assert abs(w.mean()) < 1e-4
+    assert w.std() == pytest.approx(0.01, rel=0.01)
+
+
+def test_torchvision_initialisation_is_pytorchs_uniform():
+    params = init(AlexNet(variant="torchvision"), (1, 224, 224, 3))["params"]
+    for name, fan_in in [("conv1", 11 * 11 * 3), ("conv3", 3 * 3 * 192), ("fc6", 9216)]:
+        bound = fan_in**-0.5
+        for leaf in (params[name]["kernel"], params[name]["bias"]):
+            assert float(jnp.max(jnp.abs(leaf))) <= bound * (1 + 1e-6)  # float32 rounding
+        assert float(jnp.std(params[name]["kernel"])) == pytest.approx(bound / 3**0.5, rel=0.05)
+
+
+def test_init_and_apply_are_deterministic_given_the_key():
+    model = AlexNet(variant="small", num_classes=10)
+    a, b, c = (init(model, (2, 32, 32, 3), seed) for seed in (0, 0, 1))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(a["params"]["conv1"]["kernel"], c["params"]["conv1"]["kernel"])
+    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    run = lambda key: model.apply(a, x, train=True, rngs={"dropout": key})  # noqa: E731
+    np.testing.assert_array_equal(run(jax.random.key(3)), run(jax.random.key(3)))
+    assert not np.array_equal(run(jax.random.key(3)), run(jax.random.key(4)))
+
+
+def test_dropout_only_in_train_mode():
+    model = AlexNet(variant="small", num_classes=10)
+    variables = init(model, (8, 32, 32, 3))
+    x = jax.random.normal(jax.random.key(2), (8, 32, 32, 3))
+    eval1 = model.apply(variables, x)
+    eval2 = model.apply(variables, x, train=False)
+    np.testing.assert_array_equal(eval1, eval2)
+    trained = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)})
+    assert not np.allclose(trained, eval1)
+    no_dropout = AlexNet(variant="small", num_classes=10, dropout_rate=0.0)
+    np.testing.assert_allclose(
+        no_dropout.apply(variables, x, train=True, rngs={"dropout": jax.random.key(0)}),
+        eval1,
+        rtol=1e-6,
+    )
+
+
+def test_grouping_really_splits_channels():
+    """conv2's first tower must not see the second tower's input channels."""
+    model = AlexNet(variant="paper", num_classes=10)
+    variables = init(model, (1, 227, 227, 3))
+    assert variables["params"]["conv2"]["kernel"].shape == (5, 5, 48, 256)
+    x = jax.random.normal(jax.random.key(1), (1, 227, 227, 3))
+
+    def conv2_output(perturb):
+        """Run the model, perturbing conv2's input with `perturb`; return conv2's output."""
+        seen = {}
+
+        def interceptor(next_fun, args, kwargs, context):
+            if context.module.name == "conv2" and context.method_name == "__call__":
+                seen["out"] = next_fun(perturb(args[0]))
+                return seen["out"]
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(interceptor):
+            model.apply(variables, x)
+        return seen["out"]
+
+    base = conv2_output(lambda h: h)
+    first = conv2_output(lambda h: h.at[..., :48].add(1.0))
+    second = conv2_output(lambda h: h.at[..., 48:].add(1.0))
+    np.testing.assert_array_equal(second[..., :128], base[..., :128])
+    np.testing.assert_array_equal(first[..., 128:], base[..., 128:])
+    assert not np.allclose(second[..., 128:], base[..., 128:])
+    assert not np.allclose(first[..., :128], base[..., :128])
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
+def test_activation_is_selectable(activation):
+    model = AlexNet(variant="small", num_classes=10, activation=activation)
+    variables = init(model, (2, 28, 28, 3))
+    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 3))
+    relu = AlexNet(variant="small", num_classes=10).apply(variables, x)
+    out = model.apply(variables, x)
+    assert (activation == "relu") == bool(np.allclose(out, relu))
+
+
+def test_lrn_can_be_switched_off():
+    model = AlexNet(variant="small", num_classes=10)
+    variables = init(model, (2, 32, 32, 3))
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3)) * 50
+    without = AlexNet(variant="small", num_classes=10, lrn=False).apply(variables, x)
+    assert not np.allclose(model.apply(variables, x), without)
+
+
+@pytest.mark.parametrize(
+    "variant, shape", [("small", (4, 32, 32, 3)), ("torchvision", (2, 224, 224, 3))]
+)
+def test_bfloat16_compute_with_float32_params(variant, shape):
+    f32 = AlexNet(variant=variant, num_classes=10)
+    bf16 = AlexNet(variant=variant, num_classes=10, dtype=jnp.bfloat16)
+    variables = init(bf16, shape)
+    for leaf in jax.tree.leaves(variables):
+        assert leaf.dtype == jnp.float32
+    x = jax.random.normal(jax.random.key(1), shape)
+    lo, hi = bf16.apply(variables, x), f32.apply(variables, x)
+    assert lo.dtype == jnp.bfloat16
+    scale = float(jnp.max(jnp.abs(hi)))
+    assert float(jnp.max(jnp.abs(lo.astype(jnp.float32) - hi))) < 0.05 * scale + 1e-3
+
+
+BAD_INPUTS = [
+    ("paper", {}, (227, 227, 3), r"expected a batch of NHWC images of shape \(N, 227, 227, 3\)"),
+    (
+        "paper",
+        {},
+        (1, 224, 224, 3),
+        r"expected images of shape \(N, 227, 227, 3\), got spatial size 224x224",
+    ),
+    ("paper", {}, (1, 227, 227, 1), r"expected 3 channels"),
+    ("torchvision", {}, (1, 32, 32, 3), r"H, W >= 63"),
+    ("small", {"in_channels": 1}, (1, 28, 28, 3), r"expected 1 channels \(shape \(N, H, W, 1\)"),
+    ("small", {}, (1, 12, 12, 3), r"H, W >= 15"),
+]
+
+
+@pytest.mark.parametrize("variant, kwargs, shape, message", BAD_INPUTS)
+def test_bad_input_names_the_expected_shape(variant, kwargs, shape, message):
+    model = AlexNet(variant=variant, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        model.init(jax.random.key(0), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"variant": "vgg"}, "variant must be one of"),
+        ({"activation": "gelu"}, "activation must be one of"),
+        ({"dropout_rate": 1.0}, r"dropout_rate must be in \[0, 1\)"),
+        ({"num_classes": 0}, "num_classes must be >= 1"),
+        ({"groups": 3}, "groups=3 does not divide"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AlexNet(**{"variant": "small", **kwargs}).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

@@ -1,0 +1,94 @@
+"""Local response normalization against the paper's formula and torch.nn.LocalResponseNorm;
+adaptive average pooling against torch.nn.AdaptiveAvgPool2d."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gdjax.models import LocalResponseNorm, adaptive_avg_pool, local_response_norm
+
+
+def paper_lrn(a, n, alpha, beta, k):
+    """The formula of section 3.3, one channel at a time (channels last)."""
+    channels = a.shape[-1]
+    b = np.empty_like(a, dtype=np.float64)
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + (n - 1) // 2)
+        s = np.sum(a[..., lo : hi + 1].astype(np.float64) ** 2, axis=-1)
+        b[..., i] = a[..., i] / (k + alpha * s) ** beta
+    return b
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7])
+def test_matches_the_papers_formula_including_channel_edges(size):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((2, 3, 4, 10)).astype(np.float32) * 20  # large: LRN matters
+    got = local_response_norm(jnp.asarray(a), size=size, alpha=1e-3, beta=0.75, k=2.0)
+    want = paper_lrn(a, size, 1e-3, 0.75, 2.0)
+    assert np.max(np.abs(want - a)) > 1.0, "normalization must have an effect to be tested"
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+
+def test_module_defaults_are_the_papers():
+    m = LocalResponseNorm()
+    assert (m.size, m.alpha, m.beta, m.k) == (5, 1e-4, 0.75, 2.0)
+    a = np.random.default_rng(1).standard_normal((1, 2, 2, 8)).astype(np.float32) * 30
+    got = m.apply({}, jnp.asarray(a))
+    np.testing.assert_allclose(got, paper_lrn(a, 5, 1e-4, 0.75, 2.0), rtol=2e-6)
+
+
+@pytest.mark.parametrize("size", [3, 4, 5])
+def test_matches_torch_with_alpha_times_size_forward_and_gradient(size):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2, 5, 5, 12)).astype(np.float32) * 10
+    w = rng.standard_normal(a.shape).astype(np.float32)
+    alpha, beta, k = 1e-3, 0.75, 2.0
+
+    t_in = torch.tensor(a.transpose(0, 3, 1, 2), requires_grad=True)  # NCHW
+    lrn = torch.nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
+    t_out = lrn(t_in)
+    (t_out * torch.tensor(w.transpose(0, 3, 1, 2))).sum().backward()
+
+    def f(x):
+        return jnp.sum(local_response_norm(x, size, alpha, beta, k) * w)
+
+    out = local_response_norm(jnp.asarray(a), size, alpha, beta, k)
+    grad = jax.grad(f)(jnp.asarray(a))
+    np.testing.assert_allclose(
+        out, t_out.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(grad, t_in.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-6)
+
+
+def test_groups_normalise_each_group_on_its_own():
+    a = jnp.asarray(np.random.default_rng(3).standard_normal((2, 3, 3, 8)) * 20, jnp.float32)
+    got = local_response_norm(a, groups=2, alpha=1e-2)
+    halves = [
+        local_response_norm(a[..., :4], alpha=1e-2),
+        local_response_norm(a[..., 4:], alpha=1e-2),
+    ]
+    np.testing.assert_allclose(got, jnp.concatenate(halves, axis=-1), rtol=1e-6)
+    assert not np.allclose(got, local_response_norm(a, alpha=1e-2))  # edges differ
+
+
+def test_bfloat16_in_bfloat16_out_close_to_float32():
+    a = jnp.asarray(np.random.default_rng(4).standard_normal((1, 4, 4, 16)) * 10, jnp.float32)
+    lo = local_response_norm(a.astype(jnp.bfloat16))
+    assert lo.dtype == jnp.bfloat16
+    np.testing.assert_allclose(lo.astype(jnp.float32), local_response_norm(a), rtol=2e-2, atol=2e-2)
+
+
+def test_bad_groups_is_an_error():
+    with pytest.raises(ValueError, match="divisible by groups=3"):
+        local_response_norm(jnp.ones((1, 2, 2, 8)), groups=3)
+
+
+@pytest.mark.parametrize("size", [(6, 6), (7, 5), (13, 13), (3, 9)])
+def test_adaptive_avg_pool_matches_torch(size):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(5).standard_normal((2, *size, 4)).astype(np.float32)
+    want = torch.nn.AdaptiveAvgPool2d((6, 6))(torch.tensor(x.transpose(0, 3, 1, 2)))
+    got = adaptive_avg_pool(jnp.asarray(x), (6, 6))
+    np.testing.assert_allclose(got, want.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6)
