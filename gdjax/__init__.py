@@ -1,10 +1,10 @@
 """gdjax: the gradient-descent family as optax transformations, and AlexNet trained the 2012 way.
 
 The public API is exactly ``__all__``: the optimizers (also under :mod:`gdjax.optim`, with
-their building blocks), the AlexNet model and the subpackages.
+their building blocks), the AlexNet model and the subpackages (``data``, ``models``, ``optim``).
 """
 
-from gdjax import models, optim
+from gdjax import data, models, optim
 from gdjax.models import AlexNet
 from gdjax.optim import adagrad, adam, adamw, alexnet_sgd, momentum, rmsprop, sgd
 
@@ -16,6 +16,7 @@ __all__ = [
     "adam",
     "adamw",
     "alexnet_sgd",
+    "data",
     "models",
     "momentum",
     "optim",

@@ -18,6 +18,10 @@ PACKAGES = [
     "gdjax.models.layers",
     "gdjax.models.stats",
     "gdjax.models.torchvision",
+    "gdjax.data",
+    "gdjax.data.augment",
+    "gdjax.data.pipeline",
+    "gdjax.data.sources",
 ]
 
 
@@ -41,7 +45,7 @@ def test_all_names_import_and_nothing_else_is_advertised(name):
         if not n.startswith("_") and not isinstance(v, types.ModuleType) and ours(v)
     }
     modules = {n for n, v in vars(module).items() if isinstance(v, types.ModuleType)}
-    assert modules & exported <= {"optim", "models"}
+    assert modules & exported <= {"optim", "models", "data"}
     assert public - exported == set(), f"public but not in __all__: {sorted(public - exported)}"
 
 

@@ -1,0 +1,316 @@
+r"""AlexNet's augmentations (Krizhevsky et al. 2012, §2 and §4.1) and their small-image kin.
+
+All functions take and return numpy arrays in HWC layout and are deterministic given the
+``numpy.random.Generator`` they are handed. The transforms at the bottom map an example
+``{"image": uint8 HWC, "label": int}`` and a generator to a float32 example; the pipeline
+(:func:`gdjax.data.make_loader`) hands each example the generator
+``numpy.random.default_rng([seed, epoch, example_index])``, so augmentation depends only on
+the seed and the example — not on batch size, worker count or host count — and a resumed run
+sees exactly the same inputs.
+
+The recipe:
+
+* **Preprocessing** (§2): resize the short side to 256 and centre-crop 256×256 (done by the
+  folder source), subtract the training-set mean — per pixel (the paper) or per channel.
+* **Training** (§4.1): a random 224×224 (or 227×227) crop and a horizontal flip with
+  probability ½; **PCA colour augmentation**: with :math:`p_i, \lambda_i` the eigenvectors and
+  eigenvalues of the 3×3 covariance of RGB pixel values over the training set, add
+  :math:`[p_1, p_2, p_3][\alpha_1\lambda_1, \alpha_2\lambda_2, \alpha_3\lambda_3]^T` to every
+  pixel, :math:`\alpha_i \sim N(0, 0.1^2)` drawn once per image.
+* **Evaluation** (§4.1): the centre crop, or the ten crops (four corners and centre, and their
+  mirror images) whose softmax outputs are averaged.
+* **Small images** (28–32 px): pad by a few pixels and take a random crop of the original size,
+  flip where mirror images are still valid examples (CIFAR, not digits), standardise.
+
+The statistics are computed once per dataset by :func:`compute_stats` and stored
+(:meth:`DatasetStats.save`), never recomputed every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import pathlib
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "AlexNetEval",
+    "AlexNetTrain",
+    "DatasetStats",
+    "SmallEval",
+    "SmallTrain",
+    "center_crop",
+    "compute_stats",
+    "load_or_compute_stats",
+    "pad_and_random_crop",
+    "pca_color_shift",
+    "random_crop",
+    "random_flip",
+    "ten_crop",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetStats:
+    """Training-set statistics in the 0–255 pixel scale.
+
+    Attributes:
+      mean: per-channel mean, shape ``(C,)``.
+      std: per-channel standard deviation, ``(C,)``.
+      mean_image: per-pixel mean ``(H, W, C)`` (the paper's "mean activity"), or ``None`` when
+        images differ in size.
+      eigvals: eigenvalues of the channel covariance, descending, ``(C,)``.
+      eigvecs: matching unit eigenvectors as columns, ``(C, C)``.
+      count: number of images the statistics were computed from.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    mean_image: np.ndarray | None
+    eigvals: np.ndarray
+    eigvecs: np.ndarray
+    count: int
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to ``path`` (``.npz``) atomically: a temporary file, then a rename."""
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        arrays = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DatasetStats:
+        with np.load(path) as z:
+            return cls(
+                mean=z["mean"],
+                std=z["std"],
+                mean_image=z.get("mean_image"),
+                eigvals=z["eigvals"],
+                eigvecs=z["eigvecs"],
+                count=int(z["count"]),
+            )
+
+
+def compute_stats(source: Any, max_examples: int | None = 10_000, seed: int = 0) -> DatasetStats:
+    """Channel mean/std, per-pixel mean and RGB covariance eigenpairs of (a sample of) a source.
+
+    With ``max_examples`` below ``len(source)``, a seeded random sample is used (the covariance
+    of 10,000 images is accurate to well under 1%).
+    """
+    n = len(source)
+    if n == 0:
+        raise ValueError("compute_stats: the source is empty")
+    order = np.arange(n)
+    if max_examples is not None and max_examples < n:
+        order = np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
+    first = np.asarray(source[int(order[0])]["image"])
+    c = first.shape[-1]
+    total, outer, pixels = np.zeros(c), np.zeros((c, c)), 0
+    image_sum = np.zeros(first.shape, np.float64)
+    same_size = True
+    for i in order:
+        img = np.asarray(source[int(i)]["image"], np.float64)
+        flat = img.reshape(-1, c)
+        total += flat.sum(0)
+        outer += flat.T @ flat
+        pixels += len(flat)
+        if same_size and img.shape == image_sum.shape:
+            image_sum += img
+        else:
+            same_size = False
+    mean = total / pixels
+    cov = outer / pixels - np.outer(mean, mean)
+    eigvals, eigvecs = np.linalg.eigh(cov)
+    order_desc = np.argsort(eigvals)[::-1]
+    return DatasetStats(
+        mean=mean.astype(np.float32),
+        std=np.sqrt(np.maximum(np.diag(cov), 1e-12)).astype(np.float32),
+        mean_image=(image_sum / len(order)).astype(np.float32) if same_size else None,
+        eigvals=np.maximum(eigvals[order_desc], 0).astype(np.float32),
+        eigvecs=eigvecs[:, order_desc].astype(np.float32),
+        count=len(order),
+    )
+
+
+def _cache_dir() -> pathlib.Path:
+    base = os.environ.get("GDJAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gdjax"
+    )
+    return pathlib.Path(base)
+
+
+def load_or_compute_stats(
+    source: Any, cache_dir: str | os.PathLike | None = None, max_examples: int | None = 10_000
+) -> DatasetStats:
+    """The source's statistics from the cache, computing and storing them the first time.
+
+    The cache key is the source's ``name`` and length; the directory is ``cache_dir``, else
+    ``$GDJAX_CACHE``, else ``~/.cache/gdjax``.
+    """
+    key = hashlib.sha1(f"{source.name}|{len(source)}|{max_examples}".encode()).hexdigest()[:16]
+    path = pathlib.Path(cache_dir) if cache_dir is not None else _cache_dir()
+    path = path / f"stats-{key}.npz"
+    if path.is_file():
+        try:
+            return DatasetStats.load(path)
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache: recompute and overwrite it
+    stats = compute_stats(source, max_examples)
+    with contextlib.suppress(OSError):  # a read-only cache is no reason to fail
+        stats.save(path)
+    return stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Array operations (HWC)
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size × size`` crop at a uniformly random position."""
+    h, w = image.shape[:2]
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} exceeds the image ({h}x{w})")
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    return image[top : top + size, left : left + size]
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} exceeds the image ({h}x{w})")
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def ten_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The paper's ten views: four corners and the centre, then their mirror images.
+
+    Returns ``(10, size, size, C)``.
+    """
+    h, w = image.shape[:2]
+    if size > min(h, w):
+        raise ValueError(f"crop size {size} exceeds the image ({h}x{w})")
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
+    crops = [image[top : top + size, left : left + size] for top, left in corners]
+    crops.append(center_crop(image, size))
+    crops += [c[:, ::-1] for c in crops]
+    return np.stack(crops)
+
+
+def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mirror left-right with probability ½."""
+    return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def pca_color_shift(stats: DatasetStats, std: float, rng: np.random.Generator) -> np.ndarray:
+    r"""The per-image colour shift :math:`\sum_i \alpha_i \lambda_i p_i`, :math:`\alpha_i \sim
+    N(0, \mathrm{std}^2)`."""
+    alpha = rng.normal(0.0, std, size=stats.eigvals.shape)
+    return (stats.eigvecs @ (alpha * stats.eigvals)).astype(np.float32)
+
+
+def pad_and_random_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """Zero-pad by ``pad`` on each side, then crop back to the original size at random."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    top, left = int(rng.integers(0, 2 * pad + 1)), int(rng.integers(0, 2 * pad + 1))
+    return padded[top : top + h, left : left + w]
+
+
+# ---------------------------------------------------------------------------------------------
+# Example transforms: ({"image": uint8 HWC, "label": int}, rng) -> float32 image, int32 label
+
+
+def _subtract_mean(image: np.ndarray, stats: DatasetStats, per_pixel: bool) -> np.ndarray:
+    img = image.astype(np.float32)
+    if per_pixel:
+        if stats.mean_image is None or stats.mean_image.shape != img.shape:
+            raise ValueError("per-pixel mean needs images of one size and stats.mean_image")
+        return img - stats.mean_image
+    return img - stats.mean
+
+
+def _example(image: np.ndarray, label: Any) -> dict:
+    return {"image": np.ascontiguousarray(image, dtype=np.float32), "label": np.int32(label)}
+
+
+@dataclasses.dataclass(frozen=True)
+class AlexNetTrain:
+    """Mean subtraction, random crop, flip and PCA colour shift (the paper's training input).
+
+    Output pixels are in the 0–255 scale minus the mean (the paper feeds these directly);
+    ``scale`` multiplies them (e.g. 1/255 or 1/std for networks initialised otherwise).
+    """
+
+    stats: DatasetStats
+    crop: int = 224
+    pca_std: float = 0.1
+    flip: bool = True
+    per_pixel_mean: bool = True
+    scale: float = 1.0
+    random: bool = dataclasses.field(default=True, init=False)
+
+    def __call__(self, element: dict, rng: np.random.Generator) -> dict:
+        img = _subtract_mean(element["image"], self.stats, self.per_pixel_mean)
+        img = random_crop(img, self.crop, rng)
+        if self.flip:
+            img = random_flip(img, rng)
+        if self.pca_std > 0:
+            img = img + pca_color_shift(self.stats, self.pca_std, rng)
+        return _example(img * self.scale, element["label"])
+
+
+@dataclasses.dataclass(frozen=True)
+class AlexNetEval:
+    """Mean subtraction and the centre crop, or the ten crops ``(10, crop, crop, C)``."""
+
+    stats: DatasetStats
+    crop: int = 224
+    ten_crop: bool = False
+    per_pixel_mean: bool = True
+    scale: float = 1.0
+    random: bool = dataclasses.field(default=False, init=False)
+
+    def __call__(self, element: dict, rng: np.random.Generator | None = None) -> dict:
+        img = _subtract_mean(element["image"], self.stats, self.per_pixel_mean)
+        img = ten_crop(img, self.crop) if self.ten_crop else center_crop(img, self.crop)
+        return _example(img * self.scale, element["label"])
+
+
+@dataclasses.dataclass(frozen=True)
+class SmallTrain:
+    """Small images: pad-and-crop, optional flip, per-channel standardisation."""
+
+    stats: DatasetStats
+    pad: int = 4
+    flip: bool = True
+    random: bool = dataclasses.field(default=True, init=False)
+
+    def __call__(self, element: dict, rng: np.random.Generator) -> dict:
+        img = element["image"]
+        if self.pad:
+            img = pad_and_random_crop(img, self.pad, rng)
+        if self.flip:
+            img = random_flip(img, rng)
+        return _example(
+            (img.astype(np.float32) - self.stats.mean) / self.stats.std, element["label"]
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SmallEval:
+    """Small images at evaluation: per-channel standardisation only."""
+
+    stats: DatasetStats
+    random: bool = dataclasses.field(default=False, init=False)
+
+    def __call__(self, element: dict, rng: np.random.Generator | None = None) -> dict:
+        img = (element["image"].astype(np.float32) - self.stats.mean) / self.stats.std
+        return _example(img, element["label"])

@@ -1,0 +1,151 @@
+"""The input pipeline: grain datasets for every sampling strategy, sharded per host, resumable.
+
+Batch, stochastic and mini-batch gradient descent differ only in what :func:`make_loader`
+feeds them::
+
+    make_loader(src, batch_size="full")   # batch GD: the whole dataset each step
+    make_loader(src, batch_size=1)        # stochastic GD: one example at a time
+    make_loader(src, batch_size=128)      # mini-batch GD
+
+The stream is the source's indices, shuffled afresh every epoch when ``shuffle`` (a
+permutation drawn from ``seed`` and the epoch), epochs concatenated, then cut into batches.
+Example ``k`` of the stream is transformed with the generator
+``numpy.random.default_rng([seed, epoch, source_index])``. In a multi-host run process ``p``
+of ``P`` reads stream positions ``p, p + P, p + 2P, ...``; its batches of ``batch_size / P``
+examples, taken together over the processes, are exactly the global batches a single process
+would read. The iterator's position is saved with ``it.get_state()`` and restored with
+``it.set_state(state)``, so a restarted run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+__all__ = ["make_loader", "split_for_devices"]
+
+
+class _Fetch:
+    """Stream position and source index -> transformed example (picklable, for workers)."""
+
+    def __init__(self, source: Any, transform: Callable | None, seed: int, epoch_length: int):
+        self.source, self.transform = source, transform
+        self.seed, self.epoch_length = seed, epoch_length
+
+    def __call__(self, position: int, index: int) -> dict:
+        example = self.source[int(index)]
+        if self.transform is None:
+            return example
+        rng = None
+        if getattr(self.transform, "random", True):
+            epoch = position // self.epoch_length
+            rng = np.random.default_rng([self.seed, epoch, int(index)])
+        return self.transform(example, rng)
+
+
+def _allow_absl_flags() -> None:
+    """grain's worker processes read absl flags; a program not run by absl.app never parses
+    them. Mark them parsed (with their defaults) so that worker_count > 0 works anywhere."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_loader(
+    source: Any,
+    *,
+    batch_size: int | str,
+    transform: Callable[[dict, np.random.Generator | None], dict] | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_epochs: int | None = 1,
+    drop_remainder: bool = True,
+    worker_count: int = 0,
+    read_threads: int = 1,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """A grain ``IterDataset`` of ``{"image", "label"}`` numpy batches over ``source``.
+
+    Args:
+      source: a random-access source (``len`` and ``[]``), e.g. from :func:`gdjax.data.load`.
+      batch_size: the global batch size, ``1`` for stochastic GD, or ``"full"`` for the whole
+        dataset per step (batch GD). Each process gets ``batch_size // process_count``.
+      transform: ``transform(example, rng) -> example``, e.g.
+        :class:`~gdjax.data.augment.SmallTrain`; ``None`` yields the raw uint8 images.
+      shuffle: a new order every epoch; ``seed`` fixes the orders and the augmentations.
+      num_epochs: passes over the data; ``None`` repeats for ever.
+      drop_remainder: drop a last incomplete batch (keeps shapes static under ``jit``).
+      worker_count: grain worker processes reading and augmenting in parallel (0: in-process).
+      read_threads: threads reading ahead in each process (0: read on demand). One thread
+        overlaps reading with the training step; more help only where decoding releases the
+        GIL (JPEG folders), and cost throughput on small in-memory sets.
+      process_index, process_count: this host's share; default ``jax.process_index()`` and
+        ``jax.process_count()``.
+
+    Returns:
+      An iterable; ``it = iter(loader)`` has ``get_state()`` / ``set_state()``.
+    """
+    n = len(source)
+    if n == 0:
+        raise ValueError("make_loader: the source is empty")
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    if batch_size == "full":
+        batch_size = n
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
+        raise ValueError(f"batch_size must be a positive int or 'full', got {batch_size!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or 'full', got {batch_size}")
+    if batch_size % process_count:
+        raise ValueError(
+            f"batch_size {batch_size} (global) is not divisible by the {process_count} processes"
+        )
+    if num_epochs is not None and (num_epochs < 1 or int(num_epochs) != num_epochs):
+        raise ValueError(f"num_epochs must be a positive int or None, got {num_epochs!r}")
+    if drop_remainder and num_epochs is not None and batch_size > n * num_epochs:
+        raise ValueError(
+            f"batch_size {batch_size} exceeds the {n * num_epochs} examples of "
+            f"{num_epochs} epoch(s); with drop_remainder=True no batch would be produced"
+        )
+    if worker_count < 0:
+        raise ValueError(f"worker_count must be >= 0, got {worker_count}")
+    if read_threads < 0:
+        raise ValueError(f"read_threads must be >= 0, got {read_threads}")
+
+    ds = grain.MapDataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    ds = ds.map_with_index(_Fetch(source, transform, seed, n))
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    ds = ds.batch(batch_size // process_count, drop_remainder=drop_remainder)
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size)
+    )
+    if worker_count:
+        _allow_absl_flags()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it
+
+
+def split_for_devices(batch: Any, num_devices: int | None = None) -> Any:
+    """Reshape every leaf's leading axis ``B`` to ``(num_devices, B // num_devices)`` for pmap."""
+    num_devices = jax.local_device_count() if num_devices is None else num_devices
+
+    def split(x: np.ndarray) -> np.ndarray:
+        if x.shape[0] % num_devices:
+            raise ValueError(
+                f"batch of {x.shape[0]} is not divisible by the {num_devices} local devices"
+            )
+        return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+
+    return jax.tree.map(split, batch)

