@@ -22,6 +22,14 @@ PACKAGES = [
     "gdjax.data.augment",
     "gdjax.data.pipeline",
     "gdjax.data.sources",
+    "gdjax.train",
+    "gdjax.train.checkpoint",
+    "gdjax.train.loop",
+    "gdjax.train.metrics_writer",
+    "gdjax.train.parallel",
+    "gdjax.train.steps",
+    "gdjax.configs",
+    "gdjax.cli",
 ]
 
 
@@ -45,7 +53,7 @@ def test_all_names_import_and_nothing_else_is_advertised(name):
         if not n.startswith("_") and not isinstance(v, types.ModuleType) and ours(v)
     }
     modules = {n for n, v in vars(module).items() if isinstance(v, types.ModuleType)}
-    assert modules & exported <= {"optim", "models", "data"}
+    assert modules & exported <= {"optim", "models", "data", "train"}
     assert public - exported == set(), f"public but not in __all__: {sorted(public - exported)}"
 
 

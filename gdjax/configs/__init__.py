@@ -1,0 +1,32 @@
+"""Configuration presets: each module's ``get_config()`` returns an ``ml_collections.ConfigDict``.
+
+=========  ===================================================================================
+default    small AlexNet on the embedded ``mnist5k`` (what ``gdjax train`` runs)
+cifar10    small AlexNet on CIFAR-10 (``--config.dataset=cifar10:PATH``)
+paper      the 2012 paper's ImageNet recipe (``--config.dataset=folder:/data/imagenet``)
+=========  ===================================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+
+import ml_collections
+
+__all__ = ["PRESETS", "get_config", "preset_path"]
+
+PRESETS = ("default", "cifar10", "paper")
+
+
+def preset_path(name: str) -> pathlib.Path:
+    """The file of a preset (what ``--config=NAME`` resolves to)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown config preset {name!r}; presets are {', '.join(PRESETS)}")
+    return pathlib.Path(__file__).with_name(f"{name}.py")
+
+
+def get_config(name: str = "default") -> ml_collections.ConfigDict:
+    """The preset ``name`` as a ConfigDict."""
+    preset_path(name)
+    return importlib.import_module(f"gdjax.configs.{name}").get_config()

@@ -1,0 +1,78 @@
+"""Where a run's numbers go: ``metrics.jsonl``, TensorBoard event files and a PNG of the curves."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+__all__ = ["MetricsWriter", "plot_curves", "read_metrics"]
+
+
+class MetricsWriter:
+    """Append ``{"step", "split", **metrics}`` lines to ``workdir/metrics.jsonl`` and write
+    the same scalars to TensorBoard under ``workdir/tensorboard`` (``split/name`` tags).
+
+    Only process 0 of a multi-host run writes; the others get a writer that does nothing.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+        self.enabled = enabled
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(logdir=str(pathlib.Path(workdir) / "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
+        for name, value in clean.items():
+            self._tb.add_scalar(f"{split}/{name}", value, int(step))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:
+    """Training and test loss and error against steps, from ``metrics.jsonl``, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workdir = pathlib.Path(workdir)
+    rows = read_metrics(workdir / "metrics.jsonl")
+    out = pathlib.Path(out) if out is not None else workdir / "curves.png"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, name in zip(axes, ("loss", "error"), strict=True):
+        for split, style in (("train", "-"), ("test", "o-")):
+            points = [(r["step"], r[name]) for r in rows if r["split"] == split and name in r]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, style, label=split, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if name == "error":
+        axes[1].set_yscale("log")
+    fig.suptitle(workdir.name)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,176 @@
+r"""The training state and the pure step functions.
+
+``train_step(state, batch) -> (state, metrics)`` and ``eval_step(state, batch) -> metrics``
+know nothing about devices: :mod:`gdjax.train.parallel` applies ``jit``, ``pmap`` or a sharded
+``jit`` around them. Under ``pmap`` pass ``axis_name`` and gradients and metrics are averaged
+over the devices with ``lax.pmean``.
+
+The loss is softmax cross-entropy, optionally with label smoothing :math:`\epsilon` (targets
+:math:`(1-\epsilon)\,\mathrm{onehot} + \epsilon / K`), plus an optional L2 penalty
+:math:`\tfrac{\lambda}{2}\lVert w\rVert^2` over the kernels (for recipes that decay weights
+through the loss rather than the optimizer). Metrics: loss, top-1 and top-5 error (the
+paper reports both). The dropout key of step :math:`t` is ``fold_in(state.rng, t)``, so a step
+is reproducible from the state alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["TrainState", "cross_entropy", "eval_step", "l2_penalty", "top_k_error", "train_step"]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training run carries from step to step (a pytree).
+
+    Attributes:
+      step: number of optimizer steps taken (int32 scalar).
+      params: the model's ``params`` collection.
+      model_state: the model's other collections (e.g. ``batch_stats``), ``{}`` for AlexNet.
+      opt_state: the optimizer's state.
+      rng: base PRNG key; step ``t`` uses ``fold_in(rng, t)``.
+      apply_fn, tx: the model's ``apply`` and the optax transformation (static, not saved).
+    """
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    rng: jax.Array
+    apply_fn: Callable = flax.struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        apply_fn: Callable,
+        variables: Any,
+        tx: optax.GradientTransformation,
+        rng: jax.Array,
+    ) -> TrainState:
+        """A fresh state from initialised model ``variables`` (``{"params": ..., ...}``)."""
+        variables = dict(variables)
+        params = variables.pop("params")
+        return cls(
+            step=jnp.zeros([], jnp.int32),
+            params=params,
+            model_state=variables,
+            opt_state=tx.init(params),
+            rng=rng,
+            apply_fn=apply_fn,
+            tx=tx,
+        )
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy (computed in float32) with optional label smoothing."""
+    logits = logits.astype(jnp.float32)
+    if label_smoothing:
+        k = logits.shape[-1]
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
+        return optax.softmax_cross_entropy(logits, targets)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def top_k_error(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """Per-example 1.0 where ``labels`` is not among the ``k`` largest logits, else 0.0."""
+    k = min(k, logits.shape[-1])
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+    rank = jnp.sum(logits > label_logit, axis=-1)  # classes strictly above the label's
+    return (rank >= k).astype(jnp.float32)
+
+
+def l2_penalty(params: Any) -> jax.Array:
+    r""":math:`\tfrac12 \sum w^2` over the weight matrices and kernels (biases excluded)."""
+    leaves = [x for x in jax.tree.leaves(params) if x.ndim > 1]
+    return 0.5 * sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves), jnp.zeros([]))
+
+
+def _metrics(logits: jax.Array, labels: jax.Array, loss: jax.Array) -> dict[str, jax.Array]:
+    return {
+        "loss": loss,
+        "error": jnp.mean(top_k_error(logits, labels, 1)),
+        "top5_error": jnp.mean(top_k_error(logits, labels, 5)),
+    }
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    label_smoothing: float = 0.0,
+    l2: float = 0.0,
+    axis_name: str | None = None,
+    **extra_args: Any,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step on ``batch = {"image": (B, H, W, C), "label": (B,)}``.
+
+    ``extra_args`` go to ``tx.update`` (e.g. ``value=`` for ``optax.contrib.reduce_on_plateau``),
+    which flax's ``TrainState.apply_gradients`` would drop. Returns the new state and the
+    batch's loss (cross-entropy plus penalty) and errors, measured before the update.
+    """
+    dropout_key = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:  # each device draws its own dropout masks
+        dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params):
+        variables = {"params": params, **state.model_state}
+        logits = state.apply_fn(
+            variables, batch["image"], train=True, rngs={"dropout": dropout_key}
+        )
+        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+        if l2:
+            loss = loss + l2 * l2_penalty(params)
+        return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = _metrics(logits, batch["label"], loss)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        metrics = jax.lax.pmean(metrics, axis_name)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra_args)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState, batch: dict[str, jax.Array], *, axis_name: str | None = None
+) -> dict[str, jax.Array]:
+    """Summed loss and errors without dropout, and the number of examples counted.
+
+    Images of shape ``(B, V, H, W, C)`` are ``V`` views of each example (the paper's ten
+    crops): their softmax outputs are averaged. An optional ``batch["mask"]`` (1 for real
+    examples, 0 for padding) lets a last, padded batch keep the compiled shape. Divide the
+    sums by ``count`` (after adding them up over batches) for means.
+    """
+    variables = {"params": state.params, **state.model_state}
+    images, labels = batch["image"], batch["label"]
+    mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)
+    if images.ndim == 5:
+        b, v = images.shape[:2]
+        logits = state.apply_fn(variables, images.reshape(b * v, *images.shape[2:]))
+        probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(b, v, -1).mean(axis=1)
+        logits = jnp.log(probs)
+        losses = -jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    else:
+        logits = state.apply_fn(variables, images)
+        losses = cross_entropy(logits, labels)
+    sums = {
+        "loss": jnp.sum(losses * mask),
+        "error": jnp.sum(top_k_error(logits, labels, 1) * mask),
+        "top5_error": jnp.sum(top_k_error(logits, labels, 5) * mask),
+        "count": jnp.sum(mask),
+    }
+    if axis_name is not None:
+        sums = jax.lax.psum(sums, axis_name)
+    return sums

@@ -1,0 +1,221 @@
+"""train_and_evaluate end to end: outputs, exact resume after SIGKILL and SIGTERM, corrupted
+checkpoints, non-finite losses, the plateau recipe and config errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from gdjax.configs import get_config
+from gdjax.train import Checkpointer, train_and_evaluate
+from gdjax.train.loop import _build
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def quick_config(**overrides):
+    c = get_config("default")
+    c.batch_size = 32
+    c.num_steps = 40
+    c.checkpoint_every_steps = 10
+    c.log_every_steps = 10
+    c.eval_every_epochs = 100.0  # evaluate only at the end
+    c.progress = False
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def final_params(workdir, config):
+    """The params of the newest checkpoint, restored into the run's own template."""
+    ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
+    try:
+        state, _, _ = ckpt.restore_latest(_build(config).state)
+    finally:
+        ckpt.close()
+    return int(state.step), jax.device_get(state.params)
+
+
+def assert_identical(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 40-step run."""
+    workdir = tmp_path_factory.mktemp("reference")
+    result = train_and_evaluate(quick_config(), str(workdir))
+    return workdir, result, final_params(workdir, quick_config())
+
+
+def test_run_writes_everything_and_learns(reference):
+    workdir, result, (step, _) = reference
+    assert step == 40 and result["steps"] == 40
+    assert result["accuracy"] > 0.3, "40 steps must beat chance (0.1) by far"
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [10, 20, 30, 40]
+    assert {"loss", "error", "top5_error", "learning_rate", "images_per_second"} <= train_rows[
+        0
+    ].keys()
+    assert [r["step"] for r in rows if r["split"] == "test"] == [40]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "curves.png").stat().st_size > 1000
+    assert json.loads((workdir / "config.json").read_text())["batch_size"] == 32
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        20,
+        30,
+        40,
+    ]
+
+
+def test_rerun_in_a_finished_workdir_resumes_at_the_end(reference, tmp_path):
+    workdir, result, _ = reference
+    again = train_and_evaluate(quick_config(), str(workdir))
+    assert again["steps"] == 40
+    assert again["error"] == pytest.approx(result["error"])
+
+
+def _start(workdir, *extra):
+    args = [
+        sys.executable, "-m", "gdjax.cli", "train", f"--workdir={workdir}",
+        "--config.batch_size=32", "--config.num_steps=40", "--config.checkpoint_every_steps=10",
+        "--config.log_every_steps=10", "--config.eval_every_epochs=100", "--config.progress=False",
+        *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for_checkpoint(workdir, step, proc, timeout=180):
+    target = pathlib.Path(workdir) / "checkpoints" / str(step)
+    deadline = time.time() + timeout
+    while not target.is_dir():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before checkpoint {step}:\n{proc.stdout.read()[-3000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"no checkpoint {step} within {timeout} s")
+        time.sleep(0.05)
+
+
+def test_resume_after_sigkill_is_bit_identical(reference, tmp_path):
+    _, _, (_, want) = reference
+    proc = _start(tmp_path)
+    _wait_for_checkpoint(tmp_path, 20, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    result = train_and_evaluate(quick_config(), str(tmp_path))
+    step, got = final_params(tmp_path, quick_config())
+    assert step == 40 and result["steps"] == 40
+    assert_identical(got, want)
+
+
+def test_sigterm_saves_then_resume_is_bit_identical(reference, tmp_path):
+    _, _, (_, want) = reference
+    proc = _start(tmp_path, "--config.checkpoint_every_steps=1000")
+    # Wait until training runs (the first log line at step 10 means steps are flowing).
+    deadline = time.time() + 180
+    while not (tmp_path / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, out[-3000:]
+    assert "SIGTERM: saved step" in out
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and 10 <= saved[0] < 40
+    train_and_evaluate(quick_config(), str(tmp_path))
+    step, got = final_params(tmp_path, quick_config())
+    assert step == 40
+    assert_identical(got, want)
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
+    _, _, (_, want) = reference
+    proc = _start(tmp_path, "--config.num_steps=30")
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    latest = tmp_path / "checkpoints" / "30"
+    for f in latest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\x00garbage" * 16)
+    with pytest.warns(UserWarning, match="checkpoint 30 .* cannot be restored"):
+        step, _ = final_params(tmp_path, quick_config())
+    assert step == 20
+    assert (tmp_path / "checkpoints" / "20").is_dir()  # the good one was never touched
+    with pytest.warns(UserWarning, match="checkpoint 30"):
+        train_and_evaluate(quick_config(), str(tmp_path))
+    step, got = final_params(tmp_path, quick_config())
+    assert step == 40
+    assert_identical(got, want)
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = quick_config(**{"optimizer.learning_rate": 1e4, "checkpoint_every_steps": 2})
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+"):
+        train_and_evaluate(config, str(tmp_path))
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved, "no good checkpoint was written before the blow-up"
+    step, params = final_params(tmp_path, config)
+    assert step == saved[-1]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_skip_nonfinite_keeps_going(tmp_path):
+    config = quick_config(
+        **{"optimizer.learning_rate": 1e4, "optimizer.skip_nonfinite": True, "num_steps": 12}
+    )
+    result = train_and_evaluate(config, str(tmp_path))
+    assert result["steps"] == 12
+
+
+def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
+    config = quick_config(
+        **{
+            "schedule.name": "plateau",
+            "schedule.patience": 1,
+            "schedule.threshold": 10.0,  # no change counts as an improvement: drop every eval
+            "eval_every_epochs": 10 / 125,  # every 10 steps (125 steps per epoch at batch 32)
+            "log_every_steps": 5,
+        }
+    )
+    train_and_evaluate(config, str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["learning_rate"] for r in rows if r["split"] == "train"}
+    # The first evaluation (step 10) sets the best error; each later one fails to improve it.
+    assert lrs[5] == lrs[10] == lrs[15] == pytest.approx(0.01)
+    assert lrs[25] == pytest.approx(0.001) and lrs[35] == pytest.approx(0.0001)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optimizer.name": "lbfgs"}, r"config.optimizer.name must be one of"),
+        ({"optimizer.hparams.b1": 0.5}, r"\['b1'\] do not apply to 'momentum'"),
+        ({"schedule.name": "exponential"}, "config.schedule.name must be one of"),
+        ({"batch_size": 0}, "config.batch_size must be a positive int"),
+        (
+            {"parallel": "pmap", "batch_size": 12},
+            "global batch size 12 is not divisible by the 8 devices",
+        ),
+        ({"dataset": "mnist"}, "unknown dataset spec"),
+    ],
+)
+def test_config_errors_are_clear_and_early(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(quick_config(**overrides), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())

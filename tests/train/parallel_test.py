@@ -1,0 +1,202 @@
+"""One step, three parallel modes (8 fake CPU devices), and two real processes on localhost."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gdjax
+from gdjax.models import AlexNet
+from gdjax.train import MODES, Parallel, TrainState
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def batches(n=3, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "image": rng.standard_normal((size, 28, 28, 1)).astype(np.float32),
+            "label": rng.integers(0, 10, size).astype(np.int32),
+        }
+        for _ in range(n)
+    ]
+
+
+def run(mode, dropout_rate=0.0, data=None):
+    model = AlexNet(num_classes=10, variant="small", in_channels=1, dropout_rate=dropout_rate)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    state = TrainState.create(
+        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
+    )
+    par = Parallel(mode)
+    state = par.put_state(state)
+    history = []
+    for b in batches() if data is None else data:
+        state, metrics = par.train_step(state, par.put_batch(b))
+        history.append(jax.device_get(metrics))
+    evals = jax.device_get(par.eval_step(state, par.put_batch(batches(1, 16, 9)[0])))
+    return jax.device_get(par.get_state(state).params), history, evals
+
+
+def max_diff(a, b):
+    return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
+
+
+def test_eight_devices_are_there():
+    assert jax.device_count() == 8
+
+
+def test_all_modes_agree():
+    ref_params, ref_hist, ref_eval = run("none")
+    for mode in ("pmap", "sharded"):
+        params, hist, evals = run(mode)
+        assert max_diff(params, ref_params) < 1e-5, mode
+        for h, r in zip(hist, ref_hist, strict=True):
+            for k in r:
+                assert float(h[k]) == pytest.approx(float(r[k]), rel=1e-5, abs=1e-6), (mode, k)
+        for k in ref_eval:
+            assert float(evals[k]) == pytest.approx(float(ref_eval[k]), rel=1e-5), (mode, k)
+    moved = max_diff(ref_params, run("none", data=batches(0))[0])
+    assert moved > 1e-3  # three steps really changed the params
+
+
+def test_sharded_equals_plain_jit_with_dropout_on():
+    """The sharded step draws the same dropout masks as one device (partitionable RNG)."""
+    a, _, _ = run("none", dropout_rate=0.5)
+    b, _, _ = run("sharded", dropout_rate=0.5)
+    assert max_diff(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_recompilation_after_the_first_step(mode, compile_counter):
+    model = AlexNet(num_classes=10, variant="small", in_channels=1)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    state = TrainState.create(
+        apply_fn=model.apply, variables=variables, tx=gdjax.adam(1e-3), rng=jax.random.key(1)
+    )
+    par = Parallel(mode)
+    state = par.put_state(state)
+    data = batches(5)
+    state, _ = par.train_step(state, par.put_batch(data[0]))
+    with compile_counter() as counter:
+        for b in data[1:]:
+            state, metrics = par.train_step(state, par.put_batch(b))
+        jax.block_until_ready(metrics)
+    assert counter.count == 0, f"{counter.count} compilations after the first step"
+
+
+def test_indivisible_global_batch_is_an_error_before_compiling():
+    for mode in ("pmap", "sharded"):
+        with pytest.raises(
+            ValueError, match="global batch size 12 is not divisible by the 8 devices"
+        ):
+            Parallel(mode).check_batch_size(12)
+    Parallel("none").check_batch_size(12)
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="parallel must be one of"):
+        Parallel("tpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes on localhost through jax.distributed (gloo collectives on the CPU).
+
+WORKER = r"""
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+import numpy as np
+from gdjax.train import initialize_distributed
+
+address, pid, mode, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+initialize_distributed(address, num_processes=2, process_id=pid)
+assert jax.process_count() == 2 and jax.device_count() == 4
+sys.path.insert(0, os.environ["GDJAX_TESTS"])
+from train.parallel_test import train_on_process_slices
+
+params = train_on_process_slices(mode)
+if pid == 0:
+    np.savez(out, **{"/".join(map(str, k)): v for k, v in params})
+print("done", pid, flush=True)
+"""
+
+
+def global_source():
+    from gdjax.data import ArraySource
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+    return ArraySource(images, rng.integers(0, 10, 64), [str(i) for i in range(10)], "toy")
+
+
+def train_on_process_slices(mode, steps=3, batch_size=16):
+    """Train on the global batches of the loader, each process reading its own slice."""
+    from gdjax import data
+
+    stats = data.compute_stats(global_source(), max_examples=None)
+    loader = data.make_loader(
+        global_source(), batch_size=batch_size, transform=data.SmallEval(stats), seed=5
+    )
+    model = AlexNet(num_classes=10, variant="small", in_channels=1, dropout_rate=0.0)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    state = TrainState.create(
+        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
+    )
+    par = Parallel(mode)
+    state = par.put_state(state)
+    it = iter(loader)
+    for _ in range(steps):
+        state, _ = par.train_step(state, par.put_batch(next(it)))
+    params = jax.device_get(par.get_state(state).params)
+    return [
+        (tuple(k.key for k in path), np.asarray(v))
+        for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+    ]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", ["sharded", "pmap"])
+def test_two_processes_match_one(tmp_path, mode):
+    address = f"127.0.0.1:{free_port()}"
+    out = tmp_path / "params.npz"
+    env = {**os.environ, "GDJAX_TESTS": str(ROOT / "tests"), "PYTHONPATH": str(ROOT)}
+    env.pop("XLA_FLAGS", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, address, str(pid), mode, str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in (0, 1)
+    ]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("the two-process run did not finish in 240 s")
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+    got = dict(np.load(out))
+    want = {"/".join(map(str, k)): v for k, v in train_on_process_slices("none")}
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
