@@ -219,3 +219,77 @@ def test_config_errors_are_clear_and_early(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         train_and_evaluate(quick_config(**overrides), str(tmp_path))
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_learning_rate_recipes():
+    from gdjax.train import make_optimizer
+
+    def lrs(**overrides):
+        c = quick_config(**overrides)
+        tx = make_optimizer(c, steps_per_epoch=10, total_steps=100)
+        params = {"w": np.ones(3, np.float32)}
+        state = tx.init(params)
+        out = []
+        for _ in range(100):  # the state holds the learning rate its last update used
+            _, state = tx.update({"w": np.ones(3, np.float32)}, state, params)
+            out.append(float(state.hyperparams["learning_rate"]))
+        return np.asarray(out)
+
+    constant = lrs(**{"schedule.name": "constant"})
+    np.testing.assert_allclose(constant, 0.01)
+    step = lrs(**{"schedule.name": "step", "schedule.step_epochs": (3, 6)})
+    np.testing.assert_allclose(
+        step[[0, 29, 30, 59, 60, 99]], [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-4], rtol=1e-5
+    )
+    cosine = lrs(**{"schedule.name": "cosine"})
+    want = [0.005 * (1 + np.cos(np.pi * t / 100)) for t in range(100)]
+    np.testing.assert_allclose(cosine, want, rtol=1e-4, atol=1e-7)
+    warm = lrs(**{"schedule.name": "cosine", "schedule.warmup_epochs": 2.0})
+    np.testing.assert_allclose(warm[:21:10], [0.0, 0.005, 0.01], atol=1e-6)
+    assert warm[99] < 1e-4
+
+
+def test_mixed_precision_and_gradient_accumulation(tmp_path):
+    config = quick_config(
+        **{
+            "mixed_precision": True,
+            "optimizer.grad_accum_steps": 2,
+            "num_steps": 6,
+            "checkpoint_every_steps": 3,
+        }
+    )
+    result = train_and_evaluate(config, str(tmp_path))
+    assert result["steps"] == 6
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    try:
+        state, _, _ = ckpt.restore_latest(_build(config).state)
+    finally:
+        ckpt.close()
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))  # f32 master weights
+    injected = state.opt_state.inner_opt_state  # MultiSteps -> inject_hyperparams
+    assert int(injected.count) == 3, "6 micro-batches in groups of 2 make 3 optimizer updates"
+
+
+@pytest.mark.parametrize("preset", ["cifar10", "paper"])
+def test_the_other_presets_train(tmp_path, preset):
+    from data_testing import write_cifar, write_folder
+
+    c = get_config(preset)
+    if preset == "cifar10":
+        tarball, _, _ = write_cifar(tmp_path / "cifar", per_batch=8)
+        c.dataset = f"cifar10:{tarball}"
+        c.batch_size = 8
+    else:
+        root = write_folder(
+            tmp_path / "imagenet",
+            {"train": {"a": 4, "b": 4}, "val": {"a": 1, "b": 1}},
+            size=(240, 300),
+        )
+        c.dataset = f"folder:{root}"
+        c.batch_size = 4
+        c.eval_batch_size = 2
+        c.input.worker_count = 0
+    c.num_steps = 2
+    c.progress = False
+    result = train_and_evaluate(c, str(tmp_path / "run"))
+    assert result["steps"] == 2 and np.isfinite(result["loss"])
