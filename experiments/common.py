@@ -1,0 +1,118 @@
+"""Helpers shared by the experiments: output folders, the machine's description, JSON, plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def parser(description: str, default_out: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=f"experiments/results/{default_out}", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a tiny run (smoke tests, CI)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per comparison")
+    return p
+
+
+def machine() -> dict[str, Any]:
+    """What ran the experiment: JAX backend and device, CPU count, platform."""
+    device = jax.devices()[0]
+    return {
+        "backend": device.platform,
+        "device": device.device_kind,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+    }
+
+
+def to_jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, (np.ndarray, jax.Array)):
+        return to_jsonable(np.asarray(x).tolist())
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    return x
+
+
+def write_results(out: pathlib.Path, name: str, results: dict, started: float) -> pathlib.Path:
+    """``out/results.json`` with the numbers, the wall time and the machine."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "experiment": name,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "machine": machine(),
+        **to_jsonable(results),
+    }
+    path = out / "results.json"
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, np.float64)
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+        "runs": len(a),
+    }
+
+
+def small_alexnet_config(quick: bool, **overrides):
+    """The default preset (small AlexNet, mnist5k), shortened, with dotted-key overrides."""
+    from gdjax.configs import get_config
+
+    c = get_config("default")
+    c.progress = False
+    c.log_every_steps = 5
+    c.checkpoint_every_steps = 10**9  # only the final checkpoint
+    if quick:
+        c.num_steps = 6
+        c.batch_size = 32
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def train_run(config, workdir: pathlib.Path) -> tuple[dict, list[dict]]:
+    """``train_and_evaluate`` in a fresh workdir; returns its result and its metric rows."""
+    import shutil
+
+    from gdjax.train import train_and_evaluate
+    from gdjax.train.metrics_writer import read_metrics
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    result = train_and_evaluate(config, str(workdir))
+    return result, read_metrics(workdir / "metrics.jsonl")
+
+
+def curve(rows: list[dict], split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    s, v = zip(*pts, strict=True)
+    return np.asarray(s), np.asarray(v)

@@ -1,0 +1,97 @@
+"""Every experiment runs at a tiny size (--quick), writes its plots and numbers, and the numbers
+are sane. The full runs and their results are in experiments/README.md, not in CI."""
+
+import importlib
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def experiments():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        yield lambda name: importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+
+
+def run(experiments, name, tmp_path):
+    results = experiments(name).main(["--quick", "--out", str(tmp_path)])
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["experiment"] == name and stored["wall_seconds"] >= 0
+    assert stored["machine"]["backend"] == "cpu"
+    return results, stored
+
+
+def test_gd_variants(experiments, tmp_path):
+    results, _ = run(experiments, "gd_variants", tmp_path)
+    for png in ("regression.png", "batch_lr.png", "logistic.png"):
+        assert (tmp_path / png).stat().st_size > 5000
+    # Batch GD run long enough lands on the closed-form least-squares solution.
+    assert results["closed_form_vs_batch_gd"]["distance"] < 0.1
+    for name, r in results["regression"].items():
+        assert r["final_loss_gap"]["mean"] < 5.0, name
+    for name, r in results["logistic_digits"].items():
+        assert r["test_accuracy"]["mean"] > 0.5, name
+
+
+def test_landscapes(experiments, tmp_path):
+    results, _ = run(experiments, "landscapes", tmp_path)
+    assert (tmp_path / "trajectories.png").stat().st_size > 10000
+    start = {"quadratic": 0.5 * (16 + 50 * 1.5**2), "rosenbrock": 12.5}
+    for problem, per_opt in results.items():
+        assert set(per_opt) == {"SGD", "Momentum", "Nesterov", "AdaGrad", "RMSProp", "Adam"}
+        for name, r in per_opt.items():
+            assert r["final_loss"] < start[problem], (problem, name)
+
+
+def test_adam_paper(experiments, tmp_path):
+    results, _ = run(experiments, "adam_paper", tmp_path)
+    assert (tmp_path / "adam_paper.png").is_file()
+    for name, r in results["logistic"].items():
+        assert r["final_training_loss"]["mean"] < np.log(10), name
+    assert len(results["cnn"]) == 2
+
+
+def test_alexnet_ablations(experiments, tmp_path):
+    results, stored = run(experiments, "alexnet_ablations", tmp_path)
+    assert (tmp_path / "ablations.png").is_file()
+    assert len(results) == 2 and "tanh" in results
+    for r in results.values():
+        assert 0 <= r["final_test_error"]["mean"] <= 1
+    assert "tanh_over_relu_steps_to_25pct" in stored["summary"]
+
+
+def test_transfer(experiments, tmp_path):
+    results, _ = run(experiments, "transfer", tmp_path)
+    assert (tmp_path / "transfer.png").is_file()
+    for method in ("transfer", "scratch"):
+        for r in results[method].values():
+            assert 0 <= r["mean"] <= 1
+
+
+def test_schedules(experiments, tmp_path):
+    results, _ = run(experiments, "schedules", tmp_path)
+    assert (tmp_path / "schedules.png").is_file()
+    assert len(results) == 2
+
+
+def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("GDJAX_QUICK", "1")
+    nb = nbformat.read(ROOT / "experiments" / "quickstart.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=600, resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
+    assert "backend: cpu" in outputs and "test accuracy" in outputs
+    assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").is_file()
