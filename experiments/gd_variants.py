@@ -118,7 +118,9 @@ def softmax_regression(train, test, batch, lr, epochs, seed):
         params, state = step(params, state, b["x"], b["y"])
         if k % per_epoch == 0:
             losses.append(float(loss_fn(params, xtr, train.labels)))
-    accuracy = float(np.mean(np.argmax(xte @ params["w"] + params["b"][None, :], -1) == test.labels))
+    accuracy = float(
+        np.mean(np.argmax(xte @ params["w"] + params["b"][None, :], -1) == test.labels)
+    )
     return losses, accuracy
 
 

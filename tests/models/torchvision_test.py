@@ -1,8 +1,12 @@
 """torchvision weights in Flax: same logits as a torch AlexNet with torchvision's exact layout.
 
 torchvision does not install beside the CPU build of torch used here, so the reference model is
-written out by hand with torchvision's module names and layers (torchvision/models/alexnet.py).
+built by hand with torchvision's module names and layers (experiments/torch_alexnet.py; its
+key names and shapes are checked against torchvision's below).
 """
+
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,44 +15,16 @@ import pytest
 
 from gdjax.models import AlexNet, count_params, from_torchvision
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
 
 def torchvision_alexnet(torch, num_classes=1000):
-    nn = torch.nn
-
-    class TorchvisionAlexNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(kernel_size=3, stride=2),
-                nn.Conv2d(64, 192, kernel_size=5, padding=2),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(kernel_size=3, stride=2),
-                nn.Conv2d(192, 384, kernel_size=3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(384, 256, kernel_size=3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(256, 256, kernel_size=3, padding=1),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(kernel_size=3, stride=2),
-            )
-            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-            self.classifier = nn.Sequential(
-                nn.Dropout(p=0.5),
-                nn.Linear(256 * 6 * 6, 4096),
-                nn.ReLU(inplace=True),
-                nn.Dropout(p=0.5),
-                nn.Linear(4096, 4096),
-                nn.ReLU(inplace=True),
-                nn.Linear(4096, num_classes),
-            )
-
-        def forward(self, x):
-            x = self.avgpool(self.features(x))
-            return self.classifier(torch.flatten(x, 1))
-
-    return TorchvisionAlexNet()
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        from torch_alexnet import torch_alexnet
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+    return torch_alexnet("torchvision", num_classes)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +75,22 @@ def test_rejects_wrong_shapes(torch_model):
         match=r"features.3.weight has shape \(192, 32, 5, 5\), expected \(192, 64, 5, 5\)",
     ):
         from_torchvision(sd)
+
+
+def test_reference_model_has_torchvisions_exact_names_and_shapes(torch_model):
+    _, model = torch_model
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {
+        "features.0.weight": (64, 3, 11, 11),
+        "features.3.weight": (192, 64, 5, 5),
+        "features.6.weight": (384, 192, 3, 3),
+        "features.8.weight": (256, 384, 3, 3),
+        "features.10.weight": (256, 256, 3, 3),
+        "classifier.1.weight": (4096, 9216),
+        "classifier.4.weight": (4096, 4096),
+        "classifier.6.weight": (100, 4096),
+    }
+    for key, shape in expected.items():
+        assert shapes[key] == shape
+        assert shapes[key.replace("weight", "bias")] == (shape[0],)
+    assert len(shapes) == 16

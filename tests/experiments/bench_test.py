@@ -1,0 +1,74 @@
+"""Smoke test of the gdjax-vs-PyTorch harness at a tiny size."""
+
+import importlib
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def bench():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        yield importlib.import_module("bench")
+    finally:
+        sys.path.remove(str(ROOT / "experiments"))
+
+
+def test_harness_times_both_and_writes_json(bench, tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    results = bench.main(
+        [
+            "--cases",
+            "small:32:8",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--optimizer-scale",
+            "0.001",
+            "--json",
+            str(out),
+        ]
+    )
+    modes = {(r["case"], r["mode"]) for r in results["cases"]}
+    assert modes == {("small:32:8", "train"), ("small:32:8", "infer")}
+    for row in results["cases"]:
+        assert row["images_per_second"]["gdjax"] > 0 and row["images_per_second"]["torch"] > 0
+        assert row["ratio_vs_fastest_torch"] == pytest.approx(
+            row["images_per_second"]["gdjax"] / row["images_per_second"]["torch"]
+        )
+        assert row["gdjax_compile_s"] > 0
+    names = {r["optimizer"]: r["ms"] for r in results["optimizers"]}
+    assert set(names) == {"momentum", "adam"}
+    assert {"gdjax", "optax", "torch foreach"} <= set(names["adam"])
+    assert results["copy_bandwidth_GBps"] > 0
+    assert json.loads(out.read_text())["device"].startswith("cpu")
+    assert "ratio" in capsys.readouterr().out
+
+
+def test_torch_reference_matches_the_flax_layer_table(bench):
+    torch = pytest.importorskip("torch")
+    import jax
+    import jax.numpy as jnp
+    from torch_alexnet import torch_alexnet
+
+    from gdjax.models import AlexNet, count_params
+
+    for variant, size in (("paper", 227), ("small", 32)):
+        model = torch_alexnet(variant, 10, 3, size)
+        flax_params = jax.eval_shape(
+            AlexNet(num_classes=10, variant=variant).init,
+            jax.random.key(0),
+            jnp.zeros((1, size, size, 3)),
+        )
+        assert sum(p.numel() for p in model.parameters()) == count_params(flax_params["params"]), (
+            variant
+        )
+        out = model.eval()(torch.zeros(2, 3, size, size))
+        assert tuple(out.shape) == (2, 10)
