@@ -203,6 +203,57 @@ def optimizer_rows(rounds: int, steps: int, scale: float) -> list[dict]:
     return rows
 
 
+def loop_overhead(steps: int = 150) -> dict[str, float]:
+    """The default run's training loop (data, metrics, logging) against its bare jitted step.
+
+    Both train the default preset's model on batches of its shape; the loop's rate is read
+    from its own ``images_per_second`` log (intervals after the first, which compiles).
+    """
+    import tempfile
+
+    from gdjax.configs import get_config
+    from gdjax.train import Parallel, TrainState, train_and_evaluate
+    from gdjax.train.metrics_writer import read_metrics
+
+    c = get_config("default")
+    c.progress, c.num_steps, c.log_every_steps = False, steps, 25
+    c.eval_every_epochs, c.checkpoint_every_steps = 1e6, 10**9
+    with tempfile.TemporaryDirectory() as tmp:
+        train_and_evaluate(c, tmp)
+        rows = [
+            r for r in read_metrics(pathlib.Path(tmp) / "metrics.jsonl") if r["split"] == "train"
+        ]
+    loop_rate = statistics.median(r["images_per_second"] for r in rows[1:])
+    model = AlexNet(
+        num_classes=10, variant="small", in_channels=1, dropout_rate=c.model.dropout_rate
+    )
+    params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    par = Parallel("none")
+    state = par.put_state(
+        TrainState.create(
+            apply_fn=model.apply, variables=params, tx=gdjax.momentum(0.01), rng=jax.random.key(1)
+        )
+    )
+    batch = par.put_batch(
+        {
+            "image": np.zeros((c.batch_size, 28, 28, 1), np.float32),
+            "label": np.zeros(c.batch_size, np.int32),
+        }
+    )
+    state, m = par.train_step(state, batch)
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, m = par.train_step(state, batch)
+    jax.block_until_ready(m)
+    bare_rate = steps * c.batch_size / (time.perf_counter() - t)
+    return {
+        "loop_images_per_s": loop_rate,
+        "bare_step_images_per_s": bare_rate,
+        "overhead": 1 - loop_rate / bare_rate,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -217,6 +268,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--optimizer-scale", type=float, default=1.0, help="fraction of the 61 M params"
     )
     parser.add_argument("--skip-optimizers", action="store_true")
+    parser.add_argument(
+        "--loop-overhead", action="store_true", help="measure the default run's loop cost"
+    )
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     import sys
@@ -302,6 +356,13 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
             results["optimizers"].append(row)
+    if args.loop_overhead:
+        results["loop"] = loop_overhead()
+        lo = results["loop"]
+        print(
+            f"\ntraining loop of the default run: {lo['loop_images_per_s']:.0f} img/s vs bare step "
+            f"{lo['bare_step_images_per_s']:.0f} img/s: overhead {lo['overhead']:.1%}"
+        )
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     return results

@@ -16,7 +16,8 @@ import numpy as np
 
 def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--out", default=f"experiments/results/{default_out}", help="output folder")
+    here = pathlib.Path(__file__).resolve().parent
+    p.add_argument("--out", default=str(here / "results" / default_out), help="output folder")
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke tests, CI)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per comparison")
     return p
@@ -80,7 +81,7 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 def small_alexnet_config(quick: bool, **overrides):
     """The default preset (small AlexNet, mnist5k), shortened, with dotted-key overrides."""
-    from gdjax.configs import get_config
+    from gdjax.configs import get_config, override
 
     c = get_config("default")
     c.progress = False
@@ -89,13 +90,7 @@ def small_alexnet_config(quick: bool, **overrides):
     if quick:
         c.num_steps = 6
         c.batch_size = 32
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return override(c, **overrides)
 
 
 def train_run(config, workdir: pathlib.Path) -> tuple[dict, list[dict]]:

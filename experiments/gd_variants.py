@@ -124,6 +124,11 @@ def softmax_regression(train, test, batch, lr, epochs, seed):
     return losses, accuracy
 
 
+def steps_in_epoch(batch, n: int) -> int:
+    """Steps in one epoch of ``n`` examples."""
+    return 1 if batch == "full" else n // int(batch)
+
+
 VARIANTS = {"batch GD": ("full", 0.2), "mini-batch GD (32)": (32, 0.05), "SGD (1)": (1, 0.005)}
 
 
@@ -233,8 +238,11 @@ def main(argv=None):
                 "final_loss_gap": mean_std([h["loss"][-1] - optimum for h in hs]),
                 "final_distance": mean_std([h["distance"][-1] for h in hs]),
                 "wall_seconds": mean_std([h["time"][-1] for h in hs]),
-                "last_epoch_step_loss_std": mean_std(
-                    [float(np.std(h["step_losses"][-n:])) for h in hs]
+                "last_epoch_batch_loss_std": mean_std(
+                    [
+                        float(np.std(h["step_losses"][-steps_in_epoch(VARIANTS[name][0], n) :]))
+                        for h in hs
+                    ]
                 ),
             }
             for name, hs in runs.items()

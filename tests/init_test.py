@@ -72,3 +72,12 @@ def test_optimizers_are_optax_transformations_with_a_learning_rate(name):
     assert getattr(gdjax, name) is getattr(gdjax.optim, name)
     doc = getattr(gdjax, name).__doc__
     assert "PyTorch" in doc and ".. math::" in doc, "docstrings state the maths and the mapping"
+
+
+def test_config_override_sets_fields_and_rejects_unknown_ones():
+    from gdjax.configs import get_config, override
+
+    c = override(get_config("default"), **{"optimizer.learning_rate": 0.5, "model.lrn": False})
+    assert c.optimizer.learning_rate == 0.5 and c.model.lrn is False
+    with pytest.raises(KeyError, match=r"optimizer\.nope"):
+        override(c, **{"optimizer.nope": 1})

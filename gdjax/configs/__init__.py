@@ -14,7 +14,7 @@ import pathlib
 
 import ml_collections
 
-__all__ = ["PRESETS", "get_config", "preset_path"]
+__all__ = ["PRESETS", "get_config", "override", "preset_path"]
 
 PRESETS = ("default", "cifar10", "paper")
 
@@ -30,3 +30,18 @@ def get_config(name: str = "default") -> ml_collections.ConfigDict:
     """The preset ``name`` as a ConfigDict."""
     preset_path(name)
     return importlib.import_module(f"gdjax.configs.{name}").get_config()
+
+
+def override(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """Set dotted fields in place (``override(c, **{"optimizer.learning_rate": 0.1})``), like
+    ``--config.optimizer.learning_rate=0.1`` on the command line; an unknown field is a KeyError
+    (``ConfigDict.update_from_flattened_dict`` would ignore it)."""
+    for key, value in fields.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        if last not in node:
+            raise KeyError(f"config has no field {key!r}")
+        node[last] = value
+    return config

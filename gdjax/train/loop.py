@@ -192,21 +192,11 @@ def _transforms(c: ml_collections.ConfigDict, stats: data.DatasetStats) -> tuple
         # The paper feeds mean-subtracted 0-255 pixels to its N(0, 0.01) init; other variants
         # get unit-scale inputs.
         scale = 1.0 if c.model.variant == "paper" else float(1.0 / np.mean(stats.std))
-        train = data.AlexNetTrain(
-            stats,
-            crop=c.input.crop,
-            pca_std=c.input.pca_std,
-            per_pixel_mean=c.input.per_pixel_mean,
-            scale=scale,
+        shared = {"crop": c.input.crop, "per_pixel_mean": c.input.per_pixel_mean, "scale": scale}
+        return (
+            data.AlexNetTrain(stats, pca_std=c.input.pca_std, **shared),
+            data.AlexNetEval(stats, ten_crop=c.input.ten_crop, **shared),
         )
-        evaluate = data.AlexNetEval(
-            stats,
-            crop=c.input.crop,
-            ten_crop=c.input.ten_crop,
-            per_pixel_mean=c.input.per_pixel_mean,
-            scale=scale,
-        )
-        return train, evaluate
     identity = data.SmallEval(
         dataclasses.replace(stats, mean=np.zeros_like(stats.mean), std=np.ones_like(stats.std))
     )

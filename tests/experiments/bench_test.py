@@ -72,3 +72,11 @@ def test_torch_reference_matches_the_flax_layer_table(bench):
         )
         out = model.eval()(torch.zeros(2, 3, size, size))
         assert tuple(out.shape) == (2, 10)
+
+
+def test_loop_overhead_is_measured(bench):
+    result = bench.loop_overhead(steps=60)
+    assert result["loop_images_per_s"] > 0 and result["bare_step_images_per_s"] > 0
+    assert result["overhead"] == pytest.approx(
+        1 - result["loop_images_per_s"] / result["bare_step_images_per_s"]
+    )

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from gdjax.configs import get_config
+from gdjax.configs import get_config, override
 from gdjax.train import Checkpointer, train_and_evaluate
 from gdjax.train.loop import _build
 
@@ -28,13 +28,7 @@ def quick_config(**overrides):
     c.log_every_steps = 10
     c.eval_every_epochs = 100.0  # evaluate only at the end
     c.progress = False
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return override(c, **overrides)
 
 
 def final_params(workdir, config):
