@@ -199,4 +199,5 @@ def test_two_processes_match_one(tmp_path, mode):
     want = {"/".join(map(str, k)): v for k, v in train_on_process_slices("none")}
     assert got.keys() == want.keys()
     for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        # float32 round-off: the processes reduce in another order (7e-6 seen on jax 0.6).
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=2e-5, err_msg=k)
