@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -158,8 +157,3 @@ class Parallel:
     def eval_step(self, state: TrainState, batch: Any) -> dict:
         metrics = self._eval(state, batch)
         return jax.tree.map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics
-
-    @property
-    def compiled_train(self) -> Callable:
-        """The compiled train function (for compile-count checks)."""
-        return self._train
