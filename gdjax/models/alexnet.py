@@ -50,7 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gdjax.models.layers import adaptive_avg_pool, local_response_norm
+from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool
 
 __all__ = ["ACTIVATIONS", "VARIANTS", "AlexNet", "spatial_sizes"]
 
@@ -286,7 +286,7 @@ class AlexNet(nn.Module):
                 # the layer the maps feed (conv1's maps are split between the GPUs too).
                 x = local_response_norm(x, groups=groups)
             if conv.pool:
-                x = nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+                x = max_pool(x, window, stride)
             in_features = conv.features
         if spec.adaptive_pool is not None:
             x = adaptive_avg_pool(x, spec.adaptive_pool)

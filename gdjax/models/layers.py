@@ -5,12 +5,14 @@ Layout is NHWC throughout (channels last), the layout XLA prefers on every backe
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["LocalResponseNorm", "adaptive_avg_pool", "local_response_norm"]
+__all__ = ["LocalResponseNorm", "adaptive_avg_pool", "local_response_norm", "max_pool"]
 
 
 def local_response_norm(
@@ -86,3 +88,64 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
     mh = jnp.asarray(_averaging_matrix(h, oh), x.dtype)
     mw = jnp.asarray(_averaging_matrix(w, ow), x.dtype)
     return jnp.einsum("ih,...hwc,jw->...ijc", mh, x, mw)
+
+
+def _windows(x: jax.Array, window: int, stride: int) -> tuple[list[jax.Array], int, int]:
+    """The ``window²`` strided views of an NHWC batch, one per offset in the pooling window."""
+    h, w = x.shape[-3], x.shape[-2]
+    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+    views = [
+        jax.lax.slice_in_dim(
+            jax.lax.slice_in_dim(x, di, di + stride * (oh - 1) + 1, stride, axis=x.ndim - 3),
+            dj,
+            dj + stride * (ow - 1) + 1,
+            stride,
+            axis=x.ndim - 2,
+        )
+        for di in range(window)
+        for dj in range(window)
+    ]
+    return views, oh, ow
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+    """VALID max-pooling of an NHWC batch, equal to ``flax.linen.max_pool`` in value and gradient.
+
+    The gradient is computed from the argmax kept by the forward pass (the first maximum of each
+    window in row-major order, as XLA's select-and-scatter picks it), scattered back with
+    strided pads — several times faster on the CPU than XLA's select-and-scatter.
+    """
+    views, _, _ = _windows(x, window, stride)
+    return functools.reduce(jnp.maximum, views)
+
+
+def _max_pool_fwd(x, window, stride):
+    views, _, _ = _windows(x, window, stride)
+    out = functools.reduce(jnp.maximum, views)
+    # Index of the first view attaining the maximum: scan from the last so earlier views win.
+    arg = jnp.zeros(out.shape, jnp.int8)
+    for k in range(len(views) - 1, -1, -1):
+        arg = jnp.where(views[k] == out, jnp.int8(k), arg)
+    return out, (arg, x.shape)
+
+
+def _max_pool_bwd(window, stride, residuals, g):
+    arg, shape = residuals
+    h, w = shape[-3], shape[-2]
+    oh, ow = g.shape[-3], g.shape[-2]
+    zero = jnp.zeros((), g.dtype)
+    grad = jnp.zeros(shape, g.dtype)
+    for k in range(window * window):
+        di, dj = divmod(k, window)
+        part = jnp.where(arg == k, g, zero)
+        pads = [(0, 0, 0)] * (g.ndim - 3) + [
+            (di, h - di - stride * (oh - 1) - 1, stride - 1),
+            (dj, w - dj - stride * (ow - 1) - 1, stride - 1),
+            (0, 0, 0),
+        ]
+        grad = grad + jax.lax.pad(part, zero, pads)
+    return (grad,)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

@@ -92,3 +92,27 @@ def test_adaptive_avg_pool_matches_torch(size):
     want = torch.nn.AdaptiveAvgPool2d((6, 6))(torch.tensor(x.transpose(0, 3, 1, 2)))
     got = adaptive_avg_pool(jnp.asarray(x), (6, 6))
     np.testing.assert_allclose(got, want.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "window, stride, shape",
+    [(3, 2, (2, 55, 55, 8)), (3, 2, (2, 13, 14, 3)), (2, 2, (1, 27, 27, 4))],
+)
+def test_max_pool_equals_flax_in_value_and_gradient(window, stride, shape):
+    import flax.linen as nn
+
+    from gdjax.models.layers import max_pool
+
+    x = jnp.maximum(jax.random.normal(jax.random.key(0), shape), 0.0)  # many ties at zero
+    ref = nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+    np.testing.assert_array_equal(max_pool(x, window, stride), ref)
+    w = jax.random.normal(jax.random.key(1), ref.shape)
+    g_ref = jax.grad(
+        lambda v: jnp.sum(
+            nn.max_pool(v, (window, window), strides=(stride, stride), padding="VALID") * w
+        )
+    )(x)
+    g = jax.jit(jax.grad(lambda v: jnp.sum(max_pool(v, window, stride) * w)))(x)
+    # Same selected positions; overlapping windows may add their shares in another order.
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(g != 0, g_ref != 0)
