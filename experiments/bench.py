@@ -73,13 +73,12 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
         logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    @jax.jit
     def train(p, s, key):
         g = jax.grad(loss_fn)(p, key)
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    train = jax.jit(train.__wrapped__, donate_argnums=(0, 1))
+    train = jax.jit(train, donate_argnums=(0, 1))
     infer = jax.jit(lambda p, x: model.apply({"params": p}, x))
     state = {"p": params, "s": opt_state}
     t0 = time.perf_counter()

@@ -40,6 +40,11 @@ class Table:
         return {"x": self.x[i], "y": self.y[i]}
 
 
+def steps_in_epoch(batch, n: int) -> int:
+    """Steps in one epoch of ``n`` examples."""
+    return 1 if batch == "full" else n // int(batch)
+
+
 def regression_problem(n: int, d: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     scales = np.linspace(1.0, 3.0, d)  # mildly ill-conditioned features
@@ -72,7 +77,7 @@ def run_regression(x, y, w_ls, batch, lr, epochs, seed):
     loader = data.make_loader(
         Table(x, y), batch_size=batch, seed=seed, num_epochs=epochs, read_threads=0
     )
-    per_epoch = len(x) // (len(x) if batch == "full" else int(batch))
+    per_epoch = steps_in_epoch(batch, len(x))
     history = {
         "loss": [float(mse(w, x, y))],
         "distance": [float(np.linalg.norm(w - w_ls))],
@@ -112,7 +117,7 @@ def softmax_regression(train, test, batch, lr, epochs, seed):
     loader = data.make_loader(
         Table(xtr, train.labels), batch_size=batch, seed=seed, num_epochs=epochs, read_threads=0
     )
-    per_epoch = len(xtr) // (len(xtr) if batch == "full" else int(batch))
+    per_epoch = steps_in_epoch(batch, len(xtr))
     losses = [float(loss_fn(params, xtr, train.labels))]
     for k, b in enumerate(loader, start=1):
         params, state = step(params, state, b["x"], b["y"])
@@ -122,11 +127,6 @@ def softmax_regression(train, test, batch, lr, epochs, seed):
         np.mean(np.argmax(xte @ params["w"] + params["b"][None, :], -1) == test.labels)
     )
     return losses, accuracy
-
-
-def steps_in_epoch(batch, n: int) -> int:
-    """Steps in one epoch of ``n`` examples."""
-    return 1 if batch == "full" else n // int(batch)
 
 
 VARIANTS = {"batch GD": ("full", 0.2), "mini-batch GD (32)": (32, 0.05), "SGD (1)": (1, 0.005)}

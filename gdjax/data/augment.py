@@ -237,6 +237,10 @@ def _subtract_mean(image: np.ndarray, stats: DatasetStats, per_pixel: bool) -> n
     return img - stats.mean
 
 
+def _standardize(image: np.ndarray, stats: DatasetStats) -> np.ndarray:
+    return (image.astype(np.float32) - stats.mean) / stats.std
+
+
 def _example(image: np.ndarray, label: Any) -> dict:
     return {"image": np.ascontiguousarray(image, dtype=np.float32), "label": np.int32(label)}
 
@@ -299,9 +303,7 @@ class SmallTrain:
             img = pad_and_random_crop(img, self.pad, rng)
         if self.flip:
             img = random_flip(img, rng)
-        return _example(
-            (img.astype(np.float32) - self.stats.mean) / self.stats.std, element["label"]
-        )
+        return _example(_standardize(img, self.stats), element["label"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,5 +314,4 @@ class SmallEval:
     random: bool = dataclasses.field(default=False, init=False)
 
     def __call__(self, element: dict, rng: np.random.Generator | None = None) -> dict:
-        img = (element["image"].astype(np.float32) - self.stats.mean) / self.stats.std
-        return _example(img, element["label"])
+        return _example(_standardize(element["image"], self.stats), element["label"])

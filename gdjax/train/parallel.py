@@ -125,9 +125,7 @@ class Parallel:
 
     def get_state(self, state: TrainState) -> TrainState:
         """The state as one copy (the first device's under pmap), for saving or inspection."""
-        if self.mode == "pmap":
-            return jax.tree.map(lambda x: x[0], state)
-        return state
+        return self._first(state)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
         """This process's part of the global batch, laid out for the steps."""
@@ -152,8 +150,11 @@ class Parallel:
 
     def train_step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         state, metrics = self._train(state, batch)
-        return state, (jax.tree.map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics)
+        return state, self._first(metrics)
 
     def eval_step(self, state: TrainState, batch: Any) -> dict:
-        metrics = self._eval(state, batch)
-        return jax.tree.map(lambda x: x[0], metrics) if self.mode == "pmap" else metrics
+        return self._first(self._eval(state, batch))
+
+    def _first(self, tree: Any) -> Any:
+        """Under pmap, the first device's copy of a replicated pytree; else the pytree."""
+        return jax.tree.map(lambda x: x[0], tree) if self.mode == "pmap" else tree
