@@ -29,6 +29,20 @@ def x64():
         jax.config.update("jax_enable_x64", previous)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the oneDNN-path tests where jaxlib is too old for that path (it is refused)."""
+    import jaxlib
+
+    from gdjax.models import _onednn
+
+    version = tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
+    if version >= _onednn.MIN_JAXLIB:
+        return
+    keep = [item for item in items if item.get_closest_marker("onednn") is None]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("GDJAX_NO_SKIPS") != "1":
         return

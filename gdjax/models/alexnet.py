@@ -42,6 +42,7 @@ Variants (``variant=``):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gdjax.models.conv import CONV_IMPLS, conv_general_dilated
 from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool
 
 __all__ = ["ACTIVATIONS", "VARIANTS", "AlexNet", "spatial_sizes"]
@@ -188,6 +190,9 @@ class AlexNet(nn.Module):
       overlapping_pool: 3×3 windows with stride 2 (the paper's); ``False`` gives 2×2/2.
       in_channels: channels of the input images (3 for RGB, 1 for MNIST).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: storage dtype.
+      conv_impl: ``"auto"`` runs float32 convolutions on oneDNN when on the CPU and the kernels
+        are available (:func:`gdjax.models.conv_general_dilated`), else on XLA; ``"xla"``
+        always uses XLA's; ``"onednn"`` insists on oneDNN. Same function, same parameters.
     """
 
     num_classes: int = 1000
@@ -200,8 +205,13 @@ class AlexNet(nn.Module):
     in_channels: int = 3
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     def _check(self, x: jax.Array) -> None:
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(
+                f"AlexNet: conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}"
+            )
         if self.variant not in VARIANTS:
             raise ValueError(
                 f"AlexNet: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}"
@@ -264,6 +274,7 @@ class AlexNet(nn.Module):
             dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
         x = x.astype(dtype)
         in_features = x.shape[-1]
+        conv_fn = functools.partial(conv_general_dilated, impl=self.conv_impl)
         for i, conv in enumerate(spec.convs, start=1):
             g = groups if conv.grouped else 1
             fan_in = conv.kernel * conv.kernel * in_features // g
@@ -278,6 +289,7 @@ class AlexNet(nn.Module):
                 bias_init=bias_init,
                 dtype=dtype,
                 param_dtype=self.param_dtype,
+                conv_general_dilated=conv_fn,
                 name=f"conv{i}",
             )(x)
             x = act(x)

@@ -45,12 +45,51 @@ def local_response_norm(
     c = x.shape[-1] // groups
     compute = jnp.promote_types(x.dtype, jnp.float32)
     a = x.astype(compute).reshape(*x.shape[:-1], groups, c)
-    sq = jnp.square(a)
-    lo, hi = size // 2, (size - 1) // 2
-    padded = jnp.pad(sq, [(0, 0)] * (sq.ndim - 1) + [(lo, hi)])
-    window = sum(padded[..., i : i + c] for i in range(size))  # `size` shifted slices; fuses.
-    b = a * jnp.power(k + alpha * window, -beta)
+    b = _lrn(a, size, float(alpha), float(beta), float(k))
     return b.reshape(x.shape).astype(x.dtype)
+
+
+def _window_sum(v: jax.Array, lo: int, hi: int) -> jax.Array:
+    """``out[..., i] = sum(v[..., i - lo : i + hi + 1])`` over the last axis, zeros outside."""
+    c = v.shape[-1]
+    padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(lo, hi)])
+    return sum(padded[..., i : i + c] for i in range(lo + hi + 1))  # shifted slices; fuses.
+
+
+def _negative_power(d: jax.Array, beta: float) -> jax.Array:
+    """``d ** -beta`` for ``d > 0``; the paper's 0.75 as ``rsqrt(d) * sqrt(rsqrt(d))``."""
+    if beta == 0.75:
+        r = jax.lax.rsqrt(d)
+        return r * jnp.sqrt(r)
+    if beta == 0.5:
+        return jax.lax.rsqrt(d)
+    if beta == 1.0:
+        return 1.0 / d
+    return jnp.power(d, -beta)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _lrn(a: jax.Array, size: int, alpha: float, beta: float, k: float) -> jax.Array:
+    d = k + alpha * _window_sum(jnp.square(a), size // 2, (size - 1) // 2)
+    return a * _negative_power(d, beta)
+
+
+def _lrn_fwd(a, size, alpha, beta, k):
+    return _lrn(a, size, alpha, beta, k), a
+
+
+def _lrn_bwd(size, alpha, beta, k, a, g):
+    # b_i = a_i d_i^-β with d_i = k + α Σ_{j ∈ W(i)} a_j², so
+    # ∂L/∂a_i = g_i d_i^-β − 2αβ a_i Σ_{j : i ∈ W(j)} g_j a_j d_j^(−β−1);
+    # i ∈ W(j) is the window mirrored (lo and hi swapped). d is recomputed, not stored.
+    lo, hi = size // 2, (size - 1) // 2
+    d = k + alpha * _window_sum(jnp.square(a), lo, hi)
+    p = _negative_power(d, beta)
+    t = g * a * p / d
+    return (g * p - (2.0 * alpha * beta) * a * _window_sum(t, hi, lo),)
+
+
+_lrn.defvjp(_lrn_fwd, _lrn_bwd)
 
 
 class LocalResponseNorm(nn.Module):
@@ -131,21 +170,36 @@ def _max_pool_fwd(x, window, stride):
 
 
 def _max_pool_bwd(window, stride, residuals, g):
+    # Input row h = p + stride*q ("phase" p) receives from window offsets di = p + stride*m,
+    # output row q - m. So each of the stride² phases of the gradient is a sum of a few
+    # shifted (edge-padded, never interior-padded) selects at the output's size; the phases
+    # are then interleaved. About window²/stride² output-sized terms instead of window²
+    # input-sized ones.
     arg, shape = residuals
     h, w = shape[-3], shape[-2]
     oh, ow = g.shape[-3], g.shape[-2]
+    hq, wq = -(-h // stride), -(-w // stride)  # rows/cols of the largest phase
     zero = jnp.zeros((), g.dtype)
-    grad = jnp.zeros(shape, g.dtype)
-    for k in range(window * window):
-        di, dj = divmod(k, window)
-        part = jnp.where(arg == k, g, zero)
-        pads = [(0, 0, 0)] * (g.ndim - 3) + [
-            (di, h - di - stride * (oh - 1) - 1, stride - 1),
-            (dj, w - dj - stride * (ow - 1) - 1, stride - 1),
-            (0, 0, 0),
-        ]
-        grad = grad + jax.lax.pad(part, zero, pads)
-    return (grad,)
+    lead = [(0, 0, 0)] * (g.ndim - 3)
+    phases = []
+    for pr in range(stride):
+        row = []
+        for pc in range(stride):
+            total = None
+            for di in range(pr, window, stride):
+                for dj in range(pc, window, stride):
+                    m, n = (di - pr) // stride, (dj - pc) // stride
+                    part = jnp.where(arg == di * window + dj, g, zero)
+                    pads = [*lead, (m, hq - oh - m, 0), (n, wq - ow - n, 0), (0, 0, 0)]
+                    part = jax.lax.pad(part, zero, pads)
+                    total = part if total is None else total + part
+            if total is None:  # stride > window: this phase is never read
+                total = jnp.zeros((*g.shape[:-3], hq, wq, g.shape[-1]), g.dtype)
+            row.append(total)
+        phases.append(jnp.stack(row, axis=-2))  # (..., hq, wq, stride, c)
+    grid = jnp.stack(phases, axis=-4)  # (..., hq, stride, wq, stride, c)
+    grid = grid.reshape(*g.shape[:-3], hq * stride, wq * stride, g.shape[-1])
+    return (grid[..., :h, :w, :],)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

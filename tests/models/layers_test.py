@@ -96,7 +96,16 @@ def test_adaptive_avg_pool_matches_torch(size):
 
 @pytest.mark.parametrize(
     "window, stride, shape",
-    [(3, 2, (2, 55, 55, 8)), (3, 2, (2, 13, 14, 3)), (2, 2, (1, 27, 27, 4))],
+    [
+        (3, 2, (2, 55, 55, 8)),
+        (3, 2, (2, 13, 14, 3)),
+        (2, 2, (1, 27, 27, 4)),
+        (3, 3, (2, 11, 10, 2)),
+        (2, 3, (1, 10, 11, 3)),  # stride > window: rows no window reads get zero gradient
+        (5, 2, (1, 12, 13, 2)),
+        (3, 1, (1, 6, 7, 2)),
+        (3, 2, (2, 3, 9, 9, 2)),  # extra leading axis
+    ],
 )
 def test_max_pool_equals_flax_in_value_and_gradient(window, stride, shape):
     import flax.linen as nn
@@ -116,3 +125,33 @@ def test_max_pool_equals_flax_in_value_and_gradient(window, stride, shape):
     # Same selected positions; overlapping windows may add their shares in another order.
     np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(g != 0, g_ref != 0)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.75, 1.0, 0.6])
+@pytest.mark.parametrize("size, groups", [(5, 1), (4, 2), (3, 3)])
+def test_lrn_gradient_equals_autodiff_of_the_formula(beta, size, groups, x64):
+    """The hand-written LRN gradient against jax.grad of a direct float64 transcription."""
+    rng = np.random.default_rng(3)
+    a = jnp.asarray(rng.standard_normal((2, 3, 4, 12)) * 5, jnp.float64)
+    w = jnp.asarray(rng.standard_normal(a.shape), jnp.float64)
+    alpha, k = 1e-2, 2.0
+
+    def formula(x):
+        c = x.shape[-1] // groups
+        parts = []
+        for gi in range(groups):
+            xg = x[..., gi * c : (gi + 1) * c]
+            sums = []
+            for i in range(c):
+                lo, hi = max(0, i - size // 2), min(c - 1, i + (size - 1) // 2)
+                sums.append(jnp.sum(xg[..., lo : hi + 1] ** 2, axis=-1))
+            parts.append(xg / jnp.power(k + alpha * jnp.stack(sums, -1), beta))
+        return jnp.concatenate(parts, -1)
+
+    def ours(x):
+        return local_response_norm(x, size, alpha, beta, k, groups)
+
+    np.testing.assert_allclose(ours(a), formula(a), rtol=1e-12)
+    g = jax.grad(lambda x: jnp.sum(ours(x) * w))(a)
+    g_ref = jax.grad(lambda x: jnp.sum(formula(x) * w))(a)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,177 @@
+"""Build, load and register the oneDNN convolution kernels (the optional CPU fast path).
+
+The kernels (``_onednn_conv.cc``) are XLA FFI handlers. They are compiled on first use with the
+machine's C++ compiler against the oneDNN headers of the ``onednn-devel`` package (the
+``gdjax[onednn]`` extra) and JAX's FFI headers, into a cache directory keyed by everything the
+binary depends on; later processes load the cached library. Whatever is missing (no compiler,
+no oneDNN, not Linux x86-64) makes :func:`status` say why, and the convolutions stay on XLA.
+
+Environment:
+  ``GDJAX_ONEDNN_ROOT``  a prefix holding ``include/oneapi/dnnl`` and ``lib/libdnnl.so``
+                         (default: this Python's prefix, where pip puts ``onednn-devel``)
+  ``GDJAX_CACHE_DIR``    where the compiled library goes (default ``~/.cache/gdjax``)
+  ``CXX``                the compiler (default ``c++``)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+
+import jax
+
+logger = logging.getLogger("gdjax")
+
+SOURCE = pathlib.Path(__file__).with_name("_onednn_conv.cc")
+TARGETS = {
+    "gdjax_conv_fwd": "GdjaxConvFwd",
+    "gdjax_conv_bwd_data": "GdjaxConvBwdData",
+    "gdjax_conv_bwd_weights": "GdjaxConvBwdWeights",
+}
+
+# XLA's CPU thunk runtime in jaxlib 0.6 computed wrong gradients around these custom calls in
+# a whole AlexNet step (each call alone was right; jaxlib 0.7, 0.8 and 0.10 are right).
+MIN_JAXLIB = (0, 7, 0)
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _roots() -> list[pathlib.Path]:
+    if os.environ.get("GDJAX_ONEDNN_ROOT"):
+        return [pathlib.Path(os.environ["GDJAX_ONEDNN_ROOT"])]
+    data = pathlib.Path(sysconfig.get_paths()["data"])
+    return [data, pathlib.Path(sys.prefix), pathlib.Path("/usr/local"), pathlib.Path("/usr")]
+
+
+def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
+    """(include dir, lib dir) of a oneDNN installation with headers and a shared library."""
+    for root in dict.fromkeys(_roots()):
+        include = root / "include"
+        if not (include / "oneapi" / "dnnl" / "dnnl.hpp").is_file():
+            continue
+        for lib in (root / "lib", root / "lib64", root / "lib" / "x86_64-linux-gnu"):
+            if (lib / "libdnnl.so").exists():
+                return include, lib
+    raise RuntimeError(
+        "oneDNN headers and libdnnl.so not found (install the extra: pip install 'gdjax[onednn]',"
+        " or set GDJAX_ONEDNN_ROOT to a prefix with include/oneapi/dnnl and lib/libdnnl.so)"
+    )
+
+
+def _cache_dir() -> pathlib.Path:
+    if os.environ.get("GDJAX_CACHE_DIR"):
+        return pathlib.Path(os.environ["GDJAX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return pathlib.Path(base) / "gdjax"
+
+
+def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
+    """Compile the kernels (once per source, compiler, headers and library), return the path."""
+    cxx = shutil.which(os.environ.get("CXX", "c++"))
+    if cxx is None:
+        raise RuntimeError(f"no C++ compiler found (CXX={os.environ.get('CXX', 'c++')!r})")
+    jax_include = pathlib.Path(jax.ffi.include_dir())
+    command = [
+        cxx,
+        "-O2",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-w",
+        f"-I{include}",
+        f"-I{jax_include}",
+        str(SOURCE),
+        f"-L{lib}",
+        "-ldnnl",
+        # DT_RPATH (not RUNPATH) so that libdnnl's own dependencies resolve from its directory.
+        f"-Wl,--disable-new-dtags,-rpath,{lib}",
+    ]
+    key = hashlib.sha256()
+    key.update(SOURCE.read_bytes())
+    key.update(" ".join(command).encode())
+    for header in (
+        include / "oneapi" / "dnnl" / "dnnl_version.h",
+        jax_include / "xla/ffi/api/c_api.h",
+    ):
+        key.update(header.read_bytes())
+    key.update(str((lib / "libdnnl.so").resolve()).encode())
+    target = _cache_dir() / "onednn" / key.hexdigest()[:24] / "libgdjax_onednn.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Compile to a private name and rename: concurrent builders never see a half-written file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        logger.info("gdjax: compiling the oneDNN convolution kernels into %s", target.parent)
+        done = subprocess.run(
+            [*command[:-3], "-o", tmp, *command[-3:]], capture_output=True, text=True, timeout=600
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _load() -> str:
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise RuntimeError(
+            f"the oneDNN path is built for Linux x86-64, not {sys.platform} {platform.machine()}"
+        )
+    import jaxlib
+
+    version = tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
+    if version < MIN_JAXLIB:
+        raise RuntimeError(
+            f"jaxlib {jaxlib.__version__} is older than "
+            f"{'.'.join(map(str, MIN_JAXLIB))}, whose CPU runtime the oneDNN path needs"
+        )
+    include, lib = _find_onednn()
+    path = _build(include, lib)
+    # PyPI's oneDNN runs its CPU engine on the SYCL runtime, which finds the CPU device through
+    # the OpenCL ICD loader: point that at the CPU runtime installed beside it.
+    icd = lib / "libintelocl.so"
+    if icd.is_file() and "OCL_ICD_FILENAMES" not in os.environ:
+        os.environ["OCL_ICD_FILENAMES"] = str(icd)
+    handle = ctypes.CDLL(str(path))
+    message = ctypes.create_string_buffer(1024)
+    if handle.GdjaxOnednnCheck(message, ctypes.c_size_t(len(message))) != 0:
+        raise RuntimeError(f"oneDNN could not set up a CPU convolution: {message.value.decode()}")
+    for name, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(
+            name, jax.ffi.pycapsule(getattr(handle, symbol)), platform="cpu"
+        )
+    handle.GdjaxOnednnVersion.restype = ctypes.c_char_p
+    _state["handle"] = handle
+    return f"oneDNN {handle.GdjaxOnednnVersion().decode()} ({path})"
+
+
+def status() -> tuple[bool, str]:
+    """(whether the oneDNN kernels are registered, what was loaded or why not); cached."""
+    with _lock:
+        if "status" not in _state:
+            try:
+                _state["status"] = (True, _load())
+            except Exception as e:  # any failure means "use XLA", with the reason
+                _state["status"] = (False, str(e))
+                logger.info("gdjax: convolutions stay on XLA: %s", e)
+        return _state["status"]  # type: ignore[return-value]
+
+
+def available() -> bool:
+    """Whether the oneDNN convolution kernels are built, loaded and registered with XLA."""
+    return status()[0]

@@ -1,0 +1,206 @@
+"""2-D convolution that runs on oneDNN on the CPU when it can, and on XLA everywhere else.
+
+:func:`conv_general_dilated` has the signature of :func:`jax.lax.conv_general_dilated`, so it
+drops into ``flax.linen.Conv(..., conv_general_dilated=...)``. It computes the same function
+(and the same gradients); only the kernels differ. A call takes the oneDNN path when all hold:
+
+* ``impl`` is ``"auto"`` (the default) or ``"onednn"``, and the default backend is the CPU;
+* the kernels are available (:func:`onednn_status` says why not, if not);
+* float32 operands, NHWC activations with an HWIO kernel (Flax's layout), no dilation,
+  ``batch_group_count == 1`` and non-negative padding.
+
+Otherwise it is exactly ``lax.conv_general_dilated``. The choice is made at trace time and the
+oneDNN call sits under :func:`jax.lax.platform_dependent`, so a function traced on the CPU and
+lowered for a GPU or TPU still gets XLA's convolution there.
+
+Why: XLA's CPU convolutions (Eigen, or YNNPACK) are 1.3–20× slower than oneDNN's for
+AlexNet's layers, grouped convolutions worst of all (see the README's benchmark table).
+The forward, data-gradient and weight-gradient kernels each run oneDNN's primitive on XLA's own
+buffers (no copies); the kernel is reordered to oneDNN's blocked layout inside the call.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gdjax.models import _onednn
+
+__all__ = ["CONV_IMPLS", "conv_general_dilated", "onednn_status"]
+
+CONV_IMPLS = ("auto", "onednn", "xla")
+_NHWC = lax.ConvDimensionNumbers(
+    lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
+
+
+def onednn_status() -> tuple[bool, str]:
+    """``(available, detail)``: whether the oneDNN kernels load here, and what or why not.
+
+    The first call builds the kernels if needed (a few seconds, once per machine and version).
+    """
+    return _onednn.status()
+
+
+def _unit(v: Sequence[int] | None) -> bool:
+    return v is None or all(int(d) == 1 for d in v)
+
+
+def _plain_pads(
+    padding: str | Sequence[tuple[int, int]], lhs: jax.Array, rhs: jax.Array, strides
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    if isinstance(padding, str):
+        pads = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[0:2], strides, padding)
+    else:
+        pads = padding
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    if len(pads) != 2 or any(p < 0 for pair in pads for p in pair):
+        return None
+    return pads  # type: ignore[return-value]
+
+
+def _attrs(strides, pads, groups) -> dict[str, np.int64]:
+    (pt, pb), (pl, pr) = pads
+    return dict(
+        stride_h=np.int64(strides[0]),
+        stride_w=np.int64(strides[1]),
+        pad_top=np.int64(pt),
+        pad_bottom=np.int64(pb),
+        pad_left=np.int64(pl),
+        pad_right=np.int64(pr),
+        groups=np.int64(groups),
+    )
+
+
+def _xla(x, w, strides, pads, groups, precision=None):
+    return lax.conv_general_dilated(
+        x,
+        w,
+        strides,
+        pads,
+        dimension_numbers=_NHWC,
+        feature_group_count=groups,
+        precision=precision,
+    )
+
+
+def _call(target, out_shape, a, b, strides, pads, groups):
+    return jax.ffi.ffi_call(
+        target, jax.ShapeDtypeStruct(out_shape, jnp.float32), vmap_method="sequential"
+    )(a, b, **_attrs(strides, pads, groups))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _onednn_conv(x, w, strides, pads, groups, precision):
+    out = jax.eval_shape(
+        functools.partial(_xla, strides=strides, pads=pads, groups=groups), x, w
+    ).shape
+    return lax.platform_dependent(
+        x,
+        w,
+        cpu=lambda x, w: _call("gdjax_conv_fwd", out, x, w, strides, pads, groups),
+        default=lambda x, w: _xla(x, w, strides, pads, groups, precision),
+    )
+
+
+def _fwd(x, w, strides, pads, groups, precision):
+    return _onednn_conv(x, w, strides, pads, groups, precision), (x, w)
+
+
+def _bwd(strides, pads, groups, precision, residuals, dy):
+    x, w = residuals
+
+    def xla_grads(x, w, dy):
+        conv = functools.partial(
+            _xla, strides=strides, pads=pads, groups=groups, precision=precision
+        )
+        return jax.vjp(conv, x, w)[1](dy)
+
+    def onednn_grads(x, w, dy):
+        dx = _call("gdjax_conv_bwd_data", x.shape, dy, w, strides, pads, groups)
+        dw = _call("gdjax_conv_bwd_weights", w.shape, x, dy, strides, pads, groups)
+        return dx, dw
+
+    return lax.platform_dependent(x, w, dy, cpu=onednn_grads, default=xla_grads)
+
+
+_onednn_conv.defvjp(_fwd, _bwd)
+
+
+def _dimension_numbers_are_nhwc(dimension_numbers: Any, ndim: int) -> bool:
+    if dimension_numbers is None or ndim != 4:
+        return False
+    try:
+        dn = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), dimension_numbers)
+    except (TypeError, ValueError):
+        return False
+    return tuple(dn) == tuple(_NHWC)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    *,
+    impl: str = "auto",
+) -> jax.Array:
+    """:func:`jax.lax.conv_general_dilated`, on oneDNN where possible (see the module doc).
+
+    ``impl``: ``"auto"`` picks oneDNN when the conditions above hold; ``"xla"`` never does;
+    ``"onednn"`` insists and raises ``RuntimeError`` (with the reason) when it cannot.
+    On the oneDNN path the arithmetic is full float32 whatever ``precision`` says.
+    """
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_general_dilated: impl={impl!r}, expected one of {CONV_IMPLS}")
+    why = None
+    pads = None
+    if impl == "xla":
+        why = "impl='xla'"
+    elif jax.default_backend() != "cpu":
+        why = f"the default backend is {jax.default_backend()!r}, not the CPU"
+    elif not (_dimension_numbers_are_nhwc(dimension_numbers, lhs.ndim)):
+        why = "the layout is not NHWC/HWIO/NHWC"
+    elif lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
+        why = f"dtypes {lhs.dtype}/{rhs.dtype}, not float32"
+    elif preferred_element_type not in (None, jnp.float32, np.float32):
+        why = f"preferred_element_type={preferred_element_type}"
+    elif not (_unit(lhs_dilation) and _unit(rhs_dilation)) or batch_group_count != 1:
+        why = "dilation or batch_group_count"
+    else:
+        strides = tuple(int(s) for s in window_strides)
+        pads = _plain_pads(padding, lhs, rhs, strides)
+        if pads is None:
+            why = f"padding={padding!r}"
+        elif not _onednn.available():
+            why = _onednn.status()[1]
+    if why is None:
+        return _onednn_conv(lhs, rhs, strides, pads, int(feature_group_count), precision)
+    if impl == "onednn":
+        raise RuntimeError(f"conv_general_dilated(impl='onednn'): cannot use oneDNN: {why}")
+    return lax.conv_general_dilated(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+        dimension_numbers,
+        feature_group_count,
+        batch_group_count,
+        precision,
+        preferred_element_type,
+    )
