@@ -5,6 +5,7 @@
     gdjax train --config=paper --config.dataset=folder:/data/imagenet --workdir=runs/alexnet
     gdjax train --config.optimizer.name=adam --config.optimizer.learning_rate=1e-3
     gdjax eval --workdir=runs/default       # evaluate the latest checkpoint (ten crops if set)
+    gdjax bench --help                      # gdjax vs PyTorch: training step, inference, optimizers
 
 ``--config`` takes a preset name (default, cifar10, paper) or the path of a Python file whose
 ``get_config()`` returns a ConfigDict; ``--config.FIELD=VALUE`` overrides one field (an
@@ -27,7 +28,7 @@ from gdjax.configs import PRESETS, preset_path
 
 __all__ = ["entry_point", "main"]
 
-COMMANDS = ("train", "eval")
+COMMANDS = ("train", "eval", "bench")
 FLAG_HELP = {
     "config": "A preset name (default, cifar10, paper) or a config file path.",
     "workdir": "Checkpoints and logs (default: runs/<preset>).",
@@ -107,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if command == "bench":
+        from gdjax.bench import main as bench
+
+        bench(args)
+        return 0
     if "--help" in args or "-h" in args or "--helpfull" in args:
         print(_help())
         return 0

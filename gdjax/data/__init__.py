@@ -15,7 +15,7 @@ from gdjax.data.augment import (
     random_flip,
     ten_crop,
 )
-from gdjax.data.pipeline import make_loader, split_for_devices
+from gdjax.data.pipeline import example_rng, make_loader, split_for_devices
 from gdjax.data.sources import (
     ArraySource,
     FolderSource,
@@ -43,6 +43,7 @@ __all__ = [
     "folder",
     "load",
     "load_or_compute_stats",
+    "example_rng",
     "make_loader",
     "mnist5k",
     "pad_and_random_crop",

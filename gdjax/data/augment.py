@@ -4,7 +4,7 @@ All functions take and return numpy arrays in HWC layout and are deterministic g
 ``numpy.random.Generator`` they are handed. The transforms at the bottom map an example
 ``{"image": uint8 HWC, "label": int}`` and a generator to a float32 example; the pipeline
 (:func:`gdjax.data.make_loader`) hands each example the generator
-``numpy.random.default_rng([seed, epoch, example_index])``, so augmentation depends only on
+:func:`gdjax.data.example_rng` ``(seed, epoch, example_index)``, so augmentation depends only on
 the seed and the example — not on batch size, worker count or host count — and a resumed run
 sees exactly the same inputs.
 
@@ -219,9 +219,15 @@ def pca_color_shift(stats: DatasetStats, std: float, rng: np.random.Generator) -
 def pad_and_random_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
     """Zero-pad by ``pad`` on each side, then crop back to the original size at random."""
     h, w = image.shape[:2]
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
     top, left = int(rng.integers(0, 2 * pad + 1)), int(rng.integers(0, 2 * pad + 1))
-    return padded[top : top + h, left : left + w]
+    # The window [top, top + h) of the padded image is rows [top - pad, top - pad + h) of the
+    # image: copy the overlap into zeros instead of building the padded image.
+    dy, dx = top - pad, left - pad
+    r0, r1, c0, c1 = max(0, dy), min(h, h + dy), max(0, dx), min(w, w + dx)
+    out = np.zeros_like(image)
+    if r0 < r1 and c0 < c1:
+        out[r0 - dy : r1 - dy, c0 - dx : c1 - dx] = image[r0:r1, c0:c1]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

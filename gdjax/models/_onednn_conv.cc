@@ -1,4 +1,5 @@
-// 2-D convolutions for XLA's CPU backend, computed by oneDNN, exposed as XLA FFI handlers.
+// 2-D convolutions and max-pooling for XLA's CPU backend, computed by oneDNN, as XLA FFI
+// handlers.
 //
 // Layouts are the ones XLA hands over for a Flax convolution: activations NHWC, kernels HWIO
 // (for groups > 1, HW(I/g)O with the output channels group-major, which oneDNN calls `hwigo`).
@@ -10,6 +11,11 @@
 //   gdjax_conv_bwd_weights  dw = correlate(x, dy)           (w's shape given by `w_like`)
 //
 // Attributes: stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, groups (int64).
+//
+//   gdjax_max_pool_fwd      (y, workspace) = max_pool(x)    VALID windows, NHWC
+//   gdjax_max_pool_bwd      dx = scatter of dy to each window's argmax (from the workspace)
+//
+// Attributes: window_h, window_w, stride_h, stride_w (int64).
 
 #include <cstdint>
 #include <cstdio>
@@ -17,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -280,6 +287,121 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   });
 }
 
+
+// ---- Max-pooling (VALID windows), NHWC. The forward keeps oneDNN's workspace (the argmax of
+// each window, one byte per output element) for the backward. ------------------------------
+
+struct PoolGeometry {
+  int64_t n, h, w, c, oh, ow, kh, kw, sh, sw;
+  bool operator==(const PoolGeometry& other) const {
+    return std::memcmp(this, &other, sizeof(PoolGeometry)) == 0;
+  }
+};
+
+struct PoolGeometryHash {
+  size_t operator()(const PoolGeometry& geo) const {
+    const int64_t* p = reinterpret_cast<const int64_t*>(&geo);
+    size_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < sizeof(PoolGeometry) / sizeof(int64_t); ++i) {
+      h = (h ^ static_cast<size_t>(p[i])) * 1099511628211ull;
+    }
+    return h;
+  }
+};
+
+struct PoolPlan {
+  dnnl::pooling_forward::primitive_desc fwd_pd;
+  dnnl::pooling_forward fwd;
+  dnnl::pooling_backward::primitive_desc bwd_pd;
+  dnnl::pooling_backward bwd;
+
+  explicit PoolPlan(const PoolGeometry& g) {
+    auto& eng = Engine();
+    const dnnl::memory::desc src({g.n, g.c, g.h, g.w}, dt::f32, tag::nhwc);
+    const dnnl::memory::desc dst({g.n, g.c, g.oh, g.ow}, dt::f32, tag::nhwc);
+    const dims strides = {g.sh, g.sw}, kernel = {g.kh, g.kw}, dil = {0, 0}, pad = {0, 0};
+    auto attr = UserScratchpad();
+    fwd_pd = dnnl::pooling_forward::primitive_desc(
+        eng, dnnl::prop_kind::forward_training, dnnl::algorithm::pooling_max, src, dst, strides,
+        kernel, dil, pad, pad, attr);
+    fwd = dnnl::pooling_forward(fwd_pd);
+    bwd_pd = dnnl::pooling_backward::primitive_desc(eng, dnnl::algorithm::pooling_max, src, dst,
+                                                    strides, kernel, dil, pad, pad, fwd_pd,
+                                                    attr);
+    bwd = dnnl::pooling_backward(bwd_pd);
+  }
+};
+
+PoolPlan& GetPoolPlan(const PoolGeometry& g) {
+  static std::mutex mu;
+  static std::unordered_map<PoolGeometry, std::unique_ptr<PoolPlan>, PoolGeometryHash> plans;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = plans[g];
+  if (!slot) slot = std::make_unique<PoolPlan>(g);
+  return *slot;
+}
+
+ffi::Error MakePoolGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, int64_t kh,
+                            int64_t kw, int64_t sh, int64_t sw, PoolGeometry* g) {
+  if (x.size() != 4 || y.size() != 4 || x[0] != y[0] || x[3] != y[3] ||
+      y[1] != (x[1] - kh) / sh + 1 || y[2] != (x[2] - kw) / sw + 1) {
+    return ffi::Error::InvalidArgument("gdjax onednn max_pool: inconsistent NHWC shapes");
+  }
+  *g = PoolGeometry{x[0], x[1], x[2], x[3], y[1], y[2], kh, kw, sh, sw};
+  return ffi::Error::Success();
+}
+
+ffi::Error MaxPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
+                      ffi::ResultBuffer<ffi::U8> workspace, int64_t window_h, int64_t window_w,
+                      int64_t stride_h, int64_t stride_w) {
+  PoolGeometry g;
+  if (auto e = MakePoolGeometry(x.dimensions(), y->dimensions(), window_h, window_w, stride_h,
+                                stride_w, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guard([&] {
+    PoolPlan& p = GetPoolPlan(g);
+    if (p.fwd_pd.workspace_desc().get_size() > workspace->size_bytes()) {
+      throw std::runtime_error("max_pool workspace larger than one byte per output element");
+    }
+    auto& eng = Engine();
+    dnnl::stream s(eng, dnnl::stream::flags::in_order);
+    dnnl::memory src(p.fwd_pd.src_desc(), eng, x.typed_data());
+    dnnl::memory dst(p.fwd_pd.dst_desc(), eng, y->typed_data());
+    dnnl::memory ws(p.fwd_pd.workspace_desc(), eng, workspace->untyped_data());
+    p.fwd.execute(s, {{DNNL_ARG_SRC, src},
+                      {DNNL_ARG_DST, dst},
+                      {DNNL_ARG_WORKSPACE, ws},
+                      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.fwd_pd.scratchpad_desc())}});
+    s.wait();
+  });
+}
+
+ffi::Error MaxPoolBwd(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> workspace,
+                      ffi::ResultBuffer<ffi::F32> dx, int64_t window_h, int64_t window_w,
+                      int64_t stride_h, int64_t stride_w) {
+  PoolGeometry g;
+  if (auto e = MakePoolGeometry(dx->dimensions(), dy.dimensions(), window_h, window_w, stride_h,
+                                stride_w, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guard([&] {
+    PoolPlan& p = GetPoolPlan(g);
+    auto& eng = Engine();
+    dnnl::stream s(eng, dnnl::stream::flags::in_order);
+    dnnl::memory diff_dst(p.bwd_pd.diff_dst_desc(), eng, dy.typed_data());
+    dnnl::memory diff_src(p.bwd_pd.diff_src_desc(), eng, dx->typed_data());
+    dnnl::memory ws(p.fwd_pd.workspace_desc(), eng, const_cast<void*>(workspace.untyped_data()));
+    p.bwd.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
+                      {DNNL_ARG_DIFF_SRC, diff_src},
+                      {DNNL_ARG_WORKSPACE, ws},
+                      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.bwd_pd.scratchpad_desc())}});
+    s.wait();
+  });
+}
+
 }  // namespace
 
 #define GDJAX_CONV_ATTRS                                                           \
@@ -305,11 +427,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxConvBwdWeights, ConvBwdWeights,
 
 // Creates the CPU engine and runs one small grouped, strided, padded convolution both ways.
 // Returns 0 on success, otherwise writes the reason into `message`.
+#define GDJAX_POOL_ATTRS                                                           \
+  .Attr<int64_t>("window_h").Attr<int64_t>("window_w").Attr<int64_t>("stride_h")   \
+      .Attr<int64_t>("stride_w")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxMaxPoolFwd, MaxPoolFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::U8>>() GDJAX_POOL_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxMaxPoolBwd, MaxPoolBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() GDJAX_POOL_ATTRS);
+
 extern "C" int GdjaxOnednnCheck(char* message, size_t size) {
   try {
     Geometry g{2, 7, 6, 4, 3, 3, 6, 4, 3, 2, 2, 1, 2, 1, 1, 2};
-    Plan& p = GetPlan(g);
-    (void)p;
+    GetPlan(g);
+    GetPoolPlan(PoolGeometry{2, 7, 6, 4, 3, 2, 3, 3, 2, 2});
     return 0;
   } catch (const std::exception& e) {
     std::snprintf(message, size, "%s", e.what());

@@ -190,9 +190,9 @@ class AlexNet(nn.Module):
       overlapping_pool: 3×3 windows with stride 2 (the paper's); ``False`` gives 2×2/2.
       in_channels: channels of the input images (3 for RGB, 1 for MNIST).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: storage dtype.
-      conv_impl: ``"auto"`` runs float32 convolutions on oneDNN when on the CPU and the kernels
-        are available (:func:`gdjax.models.conv_general_dilated`), else on XLA; ``"xla"``
-        always uses XLA's; ``"onednn"`` insists on oneDNN. Same function, same parameters.
+      impl: where the convolutions and max-pooling run. ``"auto"``: on oneDNN for float32 on
+        the CPU when the kernels load (:func:`gdjax.models.conv_general_dilated`), else XLA;
+        ``"xla"``: always XLA; ``"onednn"``: insist on oneDNN. Same function, same parameters.
     """
 
     num_classes: int = 1000
@@ -205,13 +205,11 @@ class AlexNet(nn.Module):
     in_channels: int = 3
     dtype: Any = None
     param_dtype: Any = jnp.float32
-    conv_impl: str = "auto"
+    impl: str = "auto"
 
     def _check(self, x: jax.Array) -> None:
-        if self.conv_impl not in CONV_IMPLS:
-            raise ValueError(
-                f"AlexNet: conv_impl must be one of {CONV_IMPLS}, got {self.conv_impl!r}"
-            )
+        if self.impl not in CONV_IMPLS:
+            raise ValueError(f"AlexNet: impl must be one of {CONV_IMPLS}, got {self.impl!r}")
         if self.variant not in VARIANTS:
             raise ValueError(
                 f"AlexNet: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}"
@@ -274,7 +272,7 @@ class AlexNet(nn.Module):
             dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
         x = x.astype(dtype)
         in_features = x.shape[-1]
-        conv_fn = functools.partial(conv_general_dilated, impl=self.conv_impl)
+        conv_fn = functools.partial(conv_general_dilated, impl=self.impl)
         for i, conv in enumerate(spec.convs, start=1):
             g = groups if conv.grouped else 1
             fan_in = conv.kernel * conv.kernel * in_features // g
@@ -298,7 +296,7 @@ class AlexNet(nn.Module):
                 # the layer the maps feed (conv1's maps are split between the GPUs too).
                 x = local_response_norm(x, groups=groups)
             if conv.pool:
-                x = max_pool(x, window, stride)
+                x = max_pool(x, window, stride, impl=self.impl)
             in_features = conv.features
         if spec.adaptive_pool is not None:
             x = adaptive_avg_pool(x, spec.adaptive_pool)

@@ -34,7 +34,7 @@ from gdjax.models import _onednn
 
 __all__ = ["CONV_IMPLS", "conv_general_dilated", "onednn_status"]
 
-CONV_IMPLS = ("auto", "onednn", "xla")
+CONV_IMPLS = _onednn.IMPLS
 _NHWC = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
 )
@@ -166,16 +166,11 @@ def conv_general_dilated(
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_general_dilated: impl={impl!r}, expected one of {CONV_IMPLS}")
-    why = None
-    pads = None
+    pads = strides = None
     if impl == "xla":
         why = "impl='xla'"
-    elif jax.default_backend() != "cpu":
-        why = f"the default backend is {jax.default_backend()!r}, not the CPU"
     elif not (_dimension_numbers_are_nhwc(dimension_numbers, lhs.ndim)):
         why = "the layout is not NHWC/HWIO/NHWC"
-    elif lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32:
-        why = f"dtypes {lhs.dtype}/{rhs.dtype}, not float32"
     elif preferred_element_type not in (None, jnp.float32, np.float32):
         why = f"preferred_element_type={preferred_element_type}"
     elif not (_unit(lhs_dilation) and _unit(rhs_dilation)) or batch_group_count != 1:
@@ -183,10 +178,7 @@ def conv_general_dilated(
     else:
         strides = tuple(int(s) for s in window_strides)
         pads = _plain_pads(padding, lhs, rhs, strides)
-        if pads is None:
-            why = f"padding={padding!r}"
-        elif not _onednn.available():
-            why = _onednn.status()[1]
+        why = f"padding={padding!r}" if pads is None else _onednn.why_not(impl, lhs, rhs)
     if why is None:
         return _onednn_conv(lhs, rhs, strides, pads, int(feature_group_count), precision)
     if impl == "onednn":

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax.models import _onednn
+
 __all__ = ["LocalResponseNorm", "adaptive_avg_pool", "local_response_norm", "max_pool"]
 
 
@@ -147,14 +149,30 @@ def _windows(x: jax.Array, window: int, stride: int) -> tuple[list[jax.Array], i
     return views, oh, ow
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, impl: str = "auto") -> jax.Array:
     """VALID max-pooling of an NHWC batch, equal to ``flax.linen.max_pool`` in value and gradient.
 
-    The gradient is computed from the argmax kept by the forward pass (the first maximum of each
-    window in row-major order, as XLA's select-and-scatter picks it), scattered back with
-    strided pads — several times faster on the CPU than XLA's select-and-scatter.
+    The gradient goes to the first maximum of each window in row-major order (as XLA's
+    select-and-scatter picks it), found from the argmax kept by the forward pass. On the CPU,
+    for float32 rank-4 input, both passes run on oneDNN when ``impl`` is ``"auto"`` (and the
+    kernels load; see :func:`gdjax.models.conv_general_dilated`) or ``"onednn"``; otherwise,
+    and on other backends, the argmax is scattered back per stride phase in plain JAX —
+    several times faster on the CPU than XLA's select-and-scatter, and the same function.
     """
+    if window < 1 or stride < 1:
+        raise ValueError(f"max_pool: window={window} and stride={stride} must be >= 1")
+    why = "rank != 4" if x.ndim != 4 else _onednn.why_not(impl, x)
+    if x.ndim >= 3 and min(x.shape[-3:-1]) < window:
+        raise ValueError(f"max_pool: window {window} larger than the input's {x.shape[-3:-1]}")
+    if why is None:
+        return _onednn_max_pool(x, window, stride)
+    if impl == "onednn":
+        raise RuntimeError(f"max_pool(impl='onednn'): cannot use oneDNN: {why}")
+    return _xla_max_pool(x, window, stride)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _xla_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
     views, _, _ = _windows(x, window, stride)
     return functools.reduce(jnp.maximum, views)
 
@@ -202,4 +220,52 @@ def _max_pool_bwd(window, stride, residuals, g):
     return (grid[..., :h, :w, :],)
 
 
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_xla_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def _pool_attrs(window: int, stride: int) -> dict[str, np.int64]:
+    w, s = np.int64(window), np.int64(stride)
+    return dict(window_h=w, window_w=w, stride_h=s, stride_w=s)
+
+
+def _onednn_pool_fwd(x, window, stride):
+    # Returns (y, argmax as uint8): oneDNN's workspace on the CPU, the plain-JAX argmax elsewhere
+    # (a function traced on the CPU may be lowered for another platform).
+    def cpu(x):
+        out = jax.eval_shape(functools.partial(_xla_max_pool, window=window, stride=stride), x)
+        shapes = (out, jax.ShapeDtypeStruct(out.shape, jnp.uint8))
+        call = jax.ffi.ffi_call("gdjax_max_pool_fwd", shapes, vmap_method="sequential")
+        return tuple(call(x, **_pool_attrs(window, stride)))
+
+    def default(x):
+        out, (arg, _) = _max_pool_fwd(x, window, stride)
+        return out, arg.astype(jnp.uint8)
+
+    return jax.lax.platform_dependent(x, cpu=cpu, default=default)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _onednn_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+    return _onednn_pool_fwd(x, window, stride)[0]
+
+
+def _onednn_max_pool_fwd(x, window, stride):
+    out, workspace = _onednn_pool_fwd(x, window, stride)
+    return out, (workspace, x.shape)
+
+
+def _onednn_max_pool_bwd(window, stride, residuals, g):
+    workspace, shape = residuals
+    x = jax.ShapeDtypeStruct(tuple(shape), g.dtype)
+
+    def cpu(g, workspace):
+        call = jax.ffi.ffi_call("gdjax_max_pool_bwd", x, vmap_method="sequential")
+        return call(g, workspace, **_pool_attrs(window, stride))
+
+    def default(g, workspace):
+        return _max_pool_bwd(window, stride, (workspace.astype(jnp.int8), x.shape), g)[0]
+
+    return (jax.lax.platform_dependent(g, workspace, cpu=cpu, default=default),)
+
+
+_onednn_max_pool.defvjp(_onednn_max_pool_fwd, _onednn_max_pool_bwd)

@@ -41,7 +41,7 @@ from gdjax.models import AlexNet
 from gdjax.train.checkpoint import Checkpointer
 from gdjax.train.metrics_writer import MetricsWriter, plot_curves
 from gdjax.train.parallel import Parallel
-from gdjax.train.steps import TrainState
+from gdjax.train.steps import TrainState, _is_injected, learning_rate_of
 
 __all__ = [
     "OPTIMIZERS",
@@ -137,14 +137,9 @@ def make_optimizer(
     return tx
 
 
-def _is_injected(x: Any) -> bool:
-    return hasattr(x, "hyperparams") and hasattr(x, "inner_state")
-
-
 def _learning_rate(opt_state: Any) -> float:
     """The current learning rate held by the ``inject_hyperparams`` state."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_injected) if _is_injected(s)]
-    return float(np.ravel(jax.device_get(found[0].hyperparams["learning_rate"]))[0])
+    return float(np.ravel(jax.device_get(learning_rate_of(opt_state)))[0])
 
 
 def _scale_learning_rate(opt_state: Any, factor: float) -> Any:
@@ -397,19 +392,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     step = int(jax.device_get(parallel.get_state(state).step))
     pending: list[tuple[int, dict]] = []
-    interval_start, interval_images = time.perf_counter(), 0
+    interval_start = time.perf_counter()
+    log_due = False  # a log step has passed; its metrics are fetched after the next dispatch
     wall_start = time.perf_counter()
     images_per_s = 0.0
     last_eval: dict[str, float] = {}
     bar = None
 
-    def flush() -> dict[str, float] | None:
-        """Fetch the metrics of the steps since the last flush; stop at a non-finite loss."""
-        nonlocal pending, interval_start, interval_images, images_per_s
-        if not pending:
+    def flush(keep_last: bool = False) -> dict[str, float] | None:
+        """Fetch the metrics of the steps since the last flush; stop at a non-finite loss.
+
+        ``keep_last`` leaves the newest step's metrics for the next flush, so that logging
+        waits for the step before it and the device always has the newest step queued.
+        """
+        nonlocal pending, interval_start, images_per_s, log_due
+        ready = pending[:-1] if keep_last else pending
+        log_due = False
+        if not ready:
             return None
-        rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(pending)]
-        pending = []
+        pending = pending[len(ready) :]
+        rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(ready)]
         for s, m in rows:
             if not math.isfinite(m["loss"]) and not c.optimizer.skip_nonfinite:
                 raise FloatingPointError(
@@ -417,14 +419,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     f"(step {max(checkpointer.all_steps(), default=0)}) is intact. Lower the "
                     "learning rate, or set optimizer.skip_nonfinite=True to skip such steps."
                 )
-        elapsed = time.perf_counter() - interval_start
-        images_per_s = interval_images / elapsed if elapsed > 0 else 0.0
-        interval_start, interval_images = time.perf_counter(), 0
+        now = time.perf_counter()  # the steps fetched now, over the time since the last fetch
+        images_per_s = len(rows) * c.batch_size / max(now - interval_start, 1e-9)
+        interval_start = now
         finite = [m for _, m in rows if math.isfinite(m["loss"])] or [rows[-1][1]]
-        summary = {
-            **_mean(finite),
-            "learning_rate": _learning_rate(parallel.get_state(state).opt_state),
-        }
+        summary = _mean(finite)
+        if "learning_rate" in rows[-1][1]:  # the newest, not the mean
+            summary["learning_rate"] = rows[-1][1]["learning_rate"]
         summary["images_per_second"] = images_per_s
         writer.write(rows[-1][0], "train", summary)
         return summary
@@ -447,17 +448,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 state, metrics = parallel.train_step(state, parallel.put_batch(next(batches)))
                 pending.append((step + 1, metrics))
                 step += 1
-                interval_images += c.batch_size
                 if bar is not None:
                     bar.update(1)
-                if step % c.log_every_steps == 0 or step % steps_per_epoch == 0:
-                    summary = flush()
+                if log_due:  # the previous step's log, fetched now that this step is queued
+                    summary = flush(keep_last=True)
                     if bar is not None and summary:
                         bar.set_postfix(
                             loss=f"{summary['loss']:.3f}",
                             err=f"{summary['error']:.3f}",
                             img_s=f"{images_per_s:.0f}",
                         )
+                if step % c.log_every_steps == 0 or step % steps_per_epoch == 0:
+                    log_due = True
                 if step % eval_every == 0 or step == total_steps:
                     flush()
                     last_eval = evaluate(parallel, state, test_src, eval_tf, c.eval_batch_size)

@@ -140,7 +140,22 @@ def train_step(
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra_args)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    lr = learning_rate_of(opt_state)
+    if lr is not None:  # read with the other metrics: no extra device round trip to log it
+        metrics["learning_rate"] = jnp.ravel(lr)[0].astype(jnp.float32)
     return new_state, metrics
+
+
+def _is_injected(x: Any) -> bool:
+    return hasattr(x, "hyperparams") and hasattr(x, "inner_state")
+
+
+def learning_rate_of(opt_state: Any) -> jax.Array | None:
+    """The learning rate an ``optax.inject_hyperparams`` state holds (its first), else None."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_injected) if _is_injected(s)]
+    if not found or "learning_rate" not in found[0].hyperparams:
+        return None
+    return found[0].hyperparams["learning_rate"]
 
 
 def eval_step(

@@ -108,6 +108,18 @@ def test_pad_and_crop_keeps_size_and_shifts_content():
     assert any((o == 0).any() for o in outs)  # zero padding shows up at the borders
 
 
+@pytest.mark.parametrize("pad", [1, 2, 4, 9, 40])
+def test_pad_and_crop_equals_crop_of_the_zero_padded_image(pad):
+    image = np.random.default_rng(1).integers(1, 256, (8, 9, 3)).astype(np.uint8)
+    for seed in range(60):
+        rng = np.random.default_rng(seed)
+        top, left = rng.integers(0, 2 * pad + 1), rng.integers(0, 2 * pad + 1)
+        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+        expected = padded[top : top + 8, left : left + 9]
+        got = data.pad_and_random_crop(image, pad, np.random.default_rng(seed))
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_alexnet_train_and_eval_transforms():
     images = np.random.default_rng(2).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     stats = data.compute_stats(ListSource(images), max_examples=None)

@@ -158,3 +158,31 @@ def test_split_for_devices():
     np.testing.assert_array_equal(split["label"][3], [6, 7])
     with pytest.raises(ValueError, match="not divisible by the 3 local devices"):
         data.split_for_devices(batch, 3)
+
+
+def test_example_rng_is_philox_keyed_by_seed_epoch_index():
+    import threading
+
+    from gdjax.data import example_rng
+
+    def fresh(seed, epoch, index):
+        key = np.array([seed % 2**64, epoch * 2**32 + index], np.uint64)
+        return np.random.Generator(np.random.Philox(key=key))
+
+    for seed, epoch, index in [(0, 0, 0), (7, 3, 11), (2**63 + 5, 2**32 - 1, 2**32 - 1)]:
+        np.testing.assert_array_equal(
+            example_rng(seed, epoch, index).random(6), fresh(seed, epoch, index).random(6)
+        )
+    # Re-keying resets everything: drawing different amounts first changes nothing.
+    example_rng(1, 1, 1).integers(0, 9, size=3)
+    np.testing.assert_array_equal(
+        example_rng(1, 1, 2).normal(size=4), fresh(1, 1, 2).normal(size=4)
+    )
+    with pytest.raises(ValueError, match="index=4294967296"):
+        example_rng(0, 0, 2**32)
+    # Each thread has its own generator object.
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(example_rng(0, 0, 0)))
+    thread.start()
+    thread.join()
+    assert seen[0] is not example_rng(0, 0, 0)

@@ -3,6 +3,7 @@
 import importlib
 import json
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -12,11 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def bench():
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        yield importlib.import_module("bench")
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
+    return importlib.import_module("gdjax.bench")
 
 
 def test_harness_times_both_and_writes_json(bench, tmp_path, capsys):
@@ -56,9 +53,9 @@ def test_torch_reference_matches_the_flax_layer_table(bench):
     torch = pytest.importorskip("torch")
     import jax
     import jax.numpy as jnp
-    from torch_alexnet import torch_alexnet
 
     from gdjax.models import AlexNet, count_params
+    from gdjax.models.torch_reference import torch_alexnet
 
     for variant, size in (("paper", 227), ("small", 32)):
         model = torch_alexnet(variant, 10, 3, size)
@@ -75,8 +72,27 @@ def test_torch_reference_matches_the_flax_layer_table(bench):
 
 
 def test_loop_overhead_is_measured(bench):
-    result = bench.loop_overhead(steps=60)
+    result = bench.loop_overhead(steps=60, rounds=1)
     assert result["loop_images_per_s"] > 0 and result["bare_step_images_per_s"] > 0
     assert result["overhead"] == pytest.approx(
         1 - result["loop_images_per_s"] / result["bare_step_images_per_s"]
     )
+
+
+def test_gdjax_bench_command_and_the_checkout_script(tmp_path):
+    """``gdjax bench`` and ``python experiments/bench.py`` run the same harness."""
+    from gdjax import cli
+
+    out = tmp_path / "cli.json"
+    argv = ["--cases", "small:32:4", "--rounds", "1", "--steps", "1", "--skip-optimizers"]
+    assert cli.main(["gdjax", "bench", *argv, "--json", str(out)]) == 0
+    assert {r["mode"] for r in json.loads(out.read_text())["cases"]} == {"train", "infer"}
+    script = tmp_path / "script.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "bench.py"), *argv, "--json", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(script.read_text())["cases"][0]["case"] == "small:32:4"

@@ -107,21 +107,29 @@ def test_adaptive_avg_pool_matches_torch(size):
         (3, 2, (2, 3, 9, 9, 2)),  # extra leading axis
     ],
 )
-def test_max_pool_equals_flax_in_value_and_gradient(window, stride, shape):
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+def test_max_pool_equals_flax_in_value_and_gradient(window, stride, shape, impl):
+    """Same values and same (first-maximum) gradient positions, ties included, on both paths
+    ("auto" is oneDNN on the CPU where the kernels load, and the rank-5 case is always XLA)."""
     import flax.linen as nn
 
+    from gdjax.models import onednn_status
     from gdjax.models.layers import max_pool
+
+    if impl == "auto" and len(shape) == 4 and onednn_status()[0]:
+        lowered = jax.jit(lambda v: max_pool(v, window, stride)).lower(jnp.zeros(shape))
+        assert "gdjax_max_pool_fwd" in lowered.as_text()
 
     x = jnp.maximum(jax.random.normal(jax.random.key(0), shape), 0.0)  # many ties at zero
     ref = nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
-    np.testing.assert_array_equal(max_pool(x, window, stride), ref)
+    np.testing.assert_array_equal(max_pool(x, window, stride, impl=impl), ref)
     w = jax.random.normal(jax.random.key(1), ref.shape)
     g_ref = jax.grad(
         lambda v: jnp.sum(
             nn.max_pool(v, (window, window), strides=(stride, stride), padding="VALID") * w
         )
     )(x)
-    g = jax.jit(jax.grad(lambda v: jnp.sum(max_pool(v, window, stride) * w)))(x)
+    g = jax.jit(jax.grad(lambda v: jnp.sum(max_pool(v, window, stride, impl=impl) * w)))(x)
     # Same selected positions; overlapping windows may add their shares in another order.
     np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(g != 0, g_ref != 0)

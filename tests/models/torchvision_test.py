@@ -1,12 +1,11 @@
 """torchvision weights in Flax: same logits as a torch AlexNet with torchvision's exact layout.
 
 torchvision does not install beside the CPU build of torch used here, so the reference model is
-built by hand with torchvision's module names and layers (experiments/torch_alexnet.py; its
+built by hand with torchvision's module names and layers (gdjax/models/torch_reference.py; its
 key names and shapes are checked against torchvision's below).
 """
 
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +18,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def torchvision_alexnet(torch, num_classes=1000):
-    sys.path.insert(0, str(ROOT / "experiments"))
-    try:
-        from torch_alexnet import torch_alexnet
-    finally:
-        sys.path.remove(str(ROOT / "experiments"))
+    from gdjax.models.torch_reference import torch_alexnet
+
     return torch_alexnet("torchvision", num_classes)
 
 

@@ -1,4 +1,4 @@
-"""AlexNet in PyTorch, built from the same layer table as ``gdjax.models.AlexNet``.
+"""AlexNet in PyTorch, built from the same layer table as ``gdjax.models.AlexNet`` (needs torch).
 
 The reference for the benchmarks (and the torchvision-layout model of the parity tests):
 ``torch_alexnet("torchvision")`` has torchvision's exact module names and layout

@@ -1,4 +1,5 @@
-"""The oneDNN convolution path: same values and gradients as XLA's, falls back where it must."""
+"""The oneDNN path (convolutions, max-pooling): XLA's values and gradients; falls back where it
+must."""
 
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from jax import export as jax_export
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gdjax.models import AlexNet, _onednn, conv_general_dilated, onednn_status
+from gdjax.models import AlexNet, _onednn, conv_general_dilated, max_pool, onednn_status
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -113,17 +114,20 @@ def test_auto_uses_onednn_on_cpu_and_xla_opts_out():
 
 
 @needs_onednn
-def test_other_platforms_get_xlas_convolution():
-    """Traced on the CPU, lowered for a GPU: the oneDNN branch is not in the module."""
-    x, w = _operands(GEOMETRIES[2])
-    f = _loss("auto", (1, 1), "SAME", 2)
-    grad = jax.jit(jax.grad(lambda x, w: f(x, w)[0], (0, 1)))
+def test_other_platforms_get_xlas_convolution_and_pooling():
+    """Traced on the CPU, lowered for a GPU: the oneDNN branches are not in the module."""
+    model = AlexNet(num_classes=10, variant="small")
+    x = jnp.ones((2, 32, 32, 3))
+    params = model.init(jax.random.key(0), x)
+    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2)))
     ours = [jax_export.DisabledSafetyCheck.custom_call(t) for t in _onednn.TARGETS]
-    both = jax_export.export(grad, platforms=("cpu", "cuda"), disabled_checks=ours)(x, w)
-    cuda = jax_export.export(grad, platforms=("cuda",), disabled_checks=ours)(x, w)
+    both = jax_export.export(grad, platforms=("cpu", "cuda"), disabled_checks=ours)(params, x)
+    cuda = jax_export.export(grad, platforms=("cuda",), disabled_checks=ours)(params, x)
     both, cuda = both.mlir_module(), cuda.mlir_module()
-    assert "gdjax_conv_fwd" in both and "convolution" in both
-    assert "gdjax_conv" not in cuda and "convolution" in cuda
+    for target in _onednn.TARGETS:
+        assert target in both, target
+    assert "convolution" in both
+    assert "gdjax_" not in cuda and "convolution" in cuda
 
 
 @pytest.mark.parametrize(
@@ -158,18 +162,31 @@ def test_unsupported_calls_fall_back_to_xla_or_raise(kwargs, reason):
         run("onednn")
 
 
+def test_max_pool_falls_back_or_raises():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+    ref = max_pool(x, 3, 2, impl="xla")
+    for y, reason in ((x.astype(jnp.bfloat16), "bfloat16"), (x[None], "rank")):
+        assert "gdjax_" not in jax.jit(lambda v: max_pool(v, 3, 2)).lower(y).as_text()
+        with pytest.raises(RuntimeError, match=reason):
+            max_pool(y, 3, 2, impl="onednn")
+    np.testing.assert_array_equal(max_pool(x[None], 3, 2)[0], ref)
+    with pytest.raises(ValueError, match="window 11 larger"):
+        max_pool(x, 11, 2)
+    with pytest.raises(ValueError, match="impl='fast'"):
+        max_pool(x, 3, 2, impl="fast")
+
+
 def test_bad_impl_is_rejected():
     x, w = _operands(GEOMETRIES[3])
     with pytest.raises(ValueError, match="impl='fast'"):
         conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC, impl="fast")
-    with pytest.raises(ValueError, match="conv_impl must be one of"):
-        AlexNet(variant="small", conv_impl="fast").init(
-            jax.random.key(0), jnp.zeros((1, 32, 32, 3))
-        )
+    with pytest.raises(ValueError, match="impl must be one of"):
+        AlexNet(variant="small", impl="fast").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 @needs_onednn
 def test_vmap_pmap_and_sharded_jit_match_xla():
+    """Under vmap (sequential calls), pmap and a batch-sharded jit the results are XLA's."""
     geometry = (8, 9, 9, 4, 3, 6, (1, 1), [(1, 1), (1, 1)], 2)
     x, w = _operands(geometry)
     strides, padding, groups = geometry[6], geometry[7], geometry[8]
@@ -197,6 +214,17 @@ def test_vmap_pmap_and_sharded_jit_match_xla():
     _close(y, y_ref)
     _close(dx, dx_ref)
     _close(dw, dw_ref)
+
+    # Max-pooling, the same three ways.
+    def pool_loss(impl):
+        return lambda v: jnp.sum(jnp.sin(max_pool(v, 3, 2, impl=impl)))
+
+    g_ref = jax.grad(pool_loss("xla"))(x)
+    g_vmap = jax.vmap(lambda xi: jax.grad(pool_loss("onednn"))(xi[None])[0])(x)
+    g_pmap = jax.pmap(jax.grad(pool_loss("onednn")))(x[:, None])[:, 0]
+    g_mesh = jax.jit(jax.grad(pool_loss("onednn")))(xs)
+    for g in (g_vmap, g_pmap, g_mesh):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
 
 
 @needs_onednn
@@ -226,7 +254,7 @@ def test_alexnet_on_onednn_is_as_accurate_as_on_xla(variant, size, x64):
     )
     errors = {}
     for impl in ("onednn", "xla"):
-        model = AlexNet(num_classes=10, variant=variant, conv_impl=impl)
+        model = AlexNet(num_classes=10, variant=variant, impl=impl)
         (_, logits), g = grads(model, params, x)
         errors[impl] = [float(jnp.max(jnp.abs(logits - truth_logits)))] + [
             float(jnp.max(jnp.abs(g[n][k] - truth[n][k])) / jnp.max(jnp.abs(truth[n][k])))
