@@ -163,7 +163,7 @@ def copy_bandwidth(gigabytes: float = 0.5) -> float:
 
 def optimizer_rows(rounds: int, steps: int, scale: float) -> list[dict]:
     """One update of an AlexNet-sized pytree: gdjax vs optax vs torch.optim."""
-    import bench_optim
+    from gdjax import bench_optim
 
     params = bench_optim.alexnet_tree(scale)
     grads = jax.tree.map(lambda p: p * 0.1 + 0.01, params)

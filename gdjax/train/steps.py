@@ -24,7 +24,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["TrainState", "cross_entropy", "eval_step", "l2_penalty", "top_k_error", "train_step"]
+__all__ = [
+    "TrainState",
+    "cross_entropy",
+    "eval_step",
+    "l2_penalty",
+    "learning_rate_of",
+    "top_k_error",
+    "train_step",
+]
 
 
 @flax.struct.dataclass

@@ -1,8 +1,6 @@
 """Smoke test of the optimizer benchmark, and proof that each timed pair computes one update."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +8,7 @@ import optax
 import pytest
 from optim_testing import max_rel_diff
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("bench_optim", ROOT / "experiments/bench_optim.py")
-bench_optim = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench_optim)
+from gdjax import bench_optim
 
 
 def test_full_tree_is_alexnet_sized():
