@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.groups = 0  # 0: the variant's default (2 for paper, 1 otherwise)
     c.model.lrn = True
     c.model.overlapping_pool = True
+    # Where convolutions and max-pooling run: auto (oneDNN for float32 on the CPU when its
+    # kernels load, else XLA) | onednn | xla. parallel="sharded" over several devices uses xla.
+    c.model.impl = "auto"
 
     c.input = ml_collections.ConfigDict()
     c.input.augment = "small"  # small | alexnet | none

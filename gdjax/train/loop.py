@@ -299,6 +299,11 @@ def _build(c: ml_collections.ConfigDict) -> _Run:
     if c.max_steps > 0:
         total_steps = min(total_steps, c.max_steps)
 
+    impl = c.model.impl
+    if impl == "auto" and c.parallel == "sharded" and parallel.num_devices > 1:
+        # XLA's SPMD partitioner does not know the oneDNN calls: it would all-gather the batch
+        # and run each one whole on every device. pmap and one device run them per device.
+        impl = "xla"
     model = AlexNet(
         num_classes=train_src.num_classes,
         variant=c.model.variant,
@@ -309,6 +314,7 @@ def _build(c: ml_collections.ConfigDict) -> _Run:
         overlapping_pool=c.model.overlapping_pool,
         in_channels=image_shape[-1],
         dtype=jnp.bfloat16 if c.mixed_precision else None,
+        impl=impl,
     )
     init_key, state_key = jax.random.split(jax.random.key(c.seed))
     variables = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape), jnp.float32))

@@ -287,3 +287,16 @@ def test_the_other_presets_train(tmp_path, preset):
     c.progress = False
     result = train_and_evaluate(c, str(tmp_path / "run"))
     assert result["steps"] == 2 and np.isfinite(result["loss"])
+
+
+@pytest.mark.parametrize("mode, expected", [("none", "auto"), ("pmap", "auto"), ("sharded", "xla")])
+def test_sharded_runs_keep_the_kernels_xla_can_partition(mode, expected):
+    """Under a sharded jit XLA would all-gather the batch into each oneDNN call; the loop picks
+    XLA's kernels there (pmap and one device run the oneDNN calls per device)."""
+    c = get_config("default")
+    c.parallel, c.eval_batch_size = mode, 512
+    run = _build(c)
+    assert run.state.apply_fn.__self__.impl == expected
+    c.model.impl = "bogus"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        _build(c)
