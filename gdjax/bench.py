@@ -268,7 +268,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--cases",
         nargs="*",
-        default=["small:32:128", "small:32:512", "torchvision:224:32", "paper:227:32"],
+        default=[
+            "small:32:128",
+            "small:32:512",
+            "torchvision:224:32",
+            "torchvision:224:128",
+            "paper:227:32",
+        ],
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2)
