@@ -1,6 +1,6 @@
 """gdjax vs PyTorch on the same machine: training step, inference and optimizer update.
 
-    gdjax bench                                            # the default table (CPU: ~8 min)
+    gdjax bench                                            # the default table (CPU: ~12 min)
     gdjax bench --cases small:32:128 torchvision:224:32 --rounds 5
     gdjax bench --torch-compile --json bench.json --loop-overhead
     python experiments/bench.py ...                        # the same, from a checkout

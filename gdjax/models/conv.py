@@ -13,8 +13,8 @@ Otherwise it is exactly ``lax.conv_general_dilated``. The choice is made at trac
 oneDNN call sits under :func:`jax.lax.platform_dependent`, so a function traced on the CPU and
 lowered for a GPU or TPU still gets XLA's convolution there.
 
-Why: XLA's CPU convolutions (Eigen, or YNNPACK) are 1.3–20× slower than oneDNN's for
-AlexNet's layers, grouped convolutions worst of all (see the README's benchmark table).
+Why: XLA's CPU convolutions (Eigen, or YNNPACK) ran AlexNet's layers 1.3–85× slower than
+oneDNN's here, grouped ones worst of all (see the README's benchmark tables).
 The forward, data-gradient and weight-gradient kernels each run oneDNN's primitive on XLA's own
 buffers (no copies); the kernel is reordered to oneDNN's blocked layout inside the call.
 """
@@ -166,6 +166,8 @@ def conv_general_dilated(
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_general_dilated: impl={impl!r}, expected one of {CONV_IMPLS}")
+    if isinstance(precision, list):  # hashable: it is a static argument of the custom VJP
+        precision = tuple(precision)
     pads = strides = None
     if impl == "xla":
         why = "impl='xla'"
