@@ -195,6 +195,18 @@ ffi::Error Guard(F&& f) {
   return ffi::Error::Success();
 }
 
+// The kernel `w` (HWIO) as the memory a primitive wants: itself, or reordered into the
+// per-thread buffer when the primitive prefers a blocked layout.
+dnnl::memory WeightsIn(const Geometry& g, const float* w, bool needed,
+                       const dnnl::memory::desc& want, const dnnl::reorder& reorder,
+                       dnnl::stream& s) {
+  dnnl::memory user(UserWeightDesc(g), Engine(), const_cast<float*>(w));
+  if (!needed) return user;
+  dnnl::memory blocked(want, Engine(), weights_buffer.Get(want.get_size()));
+  reorder.execute(s, user, blocked);
+  return blocked;
+}
+
 ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                    int64_t pl, int64_t pr, int64_t groups) {
@@ -208,13 +220,8 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     Plan& p = GetPlan(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    dnnl::memory user_w(UserWeightDesc(g), eng, w.typed_data());
-    dnnl::memory wm = user_w;
-    if (p.reorder_fwd) {
-      const auto& d = p.fwd_pd.weights_desc();
-      wm = dnnl::memory(d, eng, weights_buffer.Get(d.get_size()));
-      p.weights_in_fwd.execute(s, user_w, wm);
-    }
+    auto wm = WeightsIn(g, w.typed_data(), p.reorder_fwd, p.fwd_pd.weights_desc(),
+                        p.weights_in_fwd, s);
     dnnl::memory src(SrcDesc(g), eng, x.typed_data());
     dnnl::memory dst(DstDesc(g), eng, y->typed_data());
     p.fwd.execute(s, {{DNNL_ARG_SRC, src},
@@ -238,13 +245,8 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     Plan& p = GetPlan(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    dnnl::memory user_w(UserWeightDesc(g), eng, w.typed_data());
-    dnnl::memory wm = user_w;
-    if (p.reorder_bwd) {
-      const auto& d = p.bwd_data_pd.weights_desc();
-      wm = dnnl::memory(d, eng, weights_buffer.Get(d.get_size()));
-      p.weights_in_bwd.execute(s, user_w, wm);
-    }
+    auto wm = WeightsIn(g, w.typed_data(), p.reorder_bwd, p.bwd_data_pd.weights_desc(),
+                        p.weights_in_bwd, s);
     dnnl::memory diff_dst(DstDesc(g), eng, dy.typed_data());
     dnnl::memory diff_src(SrcDesc(g), eng, dx->typed_data());
     p.bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
