@@ -427,8 +427,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxConvBwdWeights, ConvBwdWeights,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() GDJAX_CONV_ATTRS);
 
-// Creates the CPU engine and runs one small grouped, strided, padded convolution both ways.
-// Returns 0 on success, otherwise writes the reason into `message`.
 #define GDJAX_POOL_ATTRS                                                           \
   .Attr<int64_t>("window_h").Attr<int64_t>("window_w").Attr<int64_t>("stride_h")   \
       .Attr<int64_t>("stride_w")
@@ -444,6 +442,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxMaxPoolBwd, MaxPoolBwd,
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() GDJAX_POOL_ATTRS);
 
+// Creates the CPU engine and the primitives of one small grouped, strided, padded convolution
+// and one max-pooling: returns 0 when oneDNN can serve them, else writes the reason into
+// `message` (so that a broken installation shows at load time, not inside a computation).
 extern "C" int GdjaxOnednnCheck(char* message, size_t size) {
   try {
     Geometry g{2, 7, 6, 4, 3, 3, 6, 4, 3, 2, 2, 1, 2, 1, 1, 2};
