@@ -1,10 +1,12 @@
-"""Build, load and register the oneDNN convolution kernels (the optional CPU fast path).
+"""Build, load and register the oneDNN kernels: convolutions and max-pooling (the optional CPU
+fast path).
 
 The kernels (``_onednn_conv.cc``) are XLA FFI handlers. They are compiled on first use with the
 machine's C++ compiler against the oneDNN headers of the ``onednn-devel`` package (the
 ``gdjax[onednn]`` extra) and JAX's FFI headers, into a cache directory keyed by everything the
 binary depends on; later processes load the cached library. Whatever is missing (no compiler,
-no oneDNN, not Linux x86-64) makes :func:`status` say why, and the convolutions stay on XLA.
+no oneDNN, not Linux x86-64, jaxlib too old) makes :func:`status` say why, and the kernels
+stay XLA's.
 
 Environment:
   ``GDJAX_ONEDNN_ROOT``  a prefix holding ``include/oneapi/dnnl`` and ``lib/libdnnl.so``
@@ -45,8 +47,18 @@ TARGETS = {
 # a whole AlexNet step (each call alone was right; jaxlib 0.7, 0.8 and 0.10 are right).
 MIN_JAXLIB = (0, 7, 0)
 
+IMPLS = ("auto", "onednn", "xla")
+
 _lock = threading.Lock()
 _state: dict[str, object] = {}
+
+
+def jaxlib_supported() -> bool:
+    """Whether the installed jaxlib is at least :data:`MIN_JAXLIB`."""
+    import jaxlib
+
+    version = tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
+    return version >= MIN_JAXLIB
 
 
 def _roots() -> list[pathlib.Path]:
@@ -98,7 +110,7 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
         "-ldnnl",
         # DT_RPATH (not RUNPATH) so that libdnnl's own dependencies resolve from its directory.
         f"-Wl,--disable-new-dtags,-rpath,{lib}",
-    ]
+    ]  # the output file is appended when compiling; the cache key is taken without it
     key = hashlib.sha256()
     key.update(SOURCE.read_bytes())
     key.update(" ".join(command).encode())
@@ -116,10 +128,8 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        logger.info("gdjax: compiling the oneDNN convolution kernels into %s", target.parent)
-        done = subprocess.run(
-            [*command[:-3], "-o", tmp, *command[-3:]], capture_output=True, text=True, timeout=600
-        )
+        logger.info("gdjax: compiling the oneDNN kernels into %s", target.parent)
+        done = subprocess.run([*command, "-o", tmp], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
         os.replace(tmp, target)
@@ -134,10 +144,9 @@ def _load() -> str:
         raise RuntimeError(
             f"the oneDNN path is built for Linux x86-64, not {sys.platform} {platform.machine()}"
         )
-    import jaxlib
+    if not jaxlib_supported():
+        import jaxlib
 
-    version = tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
-    if version < MIN_JAXLIB:
         raise RuntimeError(
             f"jaxlib {jaxlib.__version__} is older than "
             f"{'.'.join(map(str, MIN_JAXLIB))}, whose CPU runtime the oneDNN path needs"
@@ -158,7 +167,7 @@ def _load() -> str:
             name, jax.ffi.pycapsule(getattr(handle, symbol)), platform="cpu"
         )
     handle.GdjaxOnednnVersion.restype = ctypes.c_char_p
-    _state["handle"] = handle
+    _state["handle"] = handle  # the registered handlers live in this library: keep it loaded
     return f"oneDNN {handle.GdjaxOnednnVersion().decode()} ({path})"
 
 
@@ -170,26 +179,27 @@ def status() -> tuple[bool, str]:
                 _state["status"] = (True, _load())
             except Exception as e:  # any failure means "use XLA", with the reason
                 _state["status"] = (False, str(e))
-                logger.info("gdjax: convolutions stay on XLA: %s", e)
+                logger.info("gdjax: convolutions and max-pooling stay on XLA: %s", e)
         return _state["status"]  # type: ignore[return-value]
 
 
 def available() -> bool:
-    """Whether the oneDNN convolution kernels are built, loaded and registered with XLA."""
+    """Whether the oneDNN kernels are built, loaded and registered with XLA."""
     return status()[0]
 
 
-IMPLS = ("auto", "onednn", "xla")
+def check_impl(caller: str, impl: str) -> None:
+    """Raise ``ValueError`` naming ``caller`` unless ``impl`` is one of :data:`IMPLS`."""
+    if impl not in IMPLS:
+        raise ValueError(f"{caller}: impl={impl!r}, expected one of {IMPLS}")
 
 
 def why_not(impl: str, *arrays: jax.Array) -> str | None:
     """Why a call with these operands cannot take the oneDNN path (``None``: it can).
 
-    Checks what every kernel shares: ``impl``, the default backend, float32 operands, and
-    that the kernels load. Raises ``ValueError`` for an unknown ``impl``.
+    Checks what every kernel shares: ``impl`` (already valid, see :func:`check_impl`), the
+    default backend, float32 operands, and that the kernels load.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r}, expected one of {IMPLS}")
     if impl == "xla":
         return "impl='xla'"
     if jax.default_backend() != "cpu":

@@ -45,26 +45,36 @@ dnnl::engine& Engine() {
   return engine;
 }
 
+// Geometries are plain structs of int64 fields: compared bytewise, hashed with FNV-1a.
+template <typename G>
+struct GeometryKey {
+  bool operator()(const G& a, const G& b) const { return std::memcmp(&a, &b, sizeof(G)) == 0; }
+  size_t operator()(const G& geo) const {
+    const int64_t* p = reinterpret_cast<const int64_t*>(&geo);
+    size_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < sizeof(G) / sizeof(int64_t); ++i) {
+      h = (h ^ static_cast<size_t>(p[i])) * 1099511628211ull;
+    }
+    return h;
+  }
+};
+
+// The plan (primitives) of one geometry, built on first use and kept for the process.
+template <typename PlanT, typename G>
+PlanT& CachedPlan(const G& g) {
+  static std::mutex mu;
+  static std::unordered_map<G, std::unique_ptr<PlanT>, GeometryKey<G>, GeometryKey<G>> plans;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& slot = plans[g];
+  if (!slot) slot = std::make_unique<PlanT>(g);
+  return *slot;
+}
+
 struct Geometry {
   int64_t n, h, w, c;        // input
   int64_t kh, kw, o;         // kernel (o = all output channels)
   int64_t oh, ow;            // output
   int64_t sh, sw, pt, pb, pl, pr, g;
-
-  bool operator==(const Geometry& other) const {
-    return std::memcmp(this, &other, sizeof(Geometry)) == 0;
-  }
-};
-
-struct GeometryHash {
-  size_t operator()(const Geometry& geo) const {
-    const int64_t* p = reinterpret_cast<const int64_t*>(&geo);
-    size_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < sizeof(Geometry) / sizeof(int64_t); ++i) {
-      h = (h ^ static_cast<size_t>(p[i])) * 1099511628211ull;
-    }
-    return h;
-  }
 };
 
 dnnl::memory::desc SrcDesc(const Geometry& g) { return {{g.n, g.c, g.h, g.w}, dt::f32, tag::nhwc}; }
@@ -135,15 +145,6 @@ struct Plan {
     }
   }
 };
-
-Plan& GetPlan(const Geometry& g) {
-  static std::mutex mu;
-  static std::unordered_map<Geometry, std::unique_ptr<Plan>, GeometryHash> plans;
-  std::lock_guard<std::mutex> lock(mu);
-  auto& slot = plans[g];
-  if (!slot) slot = std::make_unique<Plan>(g);
-  return *slot;
-}
 
 // A per-thread, grow-only, 64-byte-aligned buffer: no allocation (or page faults) per call.
 class Scratch {
@@ -217,7 +218,7 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     return e;
   }
   return Guard([&] {
-    Plan& p = GetPlan(g);
+    Plan& p = CachedPlan<Plan>(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
     auto wm = WeightsIn(g, w.typed_data(), p.reorder_fwd, p.fwd_pd.weights_desc(),
@@ -242,7 +243,7 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     return e;
   }
   return Guard([&] {
-    Plan& p = GetPlan(g);
+    Plan& p = CachedPlan<Plan>(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
     auto wm = WeightsIn(g, w.typed_data(), p.reorder_bwd, p.bwd_data_pd.weights_desc(),
@@ -268,7 +269,7 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     return e;
   }
   return Guard([&] {
-    Plan& p = GetPlan(g);
+    Plan& p = CachedPlan<Plan>(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
     dnnl::memory user_dw(UserWeightDesc(g), eng, dw->typed_data());
@@ -295,20 +296,6 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 
 struct PoolGeometry {
   int64_t n, h, w, c, oh, ow, kh, kw, sh, sw;
-  bool operator==(const PoolGeometry& other) const {
-    return std::memcmp(this, &other, sizeof(PoolGeometry)) == 0;
-  }
-};
-
-struct PoolGeometryHash {
-  size_t operator()(const PoolGeometry& geo) const {
-    const int64_t* p = reinterpret_cast<const int64_t*>(&geo);
-    size_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < sizeof(PoolGeometry) / sizeof(int64_t); ++i) {
-      h = (h ^ static_cast<size_t>(p[i])) * 1099511628211ull;
-    }
-    return h;
-  }
 };
 
 struct PoolPlan {
@@ -334,15 +321,6 @@ struct PoolPlan {
   }
 };
 
-PoolPlan& GetPoolPlan(const PoolGeometry& g) {
-  static std::mutex mu;
-  static std::unordered_map<PoolGeometry, std::unique_ptr<PoolPlan>, PoolGeometryHash> plans;
-  std::lock_guard<std::mutex> lock(mu);
-  auto& slot = plans[g];
-  if (!slot) slot = std::make_unique<PoolPlan>(g);
-  return *slot;
-}
-
 ffi::Error MakePoolGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, int64_t kh,
                             int64_t kw, int64_t sh, int64_t sw, PoolGeometry* g) {
   if (x.size() != 4 || y.size() != 4 || x[0] != y[0] || x[3] != y[3] ||
@@ -363,7 +341,7 @@ ffi::Error MaxPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
     return e;
   }
   return Guard([&] {
-    PoolPlan& p = GetPoolPlan(g);
+    PoolPlan& p = CachedPlan<PoolPlan>(g);
     if (p.fwd_pd.workspace_desc().get_size() > workspace->size_bytes()) {
       throw std::runtime_error("max_pool workspace larger than one byte per output element");
     }
@@ -390,7 +368,7 @@ ffi::Error MaxPoolBwd(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> workspace,
     return e;
   }
   return Guard([&] {
-    PoolPlan& p = GetPoolPlan(g);
+    PoolPlan& p = CachedPlan<PoolPlan>(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
     dnnl::memory diff_dst(p.bwd_pd.diff_dst_desc(), eng, dy.typed_data());
@@ -448,8 +426,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxMaxPoolBwd, MaxPoolBwd,
 extern "C" int GdjaxOnednnCheck(char* message, size_t size) {
   try {
     Geometry g{2, 7, 6, 4, 3, 3, 6, 4, 3, 2, 2, 1, 2, 1, 1, 2};
-    GetPlan(g);
-    GetPoolPlan(PoolGeometry{2, 7, 6, 4, 3, 2, 3, 3, 2, 2});
+    CachedPlan<Plan>(g);
+    CachedPlan<PoolPlan>(PoolGeometry{2, 7, 6, 4, 3, 2, 3, 3, 2, 2});
     return 0;
   } catch (const std::exception& e) {
     std::snprintf(message, size, "%s", e.what());

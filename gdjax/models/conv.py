@@ -164,8 +164,7 @@ def conv_general_dilated(
     ``"onednn"`` insists and raises ``RuntimeError`` (with the reason) when it cannot.
     On the oneDNN path the arithmetic is full float32 whatever ``precision`` says.
     """
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv_general_dilated: impl={impl!r}, expected one of {CONV_IMPLS}")
+    _onednn.check_impl("conv_general_dilated", impl)
     if isinstance(precision, list):  # hashable: it is a static argument of the custom VJP
         precision = tuple(precision)
     pads = strides = None

@@ -161,9 +161,10 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, impl: str = "auto")
     """
     if window < 1 or stride < 1:
         raise ValueError(f"max_pool: window={window} and stride={stride} must be >= 1")
-    why = "rank != 4" if x.ndim != 4 else _onednn.why_not(impl, x)
+    _onednn.check_impl("max_pool", impl)
     if x.ndim >= 3 and min(x.shape[-3:-1]) < window:
         raise ValueError(f"max_pool: window {window} larger than the input's {x.shape[-3:-1]}")
+    why = "rank != 4" if x.ndim != 4 else _onednn.why_not(impl, x)
     if why is None:
         return _onednn_max_pool(x, window, stride)
     if impl == "onednn":

@@ -174,6 +174,8 @@ def test_max_pool_falls_back_or_raises():
         max_pool(x, 11, 2)
     with pytest.raises(ValueError, match="impl='fast'"):
         max_pool(x, 3, 2, impl="fast")
+    with pytest.raises(ValueError, match="max_pool: impl='fast'"):  # whatever the rank
+        max_pool(x[None], 3, 2, impl="fast")
 
 
 def test_bad_impl_is_rejected():
