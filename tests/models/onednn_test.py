@@ -229,18 +229,37 @@ def test_vmap_pmap_and_sharded_jit_match_xla():
         np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
 
 
+def _well_conditioned(params, seed=5):
+    """He-normal kernels and N(0, 0.1) biases in the network's own shapes.
+
+    The paper's initialisation (N(0, 0.01) kernels, unit biases) makes every activation a
+    small signal on a large constant, so any float32 path loses ~2% of conv1's gradient to
+    cancellation, and by how much depends on the CPU's instruction set (AVX2 vs AVX-512 change
+    the accumulation order). With these parameters float64 truth is reached to a few float32
+    ulps by both paths on any CPU, so a fixed bound tests the kernels, not rounding luck.
+    """
+    keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(params))))
+
+    def draw(path, a):
+        if path[-1].key == "kernel":
+            return jax.random.normal(next(keys), a.shape, a.dtype) * np.sqrt(2 / a[..., 0].size)
+        return jax.random.normal(next(keys), a.shape, a.dtype) * 0.1
+
+    return jax.tree_util.tree_map_with_path(draw, params)
+
+
 @needs_onednn
 @pytest.mark.parametrize("variant, size", [("paper", 227), ("torchvision", 224), ("small", 32)])
-def test_alexnet_on_onednn_is_as_accurate_as_on_xla(variant, size, x64):
-    """Both float32 paths against float64 truth: oneDNN's error is no larger than XLA's.
+def test_alexnet_on_onednn_matches_float64_truth(variant, size, x64):
+    """Logits and every layer's gradients of both float32 paths against float64 truth.
 
-    (The paper network at its initialisation is ill-conditioned: both float32 gradients are
-    ~2% from the float64 ones in conv1, so comparing the two float32 paths directly would
-    test rounding luck, not the kernels.)
+    Measured relative errors are 0.1-6e-6 on AVX2 and AVX-512 CPUs alike; the bound, 1e-4
+    (about 840 float32 ulps), is far below what a wrong kernel gives (order 1).
     """
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3), jnp.float32)
     labels = jnp.array([1, 2])
     params = AlexNet(num_classes=10, variant=variant).init(jax.random.key(1), x)["params"]
+    params = _well_conditioned(params)
 
     def grads(model, p, x):
         def loss(p):
@@ -254,17 +273,19 @@ def test_alexnet_on_onednn_is_as_accurate_as_on_xla(variant, size, x64):
         jax.tree.map(lambda a: a.astype(jnp.float64), params),
         x.astype(jnp.float64),
     )
-    errors = {}
+
+    def relative(a, b):
+        return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
     for impl in ("onednn", "xla"):
         model = AlexNet(num_classes=10, variant=variant, impl=impl)
         (_, logits), g = grads(model, params, x)
-        errors[impl] = [float(jnp.max(jnp.abs(logits - truth_logits)))] + [
-            float(jnp.max(jnp.abs(g[n][k] - truth[n][k])) / jnp.max(jnp.abs(truth[n][k])))
-            for n in ("conv1", "conv2", "conv5")
-            for k in ("kernel", "bias")
-        ]
-    for ours, xla in zip(errors["onednn"], errors["xla"], strict=True):
-        assert ours <= 1.5 * xla + 2e-5, errors
+        errors = {"logits": relative(logits, truth_logits)}
+        for layer in truth:
+            for name in truth[layer]:
+                errors[f"{layer}/{name}"] = relative(g[layer][name], truth[layer][name])
+        worst = max(errors, key=errors.get)
+        assert errors[worst] <= 1e-4, (impl, worst, errors)
 
 
 def test_flax_conv_takes_it_as_a_drop_in():
