@@ -90,11 +90,18 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def top_k_error(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """Per-example 1.0 where ``labels`` is not among the ``k`` largest logits, else 0.0."""
+    """Per-example 1.0 where ``labels`` is not among the ``k`` top-ranked classes, else 0.0.
+
+    Classes are ranked by logit, ties broken by class index (as ``lax.top_k`` and a stable
+    sort do), so a constant or tied prediction is right for at most ``k`` of the classes, not
+    all of them. A row with a NaN logit (a diverged model) is always an error.
+    """
     k = min(k, logits.shape[-1])
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    rank = jnp.sum(logits > label_logit, axis=-1)  # classes strictly above the label's
-    return (rank >= k).astype(jnp.float32)
+    classes = jnp.arange(logits.shape[-1])[None, :]
+    ahead = (logits > label_logit) | ((logits == label_logit) & (classes < labels[:, None]))
+    rank = jnp.sum(ahead, axis=-1)
+    return ((rank >= k) | jnp.any(jnp.isnan(logits), axis=-1)).astype(jnp.float32)
 
 
 def l2_penalty(params: Any) -> jax.Array:

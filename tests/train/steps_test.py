@@ -45,6 +45,34 @@ def test_top_k_error_against_argsort():
         )
 
 
+def _np_top_k_error(logits, labels, k):
+    """The usual definition: a stable sort ranks the classes (ties by class index); a row
+    holding a NaN is wrong."""
+    order = np.argsort(-logits, axis=-1, kind="stable")
+    hit = np.array([lab in row[:k] for row, lab in zip(order, labels, strict=True)])
+    return (~hit | np.isnan(logits).any(-1)).astype(np.float32)
+
+
+def test_top_k_error_on_ties_nan_and_infinities():
+    rng = np.random.default_rng(2)
+    n, c = 400, 10
+    # Few distinct values make many ties; sprinkle NaN and +-inf.
+    logits = rng.integers(0, 3, (n, c)).astype(np.float32)
+    special = rng.random((n, c))
+    logits[special < 0.03] = np.nan
+    logits[(special >= 0.03) & (special < 0.08)] = np.inf
+    logits[(special >= 0.08) & (special < 0.13)] = -np.inf
+    logits[:20] = 0.0  # dead network: every class tied
+    logits[20:30] = np.nan  # diverged network
+    labels = rng.integers(0, c, n)
+    for k in (1, 5):
+        got = np.asarray(top_k_error(jnp.asarray(logits), jnp.asarray(labels), k))
+        np.testing.assert_array_equal(got, _np_top_k_error(logits, labels, k))
+        # A constant prediction is right for exactly k of the c classes, never all of them.
+        assert got[:20].sum() == np.sum(labels[:20] >= k)
+        assert got[20:30].all()
+
+
 def test_l2_penalty_counts_kernels_not_biases():
     params = {"dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 5.0)}}
     assert float(l2_penalty(params)) == pytest.approx(0.5 * 6 * 4.0)
