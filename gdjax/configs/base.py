@@ -1,92 +1,103 @@
-"""Fields shared by every preset, with their defaults; presets override what differs.
+"""Fields shared by every preset, with their defaults and help; presets override what differs.
 
 Durations are given in epochs (``num_epochs``) or, when ``num_steps`` is set, in optimizer
-steps; ``gdjax.train.loop`` converts between them in one place (``steps_per_epoch =
+steps; ``gdjax.train`` converts between them in one place (``steps_per_epoch =
 len(train) // batch_size``). ``max_steps`` caps a run (smoke tests, quick looks).
+
+:data:`FIELDS` is the one table of every field: its default and what it does. ``gdjax
+--help`` prints it; ``base_config()`` builds the ConfigDict from it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-__all__ = ["base_config"]
+__all__ = ["FIELDS", "base_config"]
+
+# (dotted field, default, help). A default of placeholder(T) is "None: unset" with type T.
+FIELDS: list[tuple[str, Any, str]] = [
+    ("dataset", "mnist5k", "mnist5k | digits | cifar10:PATH | cifar100:PATH | folder:PATH | "
+     "tfds:NAME (see the README's Data section)"),
+    ("eval_split", "test", "split evaluated during and after training: test | val | train"),
+    ("model.variant", "small", "AlexNet variant: paper | torchvision | small"),
+    ("model.dropout_rate", 0.5, "dropout before the hidden fully connected layers, in [0, 1)"),
+    ("model.activation", "relu", "relu | tanh | sigmoid"),
+    ("model.groups", 0, "convolution groups of conv2/4/5; 0 takes the variant's own (2 for "
+     "paper, 1 otherwise)"),
+    ("model.lrn", True, "local response normalisation after conv1 and conv2"),
+    ("model.overlapping_pool", True, "3/2 max-pooling (the paper's); False: 2/2"),
+    ("model.impl", "auto", "where convolutions and pooling run: auto (oneDNN for float32 on "
+     "the CPU when its kernels load, else XLA) | onednn | xla"),
+    ("input.augment", "small", "training augmentation: small (pad and crop) | alexnet (the "
+     "paper's crops, flips and PCA colour shift) | none"),
+    ("input.image_size", 0, "resize every image to this side before augmentation; 0 keeps the "
+     "source's own (256 for folders, as stored otherwise)"),
+    ("input.crop", 224, "alexnet augmentation: side of the training crop (224 or 227)"),
+    ("input.pad", 2, "small augmentation: pad-and-crop margin in pixels"),
+    ("input.flip", False, "small augmentation: random horizontal mirror (not for digits)"),
+    ("input.pca_std", 0.1, "alexnet augmentation: std of the PCA colour shift's alphas"),
+    ("input.per_pixel_mean", True, "alexnet augmentation: subtract the mean image (False: the "
+     "per-channel mean)"),
+    ("input.ten_crop", False, "alexnet augmentation: evaluate on ten crops (gdjax eval does)"),
+    ("input.worker_count", 0, "grain worker processes that decode and augment (0: in process)"),
+    ("input.read_threads", 1, "grain threads that read examples"),
+    ("batch_size", 128, "global training batch, over all devices and processes"),
+    ("eval_batch_size", 500, "global evaluation batch"),
+    ("num_epochs", 10.0, "training length in epochs (ignored when num_steps > 0)"),
+    ("num_steps", 0, "training length in optimizer steps; > 0 overrides num_epochs"),
+    ("max_steps", 0, "> 0 caps the run at this many steps (smoke tests)"),
+    ("optimizer.name", "momentum", "sgd | momentum | alexnet_sgd | adagrad | rmsprop | adam | "
+     "adamw"),
+    ("optimizer.learning_rate", 0.01, "the learning rate (the peak of a schedule), >= 0"),
+    ("optimizer.hparams.momentum", placeholder(float), "momentum, in [0, 1)"),
+    ("optimizer.hparams.nesterov", placeholder(bool), "Nesterov momentum"),
+    ("optimizer.hparams.weight_decay", placeholder(float), "weight decay, >= 0"),
+    ("optimizer.hparams.b1", placeholder(float), "adam/adamw: first-moment decay, in [0, 1)"),
+    ("optimizer.hparams.b2", placeholder(float), "adam/adamw: second-moment decay, in [0, 1)"),
+    ("optimizer.hparams.eps", placeholder(float), "the denominator's epsilon, > 0"),
+    ("optimizer.hparams.decay", placeholder(float), "rmsprop: the squares' decay, in [0, 1)"),
+    ("optimizer.hparams.centered", placeholder(bool), "rmsprop: centred variant"),
+    ("optimizer.hparams.amsgrad", placeholder(bool), "adam/adamw: AMSGrad maximum"),
+    ("optimizer.hparams.initial_accumulator_value", placeholder(float),
+     "adagrad: starting sum of squares, >= 0"),
+    ("optimizer.grad_clip_norm", 0.0, "> 0: clip the gradient's global norm to this first"),
+    ("optimizer.grad_accum_steps", 1, "> 1: accumulate this many batches per update "
+     "(optax.MultiSteps)"),
+    ("optimizer.skip_nonfinite", False, "skip updates with NaN/inf gradients "
+     "(optax.apply_if_finite) instead of stopping the run"),
+    ("schedule.name", "constant", "learning-rate schedule: constant | plateau (divide by 10 "
+     "when the test error stops improving) | step | cosine"),
+    ("schedule.factor", 0.1, "plateau, step: multiplier at each drop, in (0, 1]"),
+    ("schedule.patience", 1, "plateau: evaluations without improvement before a drop"),
+    ("schedule.threshold", 1e-3, "plateau: the smallest fall of test error that counts"),
+    ("schedule.min_learning_rate", 0.0, "plateau: no drop below this"),
+    ("schedule.step_epochs", (30, 60, 90), "step: epochs at which the rate drops"),
+    ("schedule.warmup_epochs", 0.0, "cosine: linear warm-up from 0, in epochs"),
+    ("label_smoothing", 0.0, "label smoothing of the training loss, in [0, 1)"),
+    ("l2", 0.0, "weight decay through the loss (l2/2 |w|^2 over kernels), >= 0"),
+    ("mixed_precision", False, "bfloat16 compute with float32 parameters and optimizer state"),
+    ("parallel", "none", "none (one device) | pmap (local devices) | sharded (every device "
+     "of every process); several processes need pmap or sharded"),
+    ("seed", 0, "seed of the initialisation, dropout and data order"),
+    ("log_every_steps", 50, "log training metrics every this many steps"),
+    ("eval_every_epochs", 1.0, "evaluate every this many epochs (and at the end)"),
+    ("checkpoint_every_steps", 500, "save a checkpoint every this many steps (and at the end)"),
+    ("keep_checkpoints", 3, "how many of the newest checkpoints to keep"),
+    ("progress", True, "show a progress bar"),
+]  # fmt: skip
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.dataset = "mnist5k"  # any gdjax.data spec: digits, cifar10:PATH, folder:PATH, tfds:NAME
-    c.eval_split = "test"
-
-    c.model = ml_collections.ConfigDict()
-    c.model.variant = "small"  # paper | torchvision | small
-    c.model.dropout_rate = 0.5
-    c.model.activation = "relu"  # relu | tanh | sigmoid
-    c.model.groups = 0  # 0: the variant's default (2 for paper, 1 otherwise)
-    c.model.lrn = True
-    c.model.overlapping_pool = True
-    # Where convolutions and max-pooling run: auto (oneDNN for float32 on the CPU when its
-    # kernels load, else XLA) | onednn | xla. parallel="sharded" over several devices uses xla.
-    c.model.impl = "auto"
-
-    c.input = ml_collections.ConfigDict()
-    c.input.augment = "small"  # small | alexnet | none
-    c.input.crop = 224  # alexnet: the training crop (224 or 227)
-    c.input.pad = 2  # small: pad-and-crop margin
-    c.input.flip = False  # small: mirror images (not for digits)
-    c.input.pca_std = 0.1  # alexnet: std of the PCA colour shift's alphas
-    c.input.per_pixel_mean = True  # alexnet: subtract the mean image (else per channel)
-    c.input.ten_crop = False  # alexnet: evaluate on the ten crops
-    c.input.worker_count = 0  # grain worker processes
-    c.input.read_threads = 1
-
-    c.batch_size = 128  # global, over all devices and hosts
-    c.eval_batch_size = 500
-    c.num_epochs = 10.0
-    c.num_steps = 0  # > 0 overrides num_epochs
-    c.max_steps = 0  # > 0 caps the run
-
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "momentum"  # sgd | momentum | alexnet_sgd | adagrad | rmsprop | adam | adamw
-    c.optimizer.learning_rate = 0.01
-    # The optimizer's keyword arguments; None (unset) keeps the optimizer's own default, and a
-    # set field the chosen optimizer does not take is an error.
-    c.optimizer.hparams = ml_collections.ConfigDict(
-        {
-            "momentum": placeholder(float),
-            "nesterov": placeholder(bool),
-            "weight_decay": placeholder(float),
-            "b1": placeholder(float),
-            "b2": placeholder(float),
-            "eps": placeholder(float),
-            "decay": placeholder(float),
-            "centered": placeholder(bool),
-            "amsgrad": placeholder(bool),
-            "initial_accumulator_value": placeholder(float),
-        }
-    )
-    c.optimizer.grad_clip_norm = 0.0  # > 0: optax.clip_by_global_norm first
-    c.optimizer.grad_accum_steps = 1  # > 1: optax.MultiSteps over this many micro-batches
-    c.optimizer.skip_nonfinite = False  # True: optax.apply_if_finite skips NaN/inf steps
-
-    c.schedule = ml_collections.ConfigDict()
-    c.schedule.name = "constant"  # constant | plateau | step | cosine
-    c.schedule.factor = 0.1  # plateau, step: the multiplier at each drop
-    c.schedule.patience = 1  # plateau: evaluations without improvement before a drop
-    c.schedule.threshold = 1e-3  # plateau: the smallest change of test error that counts
-    c.schedule.min_learning_rate = 0.0  # plateau: no drops below this
-    c.schedule.step_epochs = (30, 60, 90)  # step: epochs at which to drop
-    c.schedule.warmup_epochs = 0.0  # cosine: linear warm-up
-
-    c.label_smoothing = 0.0
-    c.l2 = 0.0  # weight decay through the loss (lambda/2 |w|^2), for optimizers without it
-    c.mixed_precision = False  # bfloat16 compute, float32 params and optimizer state
-
-    c.parallel = "none"  # none | pmap | sharded
-    c.seed = 0
-    c.log_every_steps = 50
-    c.eval_every_epochs = 1.0
-    c.checkpoint_every_steps = 500
-    c.keep_checkpoints = 3
-    c.progress = True
+    for path, default, _ in FIELDS:
+        *parents, name = path.split(".")
+        node = c
+        for part in parents:
+            if part not in node:
+                node[part] = ml_collections.ConfigDict()
+            node = node[part]
+        node[name] = default
     return c

@@ -23,7 +23,6 @@ def get_config():
     c.num_epochs = 10.0
     c.optimizer.name = "momentum"
     c.optimizer.learning_rate = 0.01
-    c.optimizer.hparams.momentum = 0.9
     c.schedule.name = "step"
     c.schedule.step_epochs = (8,)
     c.log_every_steps = 25

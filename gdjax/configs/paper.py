@@ -30,8 +30,6 @@ def get_config():
     c.num_epochs = 90.0
     c.optimizer.name = "alexnet_sgd"
     c.optimizer.learning_rate = 0.01
-    c.optimizer.hparams.momentum = 0.9
-    c.optimizer.hparams.weight_decay = 5e-4
     c.schedule.name = "plateau"
     c.schedule.patience = 2
     c.schedule.min_learning_rate = 1e-5

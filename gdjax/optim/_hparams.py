@@ -2,9 +2,10 @@
 
 A numeric hyperparameter is a Python/NumPy number, a JAX array (possibly traced, as under
 ``optax.inject_hyperparams``) or a schedule ``step -> value``. Python and NumPy numbers are
-validated eagerly, so a bad value fails where the optimizer is built; arrays and schedules are
-taken as given (checking a traced value is impossible, and checking a concrete device array
-would cost a host transfer on every step).
+validated eagerly, so a bad value fails where the optimizer is built; so are concrete scalar JAX
+arrays, which is what ``optax.inject_hyperparams`` passes when its ``init`` runs outside
+``jit`` (an injected ``learning_rate=-1`` is refused like a plain one). Traced values (inside
+``jit``) and schedules are taken as given: they cannot be checked without running them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ def value_at(hyperparam: ScalarOrSchedule, count: jax.Array) -> jax.typing.Array
 
 
 def _as_python_number(owner: str, name: str, value: Any) -> float | None:
-    """The value as a float when it is a plain number; None when it is an array or schedule."""
-    if callable(value) or isinstance(value, jax.Array):
+    """The value as a float when it is a number or a concrete scalar array; None when it is
+    traced or a schedule."""
+    if callable(value) or isinstance(value, jax.core.Tracer):
         return None
+    if isinstance(value, jax.Array):
+        if value.ndim != 0:
+            raise ValueError(
+                f"{owner}: {name} must be a scalar, got an array of shape {value.shape}"
+            )
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray)):
         raise TypeError(
             f"{owner}: {name} must be a number, a JAX array or a schedule (step -> value), "
@@ -55,7 +63,7 @@ def check_range(
 ) -> None:
     """Raise ``ValueError`` unless ``low <= value`` (``<`` if exclusive) and ``value < high``.
 
-    Only plain numbers are checked; arrays and schedules pass through (see module docstring).
+    Numbers and concrete arrays are checked; traced values and schedules pass through.
     """
     number = _as_python_number(owner, name, value)
     if number is None:
@@ -69,7 +77,8 @@ def check_range(
             if high is not None
             else (f"{'>=' if low_inclusive else '>'} {low:g}")
         )
-        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
+        shown = number if isinstance(value, jax.Array) else value  # not "Array(-1., ...)"
+        raise ValueError(f"{owner}: {name} must be {expected}, got {shown!r}")
 
 
 def is_zero(value: Any) -> bool:

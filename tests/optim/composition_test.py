@@ -185,3 +185,27 @@ def test_update_ignores_unknown_keyword_arguments(name):
     u1, _ = tx.update(params, state, params)
     u2, _ = tx.update(params, state, params, value=jnp.asarray(3.0), some_future_arg="x")
     jax.tree.map(np.testing.assert_array_equal, u1, u2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_is_no_way_around_the_checks(name):
+    """inject_hyperparams hands the factory concrete arrays at init: they are checked like
+    numbers (a negative learning rate, a momentum of 1.5), naming the argument and value."""
+    factory, kwargs = OPTIMIZERS[name]
+    params = mixed_tree()
+    with pytest.raises(ValueError, match=r"learning_rate must be >= 0, got -1\.0"):
+        optax.inject_hyperparams(factory)(-1.0, **kwargs).init(params)
+    for field, bad in (("momentum", 1.5), ("b1", 1.0), ("decay", -0.5), ("weight_decay", -1.0)):
+        if field in kwargs or field in _defaults(factory):
+            with pytest.raises(ValueError, match=rf"{field} must be .*, got {bad}"):
+                optax.inject_hyperparams(factory)(LR, **{**kwargs, field: bad}).init(params)
+    # Good values still pass, and the jitted update (traced values) is unchecked and works.
+    tx = optax.inject_hyperparams(factory)(LR, **kwargs)
+    state = tx.init(params)
+    jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
+
+
+def _defaults(factory):
+    import inspect
+
+    return {k for k, p in inspect.signature(factory).parameters.items() if p.default is not p.empty}
