@@ -216,8 +216,7 @@ def loop_overhead(steps: int = 150, rounds: int = 2) -> dict[str, float]:
     import tempfile
 
     from gdjax.configs import get_config
-    from gdjax.train import train_and_evaluate
-    from gdjax.train.loop import _build
+    from gdjax.train import build, train_and_evaluate
     from gdjax.train.metrics_writer import read_metrics
 
     c = get_config("default")
@@ -232,7 +231,7 @@ def loop_overhead(steps: int = 150, rounds: int = 2) -> dict[str, float]:
         return statistics.median(rates[1:])
 
     # The bare step is the loop's own: same model, optimizer state and jitted step function.
-    run = _build(c)
+    run = build(c)
     par, state = run.parallel, {"s": run.state}
     example = run.train_tf(run.train_src[0], np.random.default_rng(0))
     batch = par.put_batch(

@@ -1,18 +1,22 @@
-"""The ``gdjax`` command: a thin entry point over :func:`gdjax.train.train_and_evaluate`.
+"""The gdjax command: a thin entry point over gdjax.train.train_and_evaluate.
 
-    gdjax                                   # = gdjax train: small AlexNet on the embedded MNIST
-    gdjax train --config=cifar10 --config.dataset=cifar10:/data/cifar-10-python.tar.gz
-    gdjax train --config=paper --config.dataset=folder:/data/imagenet --workdir=runs/alexnet
-    gdjax train --config.optimizer.name=adam --config.optimizer.learning_rate=1e-3
-    gdjax eval --workdir=runs/default       # evaluate the latest checkpoint (ten crops if set)
-    gdjax bench --help                      # gdjax vs PyTorch: training step, inference, optimizers
+usage:
+  gdjax [train] [--config=PRESET|FILE] [--config.FIELD=VALUE ...] [--workdir=DIR] [--restart]
+  gdjax eval --workdir=DIR [--config.FIELD=VALUE ...]
+  gdjax bench [--help]
 
-``--config`` takes a preset name (default, cifar10, paper) or the path of a Python file whose
-``get_config()`` returns a ConfigDict; ``--config.FIELD=VALUE`` overrides one field (an
-unknown field is an error). ``--workdir`` holds checkpoints and logs; running again with the
-same workdir resumes. Multi-host: ``--coordinator_address``, ``--num_processes`` and
-``--process_id`` (or ``--distributed`` to let JAX read them from the cluster) start JAX's
-multi-controller runtime first.
+examples:
+  gdjax                                   # = gdjax train: small AlexNet on the embedded MNIST
+  gdjax train --config=cifar10 --config.dataset=cifar10:/data/cifar-10-python.tar.gz
+  gdjax train --config=paper --config.dataset=folder:/data/imagenet --workdir=runs/alexnet
+  gdjax train --config.optimizer.name=adam --config.optimizer.learning_rate=1e-3
+  gdjax eval --workdir=runs/default       # the latest checkpoint (ten crops if AlexNet input)
+
+--config takes a preset name (default, cifar10, paper) or the path of a Python file whose
+get_config() returns a ConfigDict; --config.FIELD=VALUE overrides one field (an unknown field
+is an error; VALUE None unsets an optimizer hyperparameter). --workdir holds checkpoints and
+logs; running again with the same workdir resumes. Errors print one line (exit status 2 for
+usage and config errors); --verbose shows the traceback.
 """
 
 from __future__ import annotations
@@ -20,83 +24,237 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import time
+import traceback
 
-from absl import flags
-from ml_collections import config_flags
-
-from gdjax.configs import PRESETS, preset_path
+from gdjax.configs import PRESETS
 
 __all__ = ["entry_point", "main"]
 
 COMMANDS = ("train", "eval", "bench")
 FLAG_HELP = {
-    "config": "A preset name (default, cifar10, paper) or a config file path.",
-    "workdir": "Checkpoints and logs (default: runs/<preset>).",
-    "distributed": "Call jax.distributed.initialize() first (cluster auto-detection).",
-    "coordinator_address": "host:port of process 0 (multi-host).",
-    "num_processes": "Number of processes (multi-host).",
-    "process_id": "This process's index (multi-host).",
+    "train": {
+        "config": "A preset name (default, cifar10, paper) or a config file path.",
+        "workdir": "Checkpoints and logs (default: runs/<preset>); rerunning resumes.",
+        "restart": "Move the workdir's checkpoints aside and start from step 0.",
+        "distributed": "Call jax.distributed.initialize() first (cluster auto-detection).",
+        "coordinator_address": "host:port of process 0 (multi-host).",
+        "num_processes": "Number of processes (multi-host).",
+        "process_id": "This process's index (multi-host).",
+        "verbose": "Show the whole traceback of an error.",
+    },
+    "eval": {
+        "workdir": "The run to evaluate: its newest readable checkpoint and its config.json.",
+        "config": "A preset or config file instead of the workdir's config.json.",
+        "verbose": "Show the whole traceback of an error.",
+    },
 }
+BOOLEAN_FLAGS = ("restart", "distributed", "verbose")
 
 
-def _parse_flags(config_path: str, args: list[str], prog: str) -> flags.FlagValues:
-    """Flags of one invocation, in a fresh FlagValues (no global state between calls)."""
-    values = flags.FlagValues()
-    argv = [prog, *args]
-    config_flags.DEFINE_config_file(
-        "config",
-        config_path,
-        FLAG_HELP["config"],
-        flag_values=values,
-        lock_config=True,
-        sys_argv=argv,
-    )
-    flags.DEFINE_string("workdir", None, FLAG_HELP["workdir"], flag_values=values)
-    flags.DEFINE_bool("distributed", False, FLAG_HELP["distributed"], flag_values=values)
-    flags.DEFINE_string(
-        "coordinator_address", None, FLAG_HELP["coordinator_address"], flag_values=values
-    )
-    flags.DEFINE_integer("num_processes", None, FLAG_HELP["num_processes"], flag_values=values)
-    flags.DEFINE_integer("process_id", None, FLAG_HELP["process_id"], flag_values=values)
-    values(argv)
-    return values
+class UsageError(ValueError):
+    """A command line gdjax cannot run."""
 
 
-def _resolve_presets(args: list[str]) -> tuple[str, list[str], str]:
-    """Split off ``--config=NAME|PATH``: return the config file, the other args and a name."""
-    rest, value = [], None
+def _split_args(command: str, args: list[str]) -> tuple[dict[str, str | bool], list[str]]:
+    """Split ``args`` into the command's own flags and the ``--config.FIELD=VALUE`` overrides."""
+    known = FLAG_HELP[command]
+    flags: dict[str, str | bool] = {}
+    overrides: list[str] = []
     i = 0
     while i < len(args):
-        if args[i].startswith("--config="):
-            value = args[i].split("=", 1)[1]
-        elif args[i] == "--config" and i + 1 < len(args):
-            value = args[i + 1]
-            i += 1
+        arg = args[i]
+        if arg.startswith("--config."):
+            if "=" not in arg:
+                raise UsageError(f"{arg}: give a value, {arg}=VALUE")
+            overrides.append(arg)
+        elif arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            name = name.replace("-", "_")
+            if name not in known:
+                raise UsageError(
+                    f"unknown flag --{name} for 'gdjax {command}'; flags are "
+                    + ", ".join(f"--{k}" for k in known)
+                    + ", --config.FIELD=VALUE"
+                )
+            if name in BOOLEAN_FLAGS:
+                if eq and value.lower() not in ("true", "false", "1", "0"):
+                    raise UsageError(f"--{name} takes no value (or true/false), got {value!r}")
+                flags[name] = not eq or value.lower() in ("true", "1")
+            else:
+                if not eq:
+                    if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                        raise UsageError(f"--{name} needs a value")
+                    i += 1
+                    value = args[i]
+                flags[name] = value
         else:
-            rest.append(args[i])
+            raise UsageError(f"unexpected argument {arg!r} (flags start with --)")
         i += 1
+    return flags, overrides
+
+
+def _base_config(flags: dict[str, str | bool]) -> tuple[object, str]:
+    """The config named by ``--config`` (a preset or a file) and a name for the workdir."""
+    value = flags.get("config")
     if value is None or value in PRESETS:
+        from gdjax.configs import get_config
+
         name = value or "default"
-        return str(preset_path(name)), rest, name
-    path = pathlib.Path(value.split(":")[0])
+        return get_config(name), name
+    path = pathlib.Path(str(value))
     if not path.is_file():
-        raise ValueError(f"--config={value}: not a preset ({', '.join(PRESETS)}) nor a config file")
-    return value, rest, path.stem
+        raise UsageError(f"--config={value}: not a preset ({', '.join(PRESETS)}) nor a file")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"gdjax_user_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UsageError(f"--config={value}: the file defines no get_config()")
+    return module.get_config(), path.stem
 
 
-def _help() -> str:
+def _parse_value(field: str, text: str, current: object) -> object:
+    """The override's text as the field's type (that of its current value)."""
+    from gdjax.configs.base import nullable_fields
+
+    if text.lower() == "none":
+        if field not in nullable_fields() and current is not None:
+            raise UsageError(f"config.{field} cannot be None")
+        return None
+    kind = type(current)
+    if current is None:  # an unset placeholder: its declared type
+        kind = nullable_fields().get(field, str)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind in (tuple, list):
+            import ast
+
+            value = ast.literal_eval(text)
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        return text
+    except (ValueError, SyntaxError):
+        raise UsageError(
+            f"--config.{field}={text}: expected {kind.__name__}, like {current!r}"
+        ) from None
+
+
+def _apply_overrides(config: object, overrides: list[str]) -> None:
+    for arg in overrides:
+        field, _, text = arg[len("--config.") :].partition("=")
+        node = config
+        *parents, name = field.split(".")
+        try:
+            for part in parents:
+                node = node[part]
+            current = node[name]
+        except (KeyError, AttributeError, TypeError):
+            raise UsageError(f"unknown config field {field!r}") from None
+        try:
+            node[name] = _parse_value(field, text, current)
+        except TypeError as e:
+            raise UsageError(f"--config.{field}={text}: {e}") from None
+
+
+def _saved_config(workdir: pathlib.Path) -> object:
+    """The run's config.json laid over the default preset (so every field keeps its type)."""
     from gdjax.configs import get_config
 
-    lines = [__doc__.strip(), "", "flags:"]
-    for name, text in FLAG_HELP.items():
-        lines.append(f"  --{name}: {text}")
-    lines += ["", "config fields (default preset; override any with --config.FIELD=VALUE):", ""]
-    lines += ["  " + line for line in str(get_config("default")).splitlines()]
+    config = get_config("default")
+    saved = json.loads((workdir / "config.json").read_text())
+
+    def lay(node, values, prefix=""):
+        for key, value in values.items():
+            if key not in node:
+                node[key] = value
+            elif isinstance(value, dict):
+                lay(node[key], value, f"{prefix}{key}.")
+            else:
+                node[key] = tuple(value) if isinstance(value, list) else value
+
+    lay(config, saved)
+    return config
+
+
+def _help(command: str) -> str:
+    from gdjax.configs import get_config
+    from gdjax.configs.base import FIELDS
+
+    lines = [__doc__.strip(), "", f"flags of 'gdjax {command}':"]
+    for name, text in FLAG_HELP[command].items():
+        lines.append(f"  --{name:<22}{text}")
+    defaults = get_config("default")
+    lines += ["", "config fields (--config.FIELD=VALUE; the default preset's values):"]
+    for path, _, text in FIELDS:
+        value = defaults
+        for part in path.split("."):
+            value = value[part]
+        lines.append(f"  {path}={value}")
+        lines.append(f"      {text}")
     return "\n".join(lines)
 
 
+def _run(command: str, args: list[str]) -> int:
+    flags, overrides = _split_args(command, args)
+    workdir = flags.get("workdir")
+    if command == "eval":
+        if not workdir:
+            raise UsageError("gdjax eval needs --workdir (the run to evaluate)")
+        run_dir = pathlib.Path(str(workdir))
+        if not (run_dir / "checkpoints").is_dir():
+            raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}")
+        if "config" not in flags and (run_dir / "config.json").is_file():
+            config = _saved_config(run_dir)
+        else:
+            config, _ = _base_config(flags)
+        _apply_overrides(config, overrides)
+        from gdjax.train import evaluate_checkpoint
+
+        print(json.dumps(evaluate_checkpoint(config, str(run_dir)), indent=2))
+        return 0
+
+    config, preset = _base_config(flags)
+    _apply_overrides(config, overrides)
+    from gdjax.train import check_config
+
+    check_config(config)  # before any process group, dataset or model
+    if flags.get("distributed") or flags.get("coordinator_address"):
+        from gdjax.train import initialize_distributed
+
+        def number(name):
+            return None if flags.get(name) is None else int(str(flags[name]))
+
+        initialize_distributed(
+            flags.get("coordinator_address"), number("num_processes"), number("process_id")
+        )
+    from gdjax.train import train_and_evaluate
+
+    workdir = str(workdir or f"runs/{preset}")
+    result = train_and_evaluate(config, workdir, restart=bool(flags.get("restart")))
+    print(
+        f"done: {result['steps']} steps ({result['epochs']:.2f} epochs), "
+        f"{result['train_images_per_second']:.0f} img/s in training; test accuracy "
+        f"{result['accuracy']:.4f}, top-5 error {result['top5_error']:.4f}; "
+        f"{time.perf_counter() - _START:.0f} s in all; logs and checkpoints in {workdir}"
+    )
+    return 0
+
+
+_START = time.perf_counter()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``gdjax [train|eval] [flags]``; returns the process exit status."""
+    """Run ``gdjax [train|eval|bench] [flags]``; returns the process exit status."""
+    global _START
+    _START = time.perf_counter()
     argv = list(sys.argv if argv is None else argv)
     args = argv[1:]
     command = "train"
@@ -113,43 +271,24 @@ def main(argv: list[str] | None = None) -> int:
 
         bench(args)
         return 0
-    if "--help" in args or "-h" in args or "--helpfull" in args:
-        print(_help())
+    if any(a in ("--help", "-h", "--helpfull") for a in args):
+        print(_help(command))
         return 0
+    verbose = "--verbose" in args
     try:
-        config_path, args, preset = _resolve_presets(args)
-        parsed = _parse_flags(config_path, args, f"gdjax {command}")
-    except (flags.Error, ValueError) as e:
-        print(f"gdjax {command}: {e}", file=sys.stderr)
-        return 2
-    except (KeyError, AttributeError) as e:  # an override naming no field of the config
-        print(f"gdjax {command}: unknown config field {e}", file=sys.stderr)
-        return 2
-    if parsed.distributed or parsed.coordinator_address:
-        from gdjax.train import initialize_distributed
-
-        initialize_distributed(parsed.coordinator_address, parsed.num_processes, parsed.process_id)
-    from gdjax.train import evaluate_checkpoint, train_and_evaluate
-
-    workdir = parsed.workdir or f"runs/{preset}"
-    config = parsed.config
-    if command == "train":
-        result = train_and_evaluate(config, workdir)
-        print(
-            f"done: {result['steps']} steps ({result['epochs']:.2f} epochs) in "
-            f"{result['wall_seconds']:.0f} s; test accuracy {result['accuracy']:.4f}, "
-            f"top-5 error {result['top5_error']:.4f}; logs and checkpoints in {workdir}"
-        )
-    else:
-        saved = pathlib.Path(workdir) / "config.json"
-        if saved.is_file() and config_path == str(preset_path("default")) and preset == "default":
-            # No --config given: evaluate with the config the run trained with.
-            import ml_collections
-
-            config = ml_collections.ConfigDict(json.loads(saved.read_text()))
-        result = evaluate_checkpoint(config, workdir)
-        print(json.dumps(result, indent=2))
-    return 0
+        return _run(command, args)
+    except KeyboardInterrupt:
+        print(f"gdjax {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line at the boundary; --verbose shows the traceback
+        if verbose:
+            traceback.print_exc()
+        usage = isinstance(e, (ValueError, KeyError, FileNotFoundError, NotADirectoryError))
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if verbose else " (--verbose shows the traceback)"
+        kind = "" if usage else f"{type(e).__name__}: "
+        print(f"gdjax {command}: {kind}{message}{'' if usage else hint}", file=sys.stderr)
+        return 2 if usage else 1
 
 
 def entry_point() -> None:  # pragma: no cover - the console script

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
-from ml_collections.config_dict import placeholder
+from ml_collections.config_dict import FieldReference, placeholder
 
-__all__ = ["FIELDS", "base_config"]
+__all__ = ["FIELDS", "base_config", "nullable_fields"]
 
 # (dotted field, default, help). A default of placeholder(T) is "None: unset" with type T.
 FIELDS: list[tuple[str, Any, str]] = [
@@ -101,3 +101,20 @@ def base_config() -> ml_collections.ConfigDict:
             node = node[part]
         node[name] = default
     return c
+
+
+def nullable_fields() -> dict[str, type]:
+    """The fields that may be None ("unset"), with the type of their values when set."""
+    return {p: d.get_type() for p, d, _ in FIELDS if isinstance(d, FieldReference)}
+
+
+def unset_required_fields(c: ml_collections.ConfigDict) -> list[str]:
+    """Fields set to None that need a value."""
+    nullable, out = nullable_fields(), []
+    for path, _, _ in FIELDS:
+        value = c
+        for part in path.split("."):
+            value = value[part]
+        if value is None and path not in nullable:
+            out.append(path)
+    return out

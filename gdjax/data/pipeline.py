@@ -70,7 +70,10 @@ class _Fetch:
         if getattr(self.transform, "random", True):
             epoch = position // self.epoch_length
             rng = example_rng(self.seed, epoch, int(index))
-        return self.transform(example, rng)
+        out = self.transform(example, rng)
+        if "mask" in example:  # an unreadable image stays masked through the transform
+            out = {**out, "mask": example["mask"]}
+        return out
 
 
 def _allow_absl_flags() -> None:

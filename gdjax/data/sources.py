@@ -19,8 +19,10 @@ One string names a dataset everywhere (configs, command line, Python) — see :f
 
 from __future__ import annotations
 
+import difflib
 import gzip
 import importlib.util
+import io
 import os
 import pathlib
 import pickle
@@ -34,7 +36,9 @@ import numpy as np
 __all__ = [
     "ArraySource",
     "FolderSource",
+    "ResizedSource",
     "TfdsSource",
+    "check_spec",
     "cifar",
     "digits",
     "folder",
@@ -177,12 +181,35 @@ _CIFAR = {
 }
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a pickle naming any other callable
+    (how a malicious pickle runs code) is refused before it is called."""
+
+    ALLOWED: frozenset = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(blob: bytes, where: str) -> dict:
+    """One CIFAR batch. The format is a Python pickle, so only load archives you trust; as a
+    guard, anything but plain containers and numpy arrays is refused (see _CifarUnpickler)."""
     try:
-        # CIFAR's official format is a Python pickle: only load archives you trust.
-        return pickle.loads(blob, encoding="bytes")
+        batch = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as e:
         raise ValueError(f"{where}: not a CIFAR pickle batch ({type(e).__name__}: {e})") from e
+    if not isinstance(batch, dict):
+        raise ValueError(f"{where}: not a CIFAR pickle batch (a {type(batch).__name__})")
+    return batch
 
 
 def cifar(path: str | os.PathLike, split: str = "train", num_classes: int = 10) -> ArraySource:
@@ -190,6 +217,10 @@ def cifar(path: str | os.PathLike, split: str = "train", num_classes: int = 10) 
 
     ``path`` may be the ``.tar.gz`` file, the extracted ``cifar-10-batches-py`` /
     ``cifar-100-python`` folder, or a folder containing either.
+
+    The release's batches are Python pickles: load only archives you trust (as with
+    torchvision). Pickles that reference anything but containers and numpy arrays are
+    refused before their contents are built.
     """
     if num_classes not in _CIFAR:
         raise ValueError(f"num_classes must be 10 or 100, got {num_classes!r}")
@@ -257,8 +288,9 @@ class FolderSource:
     (256), done here so that every example has one shape.
 
     A file that cannot be decoded is reported with a warning, counted in ``corrupt`` (per
-    process) and replaced by the next readable image, so an epoch never stops half way; with
-    ``strict=True`` it raises instead. :meth:`verify` checks every file up front.
+    process) and returned masked (``mask`` 0), so an epoch never stops half way and no image
+    is counted twice; with ``strict=True`` it raises instead. :meth:`verify` checks every file
+    up front.
     """
 
     def __init__(
@@ -306,32 +338,35 @@ class FolderSource:
         return len(self.files)
 
     def decode(self, path: str) -> np.ndarray:
-        """Decode one file to uint8 HWC RGB (resized and centre-cropped if ``image_size``)."""
+        """Decode one file to uint8 HWC RGB (resized and centre-cropped if ``image_size``).
+
+        16-bit and other high-depth images are scaled by their real range (65535 for 16-bit
+        PNGs) rather than clipped, so they do not come out nearly white.
+        """
         from PIL import Image
 
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = _to_rgb8(im)
             if self.image_size is not None:
                 im = _resize_short_side_and_crop(im, self.image_size)
             return np.asarray(im, dtype=np.uint8)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        for attempt in range(len(self.files)):
-            i = (index + attempt) % len(self.files)
-            path = self.files[i]
-            try:
-                return {"image": self.decode(path), "label": int(self.labels[i])}
-            except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three
-                if self.strict:
-                    raise ValueError(f"{self.name}: cannot decode {path}: {e}") from e
-                if path not in self.corrupt:
-                    self.corrupt.add(path)
-                    warnings.warn(
-                        f"{self.name}: skipping unreadable image {path} ({e}); "
-                        f"{len(self.corrupt)} skipped so far",
-                        stacklevel=2,
-                    )
-        raise ValueError(f"{self.name}: no readable image at all")
+        """``{"image", "label", "mask"}``: ``mask`` is 1, or 0 for an unreadable file, which
+        comes back as a black image so that batches keep their shape; the training and
+        evaluation steps leave masked examples out (never another image in its place)."""
+        path = self.files[index]
+        label = int(self.labels[index])
+        try:
+            return {"image": self.decode(path), "label": label, "mask": np.float32(1)}
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three
+            if self.strict or self.image_size is None:
+                raise ValueError(f"{self.name}: cannot decode {path}: {e}") from e
+            if path not in self.corrupt:
+                self.corrupt.add(path)
+                warnings.warn(f"{self.name}: unreadable image {path} ({e})", stacklevel=2)
+            blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+            return {"image": blank, "label": label, "mask": np.float32(0)}
 
     def verify(self) -> list[str]:
         """Files that Pillow cannot decode (reads every file once)."""
@@ -345,6 +380,17 @@ class FolderSource:
 
     def __repr__(self) -> str:
         return f"FolderSource({self.name!r}, {len(self)} images, {self.num_classes} classes)"
+
+
+def _to_rgb8(im: Any) -> Any:
+    """A Pillow image as 8-bit RGB; 16-bit and 32-bit greyscale scaled by their bit depth."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.round(a * (255.0 / top)).clip(0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
 
 
 def _resize_short_side_and_crop(im: Any, size: int) -> Any:
@@ -398,7 +444,14 @@ class TfdsSource:
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as e:  # tfds raises its own DatasetNotFoundError and friends
-            raise ValueError(f"tfds:{name}: {e}") from e
+            try:
+                close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
+            except Exception:
+                close = []
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"tfds:{name}: no such TFDS dataset ({type(e).__name__}){hint}"
+            ) from None
         if not builder.is_prepared():
             raise FileNotFoundError(
                 f"tfds:{name} is not prepared in {builder.data_dir}; gdjax never downloads at "
@@ -430,33 +483,91 @@ class TfdsSource:
 # ---------------------------------------------------------------------------------------------
 
 
-def load(spec: str, split: str = "train", **kwargs: Any) -> ArraySource | FolderSource | TfdsSource:
+KINDS = ("mnist5k", "digits", "cifar10", "cifar100", "folder", "tfds")
+_SPEC_FORMS = "mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH, tfds:NAME"
+
+
+def check_spec(spec: str) -> None:
+    """Raise ``ValueError`` (or ``FileNotFoundError`` for a missing path) unless ``spec``
+    names a dataset :func:`load` can read; reads no data."""
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
+    kind, colon, arg = spec.partition(":")
+    if kind not in KINDS or (kind in ("mnist5k", "digits")) == bool(colon):
+        close = difflib.get_close_matches(kind, KINDS, n=2)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown dataset spec {spec!r}{hint}; expected one of: {_SPEC_FORMS}")
+    if kind in ("cifar10", "cifar100", "folder"):
+        if not arg:
+            raise ValueError(f"{spec!r}: give the path, {kind}:PATH")
+        path = pathlib.Path(arg).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{kind}:{path}: no such file or folder")
+        if kind == "folder" and not path.is_dir():
+            raise FileNotFoundError(f"folder:{path}: not a folder")
+    if kind == "tfds" and not arg:
+        raise ValueError(f"{spec!r}: give the TFDS dataset name, tfds:NAME")
+
+
+class ResizedSource:
+    """Another source with every image resized to ``size``×``size`` (bilinear, Pillow): for
+    images smaller than a model needs (scikit-learn's 8×8 digits) or a common size."""
+
+    def __init__(self, source: Any, size: int):
+        if size < 1:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        self.source, self.size = source, size
+        self.class_names = source.class_names
+        self.name = f"{source.name}@{size}"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from PIL import Image
+
+        example = dict(self.source[index])
+        image = example["image"]
+        if image.shape[:2] != (self.size, self.size):
+            channels = image.shape[-1]
+            im = Image.fromarray(image[..., 0] if channels == 1 else image)
+            im = im.resize((self.size, self.size), Image.Resampling.BILINEAR)
+            image = np.asarray(im, np.uint8).reshape(self.size, self.size, channels)
+        example["image"] = image
+        return example
+
+
+def load(
+    spec: str, split: str = "train", image_size: int | None = None, **kwargs: Any
+) -> ArraySource | FolderSource | TfdsSource | ResizedSource:
     """The dataset named by ``spec`` (see the module docstring), as a random-access source.
 
     Args:
       spec: ``mnist5k``, ``digits``, ``cifar10:PATH``, ``cifar100:PATH``, ``folder:PATH`` or
         ``tfds:NAME``.
       split: ``"train"`` or ``"test"`` (``"val"`` is accepted for folders and TFDS).
-      kwargs: passed to the loader (``image_size``, ``strict`` for folders; ``data_dir`` for
-        TFDS).
+      image_size: a side to resize every image to (folders: short side and centre crop, 256
+        by default; other sources: as stored when ``None``).
+      kwargs: passed to the loader (``strict`` for folders; ``data_dir`` for TFDS).
     """
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
+    check_spec(spec)
     kind, _, arg = spec.partition(":")
     if split not in (*SPLITS, "val"):
         raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
     if split == "val" and kind not in ("folder", "tfds"):
         raise ValueError(f"{spec}: has 'train' and 'test' splits, not 'val'")
-    needs_arg = kind in ("cifar10", "cifar100", "folder", "tfds")
-    if kind in ("mnist5k", "digits") and not arg:
-        return (mnist5k if kind == "mnist5k" else digits)(split)
-    if needs_arg and arg:
-        if kind == "folder":
-            return folder(arg, split, **kwargs)
-        if kind == "tfds":
-            return TfdsSource(arg, split, **kwargs)
-        return cifar(arg, split, num_classes=int(kind.removeprefix("cifar")))
-    raise ValueError(
-        f"unknown dataset spec {spec!r}; expected one of: mnist5k, digits, cifar10:PATH, "
-        "cifar100:PATH, folder:PATH, tfds:NAME"
-    )
+    if kind == "folder":
+        if image_size is not None:
+            kwargs["image_size"] = image_size
+        return folder(arg, split, **kwargs)
+    if kind == "tfds":
+        source = TfdsSource(arg, split, **kwargs)
+    elif kind in ("mnist5k", "digits"):
+        source = (mnist5k if kind == "mnist5k" else digits)(split)
+    else:
+        source = cifar(arg, split, num_classes=int(kind.removeprefix("cifar")))
+    return source if image_size is None else ResizedSource(source, image_size)

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from gdjax.models.conv import CONV_IMPLS, conv_general_dilated
 from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool
 
-__all__ = ["ACTIVATIONS", "VARIANTS", "AlexNet", "spatial_sizes"]
+__all__ = ["ACTIVATIONS", "VARIANTS", "AlexNet", "min_input_size", "spatial_sizes"]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -171,7 +171,8 @@ def spatial_sizes(variant: str, size: int, overlapping_pool: bool = True) -> lis
     return sizes
 
 
-def _min_size(variant: str, overlapping_pool: bool = True) -> int:
+def min_input_size(variant: str, overlapping_pool: bool = True) -> int:
+    """The smallest input side the variant accepts (every feature map at least 1x1)."""
     return next(s for s in range(1, 1024) if min(spatial_sizes(variant, s, overlapping_pool)) >= 1)
 
 
@@ -244,7 +245,7 @@ class AlexNet(nn.Module):
         if self.variant == "paper":
             ok = all(spatial_sizes("paper", s, self.overlapping_pool)[-1] == 6 for s in (h, w))
         else:
-            ok = min(h, w) >= _min_size(self.variant, self.overlapping_pool)
+            ok = min(h, w) >= min_input_size(self.variant, self.overlapping_pool)
         if not ok:
             raise ValueError(
                 f"AlexNet({self.variant!r}): expected images of shape {expected}, got spatial "
@@ -257,7 +258,7 @@ class AlexNet(nn.Module):
     def _expected_shape(self) -> str:
         if self.variant == "paper":
             return f"(N, 227, 227, {self.in_channels})"
-        m = _min_size(self.variant, self.overlapping_pool)
+        m = min_input_size(self.variant, self.overlapping_pool)
         return f"(N, H, W, {self.in_channels}) with H, W >= {m}"
 
     @nn.compact

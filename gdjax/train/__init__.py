@@ -1,8 +1,18 @@
-"""Training: the pure steps, their parallel wrappers, checkpoints and the training loop."""
+"""Training: the pure steps, their parallel wrappers, the optimizer recipe, evaluation,
+checkpoints, config checks and the training loop."""
 
-from gdjax.train.checkpoint import Checkpointer
-from gdjax.train.loop import evaluate, evaluate_checkpoint, make_optimizer, train_and_evaluate
+from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
+from gdjax.train.evaluation import eval_batches, evaluate
+from gdjax.train.loop import (
+    Run,
+    WorkdirMismatchError,
+    build,
+    due,
+    evaluate_checkpoint,
+    train_and_evaluate,
+)
 from gdjax.train.parallel import MODES, Parallel, initialize_distributed
+from gdjax.train.recipe import OPTIMIZERS, Plateau, make_optimizer
 from gdjax.train.steps import (
     TrainState,
     cross_entropy,
@@ -11,20 +21,32 @@ from gdjax.train.steps import (
     top_k_error,
     train_step,
 )
+from gdjax.train.validation import ConfigError, check_config
 
 __all__ = [
     "MODES",
+    "OPTIMIZERS",
+    "CheckpointMismatchError",
     "Checkpointer",
+    "ConfigError",
+    "NonFiniteStateError",
+    "Parallel",
+    "Plateau",
+    "Run",
+    "TrainState",
+    "WorkdirMismatchError",
+    "build",
+    "check_config",
+    "cross_entropy",
+    "due",
+    "eval_batches",
+    "eval_step",
     "evaluate",
     "evaluate_checkpoint",
-    "make_optimizer",
-    "train_and_evaluate",
-    "Parallel",
-    "TrainState",
-    "cross_entropy",
-    "eval_step",
     "initialize_distributed",
     "l2_penalty",
+    "make_optimizer",
     "top_k_error",
+    "train_and_evaluate",
     "train_step",
 ]

@@ -2,24 +2,50 @@
 
 Every save goes to a temporary directory that orbax renames into place only once it is
 complete, and older checkpoints are deleted only after a newer one is finalized, so a crash
-or a full disk never leaves the run without a good checkpoint. On restore the newest
-checkpoint is tried first; one that cannot be read (half-written, corrupted) is reported with
-a warning and the next older one is used.
+or a full disk never leaves the run without a good checkpoint. A state whose parameters are not
+all finite is never written.
+
+On restore the newest checkpoint is tried first. Two failures are told apart:
+
+* **unreadable** (half-written, truncated, corrupted files): a warning, and the next older one
+  is tried; a later save of the same step replaces the unreadable one (it is moved aside to
+  ``<directory>.unreadable/`` first, never silently kept as the newest);
+* **another run's** (its arrays are readable but have other names or shapes than the state
+  given, e.g. another optimizer or model): :class:`CheckpointMismatchError`, and nothing is
+  written — a run must never shadow checkpoints it did not restore.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import sys
+import time
 import warnings
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from gdjax.train.steps import TrainState
 
-__all__ = ["Checkpointer"]
+__all__ = ["CheckpointMismatchError", "Checkpointer", "NonFiniteStateError"]
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The directory holds checkpoints of a state with another structure."""
+
+    def __init__(self, directory: pathlib.Path, step: int, differences: list[str]):
+        self.directory, self.step, self.differences = directory, step, differences
+        super().__init__(
+            f"checkpoint {step} in {directory} holds another run's state "
+            f"({'; '.join(differences[:3])})"
+        )
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A state with NaN or infinite parameters was about to be saved."""
 
 
 def _saveable(state: TrainState) -> dict[str, Any]:
@@ -33,32 +59,83 @@ def _saveable(state: TrainState) -> dict[str, Any]:
     }
 
 
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"params.conv1.kernel": (shape, dtype), ...}``: the names orbax stores arrays under."""
+    return {
+        ".".join(_key_name(k) for k in path): (tuple(np.shape(x)), str(np.dtype(x.dtype)))
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _differences(saved: dict, wanted: dict) -> list[str]:
+    out = [f"{name} is not in this run's state" for name in sorted(saved.keys() - wanted.keys())]
+    out += [f"{name} is missing" for name in sorted(wanted.keys() - saved.keys())]
+    out += [
+        f"{name} has shape {saved[name][0]} {saved[name][1]}, this run {wanted[name][0]} "
+        f"{wanted[name][1]}"
+        for name in sorted(saved.keys() & wanted.keys())
+        if saved[name] != wanted[name]
+    ]
+    return out
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every floating-point leaf of ``tree`` is finite."""
+    leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, np.inexact)]
+    return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)
+
+
 class Checkpointer:
     """Save and restore ``(state, data_state, meta)`` under ``directory``.
 
     Args:
-      directory: where the numbered checkpoints live (created if missing).
+      directory: where the numbered checkpoints live.
       max_to_keep: how many of the newest checkpoints to keep.
+      create: create ``directory`` if it is missing (``False`` for read-only uses).
     """
 
-    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3, create: bool = True):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = pathlib.Path(directory).absolute()
+        if not create and not self.directory.is_dir():
+            raise FileNotFoundError(f"no checkpoints in {self.directory}")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False
         )
+        # Handlers named up front, so that a checkpoint's metadata reads before any restore.
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        }
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data", "meta")
+            self.directory, options=options, item_handlers=handlers
         )
+        self.unreadable: set[int] = set()
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: TrainState, data_state: Any, meta: dict) -> None:
-        """Write checkpoint ``step`` (a no-op if it exists already)."""
+    def save(self, step: int, state: TrainState, data_state: Any, meta: dict) -> bool:
+        """Write checkpoint ``step``; returns False when a readable one exists already.
+
+        Raises :class:`NonFiniteStateError` (writing nothing) when a parameter is not finite.
+        An existing step that :meth:`restore_latest` found unreadable is replaced.
+        """
+        if not all_finite(state.params):
+            raise NonFiniteStateError(f"step {step}: the parameters hold NaN or inf; not saved")
         if step in self._manager.all_steps():
-            return
+            if step not in self.unreadable:
+                return False
+            self._move_aside(step)
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -69,14 +146,53 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
+        self.unreadable.discard(step)
+        return True
+
+    def set_aside(self, first_step: int, why: str = "nonfinite") -> list[int]:
+        """Move checkpoints from ``first_step`` on to ``<directory>.<why>/`` (e.g. those whose
+        parameters gave a non-finite loss); returns their steps."""
+        steps = [s for s in self.all_steps() if s >= first_step]
+        for step in steps:
+            self._move_aside(step, why)
+        return steps
+
+    def newest_good(self) -> int | None:
+        """The newest step that is neither set aside nor known to be unreadable."""
+        good = [s for s in self.all_steps() if s not in self.unreadable]
+        return good[-1] if good else None
+
+    def _move_aside(self, step: int, why: str = "unreadable") -> None:
+        aside = self.directory.with_name(f"{self.directory.name}.{why}")
+        aside.mkdir(exist_ok=True)
+        target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.directory / str(step), target)
+        self._manager.reload()
+        warnings.warn(f"{why} checkpoint {step} moved to {target}", stacklevel=3)
 
     def restore_latest(self, template: TrainState) -> tuple[TrainState, Any, dict] | None:
         """The newest readable checkpoint as ``(state, data_state, meta)``, or ``None``.
 
-        ``template`` gives the structure, shapes, dtypes and shardings to restore into.
+        ``template`` gives the structure, shapes, dtypes and shardings to restore into. Raises
+        :class:`CheckpointMismatchError` when the newest readable checkpoint holds another
+        structure.
         """
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saveable(template))
+        saveable = _saveable(template)
+        wanted = _layout(saveable)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saveable)
         for step in reversed(self.all_steps()):
+            try:
+                metadata = self._manager.item_metadata(step)["state"]
+            except Exception:  # orbax raises many kinds on damaged metadata
+                metadata = None
+            if metadata is not None:
+                saved = _layout(getattr(metadata, "tree", metadata))
+                differences = _differences(saved, wanted)
+                if differences:
+                    raise CheckpointMismatchError(self.directory, step, differences)
+            # orbax's reader threads report a damaged file again as "exception ignored"
+            # tracebacks (hundreds of lines): the warning below says it once.
+            hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None
             try:
                 restored = self._manager.restore(
                     step,
@@ -87,24 +203,27 @@ class Checkpointer:
                     ),
                 )
                 arrays = restored["state"]
-                state = template.replace(
-                    step=arrays["step"],
-                    params=arrays["params"],
-                    model_state=arrays["model_state"],
-                    opt_state=arrays["opt_state"],
-                    rng=jax.random.wrap_key_data(
-                        arrays["rng"], impl=jax.random.key_impl(template.rng)
-                    ),
-                )
-                if int(state.step) != step:
-                    raise ValueError(f"holds step {int(state.step)}")
-                return state, restored["data"], dict(restored["meta"])
+                if int(arrays["step"]) != step:
+                    raise ValueError(f"it holds step {int(arrays['step'])}")
             except Exception as e:  # any unreadable checkpoint: fall back to an older one
+                self.unreadable.add(step)
+                left = "trying an older one" if step != self.all_steps()[0] else "none is left"
                 warnings.warn(
-                    f"checkpoint {step} in {self.directory} cannot be restored "
-                    f"({type(e).__name__}: {str(e)[:200]}); trying an older one",
+                    f"checkpoint {step} in {self.directory} is unreadable (damaged or "
+                    f"incomplete files: {type(e).__name__}); {left}",
                     stacklevel=2,
                 )
+                continue
+            finally:
+                sys.unraisablehook = hook
+            state = template.replace(
+                step=arrays["step"],
+                params=arrays["params"],
+                model_state=arrays["model_state"],
+                opt_state=arrays["opt_state"],
+                rng=jax.random.wrap_key_data(arrays["rng"], impl=jax.random.key_impl(template.rng)),
+            )
+            return state, restored["data"], dict(restored["meta"])
         return None
 
     def close(self) -> None:

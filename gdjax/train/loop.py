@@ -1,8 +1,9 @@
 """The training loop: ``train_and_evaluate(config, workdir)``, which the ``gdjax`` command calls.
 
-One run reads the dataset named by ``config.dataset``, builds the model, optimizer and
-learning-rate recipe from the config, and trains with the parallel mode of
-``config.parallel``. It writes to ``workdir``:
+One run checks the whole config (:func:`~gdjax.train.validation.check_config`), reads the
+dataset named by ``config.dataset``, builds the model, optimizer and learning-rate recipe
+(:func:`build`), restores the newest checkpoint of ``workdir`` if there is one, and then trains
+with the parallel mode of ``config.parallel``. It writes to ``workdir``:
 
 * ``checkpoints/`` — orbax checkpoints (state, data-iterator position, loop metadata) every
   ``checkpoint_every_steps`` and at the end; a run started again with the same ``workdir``
@@ -12,172 +13,65 @@ learning-rate recipe from the config, and trains with the parallel mode of
   metrics every ``eval_every_epochs``; ``curves.png`` at the end.
 * ``config.json`` — the config the run used.
 
-A non-finite training loss stops the run with :class:`FloatingPointError` naming the step (the
-last checkpoint, written before it, stays intact) unless ``optimizer.skip_nonfinite`` is set,
-in which case ``optax.apply_if_finite`` skips such steps.
+Nothing is written before the restore has succeeded: a workdir whose checkpoints belong to
+another config stops the run (:class:`WorkdirMismatchError`, naming the fields that differ)
+unless ``restart=True`` moves them aside first. A non-finite training loss stops the run with
+:class:`FloatingPointError` naming the step and the newest checkpoint (all checkpoints hold
+finite parameters) unless ``optimizer.skip_nonfinite`` is set, in which case
+``optax.apply_if_finite`` skips such steps.
+
+Each step the loop does the same things in the same order, each a small piece below with one
+rule for "is it due at this step" (:func:`due`): train, log, evaluate (and the plateau
+recipe), checkpoint, answer SIGTERM.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import pathlib
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from gdjax import data, optim
+from gdjax import data
 from gdjax.models import AlexNet
-from gdjax.train.checkpoint import Checkpointer
+from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
+from gdjax.train.evaluation import evaluate
 from gdjax.train.metrics_writer import MetricsWriter, plot_curves
 from gdjax.train.parallel import Parallel
-from gdjax.train.steps import TrainState, _is_injected, learning_rate_of
+from gdjax.train.recipe import Plateau, current_learning_rate, make_optimizer, scale_learning_rate
+from gdjax.train.steps import TrainState
+from gdjax.train.validation import ConfigError, check_config, differing_fields, fail
 
 __all__ = [
-    "OPTIMIZERS",
-    "evaluate",
+    "Run",
+    "WorkdirMismatchError",
+    "build",
+    "due",
     "evaluate_checkpoint",
-    "make_optimizer",
     "train_and_evaluate",
 ]
 
-OPTIMIZERS = {
-    "sgd": optim.sgd,
-    "momentum": optim.momentum,
-    "alexnet_sgd": optim.alexnet_sgd,
-    "adagrad": optim.adagrad,
-    "rmsprop": optim.rmsprop,
-    "adam": optim.adam,
-    "adamw": optim.adamw,
-}
-SCHEDULES = ("constant", "plateau", "step", "cosine")
-AUGMENTS = ("small", "alexnet", "none")
+
+class WorkdirMismatchError(ConfigError):
+    """The workdir holds checkpoints that this config's state cannot restore."""
 
 
-def _fail(field: str, value: Any, expected: str) -> None:
-    raise ValueError(f"config.{field} must be {expected}, got {value!r}")
-
-
-def _check_config(c: ml_collections.ConfigDict) -> None:
-    if c.optimizer.name not in OPTIMIZERS:
-        _fail("optimizer.name", c.optimizer.name, f"one of {sorted(OPTIMIZERS)}")
-    if c.schedule.name not in SCHEDULES:
-        _fail("schedule.name", c.schedule.name, f"one of {SCHEDULES}")
-    if c.input.augment not in AUGMENTS:
-        _fail("input.augment", c.input.augment, f"one of {AUGMENTS}")
-    if c.batch_size < 1:
-        _fail("batch_size", c.batch_size, "a positive int")
-    if c.num_epochs <= 0 and c.num_steps <= 0:
-        _fail("num_epochs", c.num_epochs, "> 0 (or num_steps > 0)")
-    if c.optimizer.grad_accum_steps < 1:
-        _fail("optimizer.grad_accum_steps", c.optimizer.grad_accum_steps, ">= 1")
-    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
-        if c[field] < 1:
-            _fail(field, c[field], ">= 1")
-    if c.eval_every_epochs <= 0:
-        _fail("eval_every_epochs", c.eval_every_epochs, "> 0")
+def due(step: int, every: int, total: int) -> bool:
+    """The one rule for periodic actions: every ``every`` steps, and at the last step."""
+    return step == total or (every > 0 and step % every == 0)
 
 
 # ---------------------------------------------------------------------------------------------
-# Optimizer and learning-rate recipe
-
-
-def _optimizer_kwargs(c: ml_collections.ConfigDict) -> dict[str, Any]:
-    factory = OPTIMIZERS[c.optimizer.name]
-    accepted = set(inspect.signature(factory).parameters) - {"learning_rate"}
-    given = {k: v for k, v in c.optimizer.hparams.items() if v is not None}
-    wrong = sorted(set(given) - accepted)
-    if wrong:
-        raise ValueError(
-            f"config.optimizer.hparams {wrong} do not apply to {c.optimizer.name!r}, which "
-            f"takes {sorted(accepted)}"
-        )
-    return given
-
-
-def make_optimizer(
-    c: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
-) -> optax.GradientTransformation:
-    """The run's optimizer: ``inject_hyperparams`` around the named gdjax optimizer (so the
-    learning rate is visible, and adjustable by the plateau recipe), then the optional
-    clipping, gradient accumulation and non-finite skipping of the config."""
-    lr = c.optimizer.learning_rate
-    name = c.schedule.name
-    updates_per_epoch = max(1, steps_per_epoch // c.optimizer.grad_accum_steps)
-    total_updates = max(1, total_steps // c.optimizer.grad_accum_steps)
-    if name == "step":
-        drops = {round(e * updates_per_epoch): c.schedule.factor for e in c.schedule.step_epochs}
-        lr = optax.piecewise_constant_schedule(lr, drops)
-    elif name == "cosine":
-        warmup = round(c.schedule.warmup_epochs * updates_per_epoch)
-        lr = (
-            optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_updates, warmup + 1))
-            if warmup
-            else optax.cosine_decay_schedule(lr, total_updates)
-        )
-    tx = optax.inject_hyperparams(OPTIMIZERS[c.optimizer.name])(
-        learning_rate=lr, **_optimizer_kwargs(c)
-    )
-    if c.optimizer.grad_clip_norm > 0:
-        tx = optax.chain(optax.clip_by_global_norm(c.optimizer.grad_clip_norm), tx)
-    if c.optimizer.grad_accum_steps > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=c.optimizer.grad_accum_steps)
-    if c.optimizer.skip_nonfinite:
-        tx = optax.apply_if_finite(tx, max_consecutive_errors=10)
-    return tx
-
-
-def _learning_rate(opt_state: Any) -> float:
-    """The current learning rate held by the ``inject_hyperparams`` state."""
-    return float(np.ravel(jax.device_get(learning_rate_of(opt_state)))[0])
-
-
-def _scale_learning_rate(opt_state: Any, factor: float) -> Any:
-    def scale(s: Any) -> Any:
-        if not _is_injected(s):
-            return s
-        hyperparams = dict(s.hyperparams)
-        hyperparams["learning_rate"] = hyperparams["learning_rate"] * factor
-        return s._replace(hyperparams=hyperparams)
-
-    return jax.tree.map(scale, opt_state, is_leaf=_is_injected)
-
-
-@dataclasses.dataclass
-class _Plateau:
-    """The paper's recipe: divide the learning rate by 10 when the test error stops improving."""
-
-    factor: float
-    patience: int
-    threshold: float
-    min_lr: float
-    best: float = math.inf
-    bad: int = 0
-
-    def update(self, error: float, lr: float) -> float | None:
-        """The new learning rate after an evaluation, or None to keep it."""
-        if error < self.best - self.threshold:
-            self.best, self.bad = error, 0
-            return None
-        self.bad += 1
-        if self.bad >= self.patience and lr * self.factor >= self.min_lr:
-            self.bad = 0
-            return lr * self.factor
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
+# Building a run
 
 
 def _transforms(c: ml_collections.ConfigDict, stats: data.DatasetStats) -> tuple[Any, Any]:
@@ -198,78 +92,10 @@ def _transforms(c: ml_collections.ConfigDict, stats: data.DatasetStats) -> tuple
     return identity, identity
 
 
-def _eval_batches(source: Any, transform: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """The whole split once, in order, in equal batches: the last one padded and masked."""
-    n = len(source)
-    per_process = batch_size // jax.process_count()
-    index = jax.process_index()
-    loader = data.make_loader(
-        source,
-        batch_size=batch_size,
-        transform=transform,
-        shuffle=False,
-        drop_remainder=False,
-        process_index=index,
-        process_count=jax.process_count(),
-    )
-    seen = 0
-    for batch in loader:
-        b = len(batch["label"])
-        mask = np.ones(per_process, np.float32)
-        if b < per_process:
-            mask[b:] = 0
-            batch = {
-                k: np.concatenate([v, np.repeat(v[-1:], per_process - b, 0)])
-                for k, v in batch.items()
-            }
-        seen += b
-        yield {**batch, "mask": mask}
-    if jax.process_count() == 1 and seen != n:
-        raise RuntimeError(f"evaluation saw {seen} of {n} examples")
-
-
-def evaluate(
-    parallel: Parallel, state: TrainState, source: Any, transform: Any, batch_size: int
-) -> dict[str, float]:
-    """Mean loss, error and top-5 error over a whole split."""
-    totals: dict[str, float] = {}
-    for batch in _eval_batches(source, transform, batch_size):
-        sums = jax.device_get(parallel.eval_step(state, parallel.put_batch(batch)))
-        for k, v in sums.items():
-            totals[k] = totals.get(k, 0.0) + float(v)
-    count = totals.pop("count")
-    return {k: v / count for k, v in totals.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-class _Terminate:
-    """Remember a SIGTERM so the loop can save a checkpoint and stop cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # not in the main thread: no handler
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
 @dataclasses.dataclass
-class _Run:
+class Run:
+    """Everything :func:`build` makes from a config: data, transforms, mode and a fresh state."""
+
     train_src: Any
     test_src: Any
     train_tf: Any
@@ -280,10 +106,11 @@ class _Run:
     total_steps: int
 
 
-def _build(c: ml_collections.ConfigDict) -> _Run:
+def build(c: ml_collections.ConfigDict) -> Run:
     """Data, model, optimizer and a fresh state for config ``c`` (durations converted here)."""
-    train_src = data.load(c.dataset, "train")
-    test_src = data.load(c.dataset, c.eval_split)
+    image_size = c.input.image_size or None
+    train_src = data.load(c.dataset, "train", image_size=image_size)
+    test_src = data.load(c.dataset, c.eval_split, image_size=image_size)
     stats = data.load_or_compute_stats(train_src)
     train_tf, eval_tf = _transforms(c, stats)
     image_shape = eval_tf(test_src[0])["image"].shape[-3:]
@@ -291,10 +118,10 @@ def _build(c: ml_collections.ConfigDict) -> _Run:
     parallel = Parallel(c.parallel, label_smoothing=c.label_smoothing, l2=c.l2)
     parallel.check_batch_size(c.batch_size)
     if c.eval_batch_size % parallel.num_devices:
-        _fail("eval_batch_size", c.eval_batch_size, f"a multiple of {parallel.num_devices}")
+        fail("eval_batch_size", c.eval_batch_size, f"a multiple of {parallel.num_devices}")
     steps_per_epoch = len(train_src) // c.batch_size
     if steps_per_epoch < 1:
-        _fail("batch_size", c.batch_size, f"at most the {len(train_src)} training examples")
+        fail("batch_size", c.batch_size, f"at most the {len(train_src)} training examples")
     total_steps = c.num_steps if c.num_steps > 0 else round(c.num_epochs * steps_per_epoch)
     if c.max_steps > 0:
         total_steps = min(total_steps, c.max_steps)
@@ -320,211 +147,378 @@ def _build(c: ml_collections.ConfigDict) -> _Run:
     variables = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape), jnp.float32))
     tx = make_optimizer(c, steps_per_epoch, total_steps)
     state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, rng=state_key)
-    return _Run(
+    return Run(
         train_src, test_src, train_tf, eval_tf, parallel, state, steps_per_epoch, total_steps
     )
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Test metrics of the latest readable checkpoint in ``workdir`` (ten crops when the
-    config's input pipeline is AlexNet's)."""
-    c = ml_collections.ConfigDict(config)
-    _check_config(c)
-    if c.input.augment == "alexnet":
-        c.input.ten_crop = True
-    run = _build(c)
-    checkpointer = Checkpointer(pathlib.Path(workdir) / "checkpoints", c.keep_checkpoints)
+# ---------------------------------------------------------------------------------------------
+# The workdir: checked, then restored, before anything is written
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} is a file, not a folder")
+
+
+def _mismatch(workdir: pathlib.Path, c: ml_collections.ConfigDict, e: CheckpointMismatchError):
+    saved = workdir / "config.json"
+    fields = []
+    if saved.is_file():
+        with contextlib.suppress(ValueError):
+            previous = ml_collections.ConfigDict(json.loads(saved.read_text()))
+            fields = differing_fields(previous, c)
+    changed = f" (changed: {', '.join(fields)})" if fields else ""
+    return WorkdirMismatchError(
+        f"{workdir} holds checkpoints of another config{changed}, which this run's state "
+        f"cannot restore ({e.differences[0]}). Rerun with the workdir's own config, choose a "
+        "new --workdir, or pass --restart to move the old checkpoints aside and start over."
+    )
+
+
+def _restore(
+    workdir: pathlib.Path, c: ml_collections.ConfigDict, state: TrainState, restart: bool
+) -> tuple[Checkpointer | None, tuple | None]:
+    """Open the workdir's checkpoints and restore the newest readable one (None if none)."""
+    directory = workdir / "checkpoints"
+    if restart and directory.is_dir() and any(directory.iterdir()):
+        aside = directory.with_name(f"checkpoints.before-restart-{time.strftime('%Y%m%d-%H%M%S')}")
+        directory.rename(aside)
+        print(f"--restart: moved the old checkpoints to {aside}", flush=True)
+    if not directory.is_dir():
+        return None, None
+    checkpointer = Checkpointer(directory, max_to_keep=c.keep_checkpoints)
     try:
-        restored = checkpointer.restore_latest(run.state)
-    finally:
+        return checkpointer, checkpointer.restore_latest(state)
+    except CheckpointMismatchError as e:
         checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {pathlib.Path(workdir) / 'checkpoints'}")
-    state = run.parallel.put_state(restored[0])
-    result = evaluate(run.parallel, state, run.test_src, run.eval_tf, c.eval_batch_size)
-    return {**result, "accuracy": 1.0 - result["error"], "step": int(restored[0].step)}
+        raise _mismatch(workdir, c, e) from None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+# ---------------------------------------------------------------------------------------------
+# The periodic pieces
+
+
+class _Terminate:
+    """Remember a SIGTERM so the loop can save a checkpoint and stop cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not in the main thread: no handler
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _NonFiniteLossError(Exception):
+    def __init__(self, step: int, loss: float):
+        self.step, self.loss = step, loss
+
+
+def _nonfinite_stop(checkpointer: Checkpointer, what: str, first_bad: int) -> FloatingPointError:
+    """The error that stops a diverged run, after setting aside the checkpoints from step
+    ``first_bad`` on (their parameters are the ones that diverged): it names only a checkpoint
+    that exists and holds parameters with a finite loss."""
+    moved = checkpointer.set_aside(first_bad)
+    good = checkpointer.newest_good()
+    where = (
+        f"the newest checkpoint, step {good} in {checkpointer.directory}, is finite"
+        if good is not None
+        else "no checkpoint with finite parameters was written"
+    )
+    if moved:
+        where += f" (steps {moved} set aside in {checkpointer.directory}.nonfinite)"
+    return FloatingPointError(
+        f"{what}; {where}. Lower the learning rate, or set optimizer.skip_nonfinite=True to "
+        "skip such steps."
+    )
+
+
+class _TrainLog:
+    """Training metrics: kept on the device until a log is due, then fetched one step late
+    (after the next step is dispatched, so the device never waits for the host).
+
+    Throughput counts steady training only: the clock restarts after the first step (which
+    compiles) and after every evaluation and checkpoint.
+    """
+
+    def __init__(self, writer: MetricsWriter, batch_size: int, stop_on_nonfinite: bool):
+        self.writer, self.batch_size = writer, batch_size
+        self.stop_on_nonfinite = stop_on_nonfinite
+        self.pending: list[tuple[int, dict]] = []
+        self.due = False
+        self.clock: float | None = None
+        self.timed_steps = 0
+        self.timed_seconds = 0.0
+        self.interval_rate = 0.0
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.pending.append((step, metrics))
+
+    def restart_clock(self) -> None:
+        """Time from now on; the steps dispatched so far are not timed."""
+        self.clock = time.perf_counter()
+        self.untimed = len(self.pending)
+
+    def flush(self, keep_last: bool = False) -> dict[str, float] | None:
+        """Fetch the pending steps' metrics (all but the newest if ``keep_last``), write their
+        mean, and stop at a non-finite loss."""
+        ready = self.pending[:-1] if keep_last else self.pending
+        self.due = False
+        if not ready:
+            return None
+        self.pending = self.pending[len(ready) :]
+        rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(ready)]
+        for s, m in rows:
+            if not math.isfinite(m["loss"]) and self.stop_on_nonfinite:
+                raise _NonFiniteLossError(s, m["loss"])
+        if self.clock is not None:
+            timed = len(rows) - min(self.untimed, len(rows))
+            self.untimed = max(0, self.untimed - len(rows))
+            now = time.perf_counter()
+            if timed:
+                self.timed_steps += timed
+                self.timed_seconds += now - self.clock
+                self.interval_rate = timed * self.batch_size / max(now - self.clock, 1e-9)
+            self.clock = now
+        finite = [m for _, m in rows if math.isfinite(m["loss"])] or [rows[-1][1]]
+        summary = {k: float(np.mean([m[k] for m in finite])) for k in finite[0]}
+        if "learning_rate" in rows[-1][1]:  # the newest, not the mean
+            summary["learning_rate"] = rows[-1][1]["learning_rate"]
+        summary["images_per_second"] = self.interval_rate
+        self.writer.write(rows[-1][0], "train", summary)
+        return summary
+
+    @property
+    def images_per_second(self) -> float:
+        """Steady training throughput over the whole run."""
+        return self.timed_steps * self.batch_size / max(self.timed_seconds, 1e-9)
+
+
+class _Progress:
+    """A tqdm bar per epoch (main process, ``config.progress``)."""
+
+    def __init__(self, enabled: bool, steps_per_epoch: int, total_steps: int):
+        self.enabled, self.steps_per_epoch, self.total = enabled, steps_per_epoch, total_steps
+        self.bar = None
+
+    def step(self, step: int, summary: dict[str, float] | None, rate: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            epoch = (step - 1) // self.steps_per_epoch
+            self.bar = tqdm(
+                total=min(self.steps_per_epoch, self.total - epoch * self.steps_per_epoch),
+                initial=(step - 1) % self.steps_per_epoch,
+                desc=f"epoch {epoch + 1}",
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+            )
+        self.bar.update(1)
+        if summary:
+            self.bar.set_postfix(
+                loss=f"{summary['loss']:.3f}", err=f"{summary['error']:.3f}", img_s=f"{rate:.0f}"
+            )
+        if step % self.steps_per_epoch == 0:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@dataclasses.dataclass
+class _Evaluator:
+    """Test metrics when due, and the plateau recipe that reads them."""
+
+    run: Run
+    config: ml_collections.ConfigDict
+    writer: MetricsWriter
+    plateau: Plateau
+    verbose: bool
+    last: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, state: TrainState, step: int) -> TrainState:
+        c, run = self.config, self.run
+        self.last = evaluate(
+            run.parallel, state, run.test_src, run.eval_tf, c.eval_batch_size, c.eval_split
+        )
+        lr = current_learning_rate(run.parallel.get_state(state).opt_state)
+        self.writer.write(step, "test", self.last)
+        if c.schedule.name == "plateau":
+            new_lr = self.plateau.update(self.last["error"], lr)
+            if new_lr is not None:
+                state = state.replace(opt_state=scale_learning_rate(state.opt_state, new_lr / lr))
+                self._print(f"step {step}: test error stopped improving; lr {lr:g} -> {new_lr:g}")
+        self._print(
+            f"epoch {step / run.steps_per_epoch:6.2f}  step {step:6d}  lr {lr:.3g}  "
+            f"{c.eval_split} loss {self.last['loss']:.4f}  error {self.last['error']:.4f}  "
+            f"top-5 {self.last['top5_error']:.4f}"
+        )
+        return state
+
+    def _print(self, line: str) -> None:
+        if self.verbose:
+            print(line, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False
+) -> dict[str, Any]:
     """Train and evaluate as ``config`` says, writing checkpoints and logs to ``workdir``.
 
-    Returns the final test metrics with ``steps``, ``epochs``, ``wall_seconds`` and
-    ``train_images_per_second``.
+    ``restart=True`` moves existing checkpoints aside (``checkpoints.before-restart-*``) and
+    starts from step 0. Returns the final test metrics with ``accuracy``, ``steps``,
+    ``epochs``, ``wall_seconds`` (the whole call) and ``train_images_per_second`` (steady
+    training, without compilation, evaluation and checkpoints).
     """
+    wall_start = time.perf_counter()
     c = ml_collections.ConfigDict(config)
-    _check_config(c)
+    check_config(c, jax.process_count())
     workdir = pathlib.Path(workdir)
+    _check_workdir(workdir)
     is_main = jax.process_index() == 0
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
 
-    run = _build(c)
-    train_src, test_src, train_tf, eval_tf = run.train_src, run.test_src, run.train_tf, run.eval_tf
-    parallel, state, steps_per_epoch = run.parallel, run.state, run.steps_per_epoch
-    total_steps = run.total_steps
-    eval_every = max(1, round(c.eval_every_epochs * steps_per_epoch))
-
+    run = build(c)
     loader = data.make_loader(
-        train_src,
+        run.train_src,
         batch_size=c.batch_size,
-        transform=train_tf,
+        transform=run.train_tf,
         seed=c.seed,
         num_epochs=None,
         worker_count=c.input.worker_count,
         read_threads=c.input.read_threads,
     )
     batches = iter(loader)
-    plateau = _Plateau(
+    plateau = Plateau(
         c.schedule.factor, c.schedule.patience, c.schedule.threshold, c.schedule.min_learning_rate
     )
-    checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=c.keep_checkpoints)
-    restored = checkpointer.restore_latest(state)
+    state = run.state
+    checkpointer, restored = _restore(workdir, c, state, restart)
     if restored is not None:
         state, data_state, meta = restored
         batches.set_state(data_state)
         plateau.best, plateau.bad = meta["plateau_best"], meta["plateau_bad"]
         print(f"resumed from step {int(state.step)} in {checkpointer.directory}", flush=True)
+    # Restored (or nothing to restore): only now is anything written.
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
+    if checkpointer is None:
+        checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=c.keep_checkpoints)
+    parallel, total = run.parallel, run.total_steps
     state = parallel.put_state(state)
     writer = MetricsWriter(workdir, enabled=is_main)
+    log = _TrainLog(writer, c.batch_size, stop_on_nonfinite=not c.optimizer.skip_nonfinite)
+    progress = _Progress(c.progress and is_main, run.steps_per_epoch, total)
+    evaluator = _Evaluator(run, c, writer, plateau, verbose=is_main)
+    eval_every = max(1, round(c.eval_every_epochs * run.steps_per_epoch))
 
     def save(step: int) -> None:
         meta = {
             "plateau_best": plateau.best,
             "plateau_bad": plateau.bad,
-            "epoch": step / steps_per_epoch,
+            "epoch": step / run.steps_per_epoch,
         }
-        checkpointer.save(step, parallel.get_state(state), batches.get_state(), meta)
+        try:
+            checkpointer.save(step, parallel.get_state(state), batches.get_state(), meta)
+        except NonFiniteStateError:
+            what = f"the parameters became NaN or inf by step {step} (not saved)"
+            raise _nonfinite_stop(checkpointer, what, step) from None
 
     step = int(jax.device_get(parallel.get_state(state).step))
-    pending: list[tuple[int, dict]] = []
-    interval_start = time.perf_counter()
-    log_due = False  # a log step has passed; its metrics are fetched after the next dispatch
-    wall_start = time.perf_counter()
-    images_per_s = 0.0
-    last_eval: dict[str, float] = {}
-    bar = None
-
-    def flush(keep_last: bool = False) -> dict[str, float] | None:
-        """Fetch the metrics of the steps since the last flush; stop at a non-finite loss.
-
-        ``keep_last`` leaves the newest step's metrics for the next flush, so that logging
-        waits for the step before it and the device always has the newest step queued.
-        """
-        nonlocal pending, interval_start, images_per_s, log_due
-        ready = pending[:-1] if keep_last else pending
-        log_due = False
-        if not ready:
-            return None
-        pending = pending[len(ready) :]
-        rows = [(s, {k: float(v) for k, v in m.items()}) for s, m in jax.device_get(ready)]
-        for s, m in rows:
-            if not math.isfinite(m["loss"]) and not c.optimizer.skip_nonfinite:
-                raise FloatingPointError(
-                    f"non-finite training loss ({m['loss']}) at step {s}; the last checkpoint "
-                    f"(step {max(checkpointer.all_steps(), default=0)}) is intact. Lower the "
-                    "learning rate, or set optimizer.skip_nonfinite=True to skip such steps."
-                )
-        now = time.perf_counter()  # the steps fetched now, over the time since the last fetch
-        images_per_s = len(rows) * c.batch_size / max(now - interval_start, 1e-9)
-        interval_start = now
-        finite = [m for _, m in rows if math.isfinite(m["loss"])] or [rows[-1][1]]
-        summary = _mean(finite)
-        if "learning_rate" in rows[-1][1]:  # the newest, not the mean
-            summary["learning_rate"] = rows[-1][1]["learning_rate"]
-        summary["images_per_second"] = images_per_s
-        writer.write(rows[-1][0], "train", summary)
-        return summary
-
+    save_on_exit = step < total
     try:
         with _Terminate() as term:
-            while step < total_steps:
-                epoch = step // steps_per_epoch
-                if bar is None and c.progress and is_main:
-                    from tqdm.auto import tqdm
-
-                    bar = tqdm(
-                        total=min(steps_per_epoch, total_steps - epoch * steps_per_epoch),
-                        initial=step % steps_per_epoch,
-                        desc=f"epoch {epoch + 1}",
-                        unit="step",
-                        leave=False,
-                        dynamic_ncols=True,
-                    )
+            while step < total:
                 state, metrics = parallel.train_step(state, parallel.put_batch(next(batches)))
-                pending.append((step + 1, metrics))
                 step += 1
-                if bar is not None:
-                    bar.update(1)
-                if log_due:  # the previous step's log, fetched now that this step is queued
-                    summary = flush(keep_last=True)
-                    if bar is not None and summary:
-                        bar.set_postfix(
-                            loss=f"{summary['loss']:.3f}",
-                            err=f"{summary['error']:.3f}",
-                            img_s=f"{images_per_s:.0f}",
-                        )
-                if step % c.log_every_steps == 0 or step % steps_per_epoch == 0:
-                    log_due = True
-                if step % eval_every == 0 or step == total_steps:
-                    flush()
-                    last_eval = evaluate(parallel, state, test_src, eval_tf, c.eval_batch_size)
-                    lr = _learning_rate(parallel.get_state(state).opt_state)
-                    writer.write(step, "test", last_eval)
-                    if c.schedule.name == "plateau":
-                        new_lr = plateau.update(last_eval["error"], lr)
-                        if new_lr is not None:
-                            state = state.replace(
-                                opt_state=_scale_learning_rate(state.opt_state, new_lr / lr)
-                            )
-                            print(
-                                f"step {step}: test error stopped improving; "
-                                f"learning rate {lr:g} -> {new_lr:g}",
-                                flush=True,
-                            )
-                    if bar is not None:
-                        bar.close()
-                        bar = None
-                    if is_main:
-                        print(
-                            f"epoch {step / steps_per_epoch:6.2f}  step {step:6d}  lr {lr:.3g}  "
-                            f"test loss {last_eval['loss']:.4f}  error {last_eval['error']:.4f}  "
-                            f"top-5 {last_eval['top5_error']:.4f}  ({images_per_s:.0f} img/s)",
-                            flush=True,
-                        )
-                elif bar is not None and step % steps_per_epoch == 0:
-                    bar.close()
-                    bar = None
-                if step % c.checkpoint_every_steps == 0:
-                    flush()
+                log.add(step, metrics)
+                if log.clock is None:  # the first step compiled: time from here on
+                    log.restart_clock()
+                summary = log.flush(keep_last=True) if log.due else None
+                progress.step(step, summary, log.interval_rate)
+                if due(step, c.log_every_steps, -1) or step % run.steps_per_epoch == 0:
+                    log.due = True
+                paused = False
+                if due(step, eval_every, total):
+                    log.flush()
+                    progress.close()
+                    state = evaluator(state, step)
+                    paused = True
+                if due(step, c.checkpoint_every_steps, -1) or term.requested:
+                    log.flush()
                     save(step)
+                    paused = True
                 if term.requested:
-                    flush()
-                    save(step)
-                    print(
-                        f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting",
-                        flush=True,
-                    )
+                    print(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
                     raise SystemExit(143)
-            flush()
-            save(step)
+                if paused:
+                    log.restart_clock()
+            log.flush()
+            if save_on_exit:
+                save(step)
+    except _NonFiniteLossError as e:
+        # The loss of step s is measured on the parameters of step s - 1.
+        what = f"non-finite training loss ({e.loss}) at step {e.step}"
+        raise _nonfinite_stop(checkpointer, what, e.step - 1) from None
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
         writer.close()
         checkpointer.close()
 
-    if not last_eval:  # resumed at the very end: evaluate the restored state
-        last_eval = evaluate(parallel, state, test_src, eval_tf, c.eval_batch_size)
+    if not evaluator.last:  # resumed at the very end: evaluate the restored state
+        evaluator(state, step)
     result = {
-        **last_eval,
-        "accuracy": 1.0 - last_eval["error"],
+        **evaluator.last,
+        "accuracy": 1.0 - evaluator.last["error"],
         "steps": step,
-        "epochs": step / steps_per_epoch,
+        "epochs": step / run.steps_per_epoch,
         "wall_seconds": time.perf_counter() - wall_start,
-        "train_images_per_second": images_per_s,
+        "train_images_per_second": log.images_per_second,
     }
     if is_main:
         plot_curves(workdir)
         (workdir / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Test metrics of the latest readable checkpoint in ``workdir`` (ten crops when the
+    config's input pipeline is AlexNet's). Writes nothing."""
+    c = ml_collections.ConfigDict(config)
+    check_config(c, jax.process_count())
+    directory = pathlib.Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no checkpoints in {directory}")
+    if c.input.augment == "alexnet":
+        c.input.ten_crop = True
+    run = build(c)
+    checkpointer = Checkpointer(directory, c.keep_checkpoints, create=False)
+    try:
+        restored = checkpointer.restore_latest(run.state)
+    except CheckpointMismatchError as e:
+        raise _mismatch(pathlib.Path(workdir), c, e) from None
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise FileNotFoundError(f"no readable checkpoint in {directory}")
+    state = run.parallel.put_state(restored[0])
+    result = evaluate(run.parallel, state, run.test_src, run.eval_tf, c.eval_batch_size)
+    return {**result, "accuracy": 1.0 - result["error"], "step": int(restored[0].step)}

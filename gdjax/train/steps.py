@@ -28,6 +28,7 @@ __all__ = [
     "TrainState",
     "cross_entropy",
     "eval_step",
+    "is_injected",
     "l2_penalty",
     "learning_rate_of",
     "top_k_error",
@@ -110,11 +111,14 @@ def l2_penalty(params: Any) -> jax.Array:
     return 0.5 * sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves), jnp.zeros([]))
 
 
-def _metrics(logits: jax.Array, labels: jax.Array, loss: jax.Array) -> dict[str, jax.Array]:
+def _metrics(
+    logits: jax.Array, labels: jax.Array, loss: jax.Array, mask: jax.Array
+) -> dict[str, jax.Array]:
+    count = jnp.maximum(jnp.sum(mask), 1.0)
     return {
         "loss": loss,
-        "error": jnp.mean(top_k_error(logits, labels, 1)),
-        "top5_error": jnp.mean(top_k_error(logits, labels, 5)),
+        "error": jnp.sum(top_k_error(logits, labels, 1) * mask) / count,
+        "top5_error": jnp.sum(top_k_error(logits, labels, 5) * mask) / count,
     }
 
 
@@ -129,11 +133,16 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on ``batch = {"image": (B, H, W, C), "label": (B,)}``.
 
+    An optional ``batch["mask"]`` (1 for real examples, 0 for unreadable ones) leaves the
+    masked examples out of the loss and the metrics.
+
     ``extra_args`` go to ``tx.update`` (e.g. ``value=`` for ``optax.contrib.reduce_on_plateau``),
     which flax's ``TrainState.apply_gradients`` would drop. Returns the new state and the
     batch's loss (cross-entropy plus penalty) and errors, measured before the update.
     """
     dropout_key = jax.random.fold_in(state.rng, state.step)
+    mask = batch.get("mask")
+    mask = jnp.ones(batch["label"].shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
     if axis_name is not None:  # each device draws its own dropout masks
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
@@ -142,13 +151,14 @@ def train_step(
         logits = state.apply_fn(
             variables, batch["image"], train=True, rngs={"dropout": dropout_key}
         )
-        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+        losses = cross_entropy(logits, batch["label"], label_smoothing)
+        loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
         if l2:
             loss = loss + l2 * l2_penalty(params)
         return loss, logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = _metrics(logits, batch["label"], loss)
+    metrics = _metrics(logits, batch["label"], loss, mask)
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
@@ -161,13 +171,14 @@ def train_step(
     return new_state, metrics
 
 
-def _is_injected(x: Any) -> bool:
+def is_injected(x: Any) -> bool:
+    """Whether ``x`` is an ``optax.inject_hyperparams`` state."""
     return hasattr(x, "hyperparams") and hasattr(x, "inner_state")
 
 
 def learning_rate_of(opt_state: Any) -> jax.Array | None:
     """The learning rate an ``optax.inject_hyperparams`` state holds (its first), else None."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_injected) if _is_injected(s)]
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_injected) if is_injected(s)]
     if not found or "learning_rate" not in found[0].hyperparams:
         return None
     return found[0].hyperparams["learning_rate"]

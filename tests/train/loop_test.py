@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from gdjax.configs import get_config, override
-from gdjax.train import Checkpointer, train_and_evaluate
-from gdjax.train.loop import _build
+from gdjax.train import Checkpointer, build, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -35,7 +34,7 @@ def final_params(workdir, config):
     """The params of the newest checkpoint, restored into the run's own template."""
     ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
     try:
-        state, _, _ = ckpt.restore_latest(_build(config).state)
+        state, _, _ = ckpt.restore_latest(build(config).state)
     finally:
         ckpt.close()
     return int(state.step), jax.device_get(state.params)
@@ -259,7 +258,7 @@ def test_mixed_precision_and_gradient_accumulation(tmp_path):
     assert result["steps"] == 6
     ckpt = Checkpointer(tmp_path / "checkpoints")
     try:
-        state, _, _ = ckpt.restore_latest(_build(config).state)
+        state, _, _ = ckpt.restore_latest(build(config).state)
     finally:
         ckpt.close()
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))  # f32 master weights
@@ -298,8 +297,8 @@ def test_sharded_runs_keep_the_kernels_xla_can_partition(mode, expected):
     XLA's kernels there (pmap and one device run the oneDNN calls per device)."""
     c = get_config("default")
     c.parallel, c.eval_batch_size = mode, 512
-    run = _build(c)
+    run = build(c)
     assert run.state.apply_fn.__self__.impl == expected
     c.model.impl = "bogus"
     with pytest.raises(ValueError, match="impl must be one of"):
-        _build(c)
+        build(c)

@@ -1,0 +1,123 @@
+"""The optimizer recipe of a run: the named optimizer, its learning-rate schedule and the
+paper's divide-by-10-on-plateau rule.
+
+The optimizer is wrapped in ``optax.inject_hyperparams`` so that its learning rate lives in the
+state: the loop logs it with the step's metrics and the plateau rule rescales it without
+recompiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from gdjax import optim
+from gdjax.train.steps import is_injected, learning_rate_of
+
+__all__ = [
+    "AUGMENTS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "Plateau",
+    "current_learning_rate",
+    "make_optimizer",
+    "scale_learning_rate",
+]
+
+OPTIMIZERS = {
+    "sgd": optim.sgd,
+    "momentum": optim.momentum,
+    "alexnet_sgd": optim.alexnet_sgd,
+    "adagrad": optim.adagrad,
+    "rmsprop": optim.rmsprop,
+    "adam": optim.adam,
+    "adamw": optim.adamw,
+}
+SCHEDULES = ("constant", "plateau", "step", "cosine")
+AUGMENTS = ("small", "alexnet", "none")
+
+
+def make_optimizer(
+    c: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> optax.GradientTransformation:
+    """The run's optimizer: ``inject_hyperparams`` around the named gdjax optimizer, with the
+    schedule of ``config.schedule``, then the optional clipping, gradient accumulation and
+    non-finite skipping of the config. Schedules count optimizer updates (steps divided by
+    ``grad_accum_steps``)."""
+    from gdjax.train.validation import optimizer_kwargs
+
+    lr = c.optimizer.learning_rate
+    name = c.schedule.name
+    updates_per_epoch = max(1, steps_per_epoch // c.optimizer.grad_accum_steps)
+    total_updates = max(1, total_steps // c.optimizer.grad_accum_steps)
+    if name == "step":
+        drops = {round(e * updates_per_epoch): c.schedule.factor for e in c.schedule.step_epochs}
+        lr = optax.piecewise_constant_schedule(lr, drops)
+    elif name == "cosine":
+        warmup = round(c.schedule.warmup_epochs * updates_per_epoch)
+        lr = (
+            optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_updates, warmup + 1))
+            if warmup
+            else optax.cosine_decay_schedule(lr, total_updates)
+        )
+    tx = optax.inject_hyperparams(OPTIMIZERS[c.optimizer.name])(
+        learning_rate=lr, **optimizer_kwargs(c)
+    )
+    if c.optimizer.grad_clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(c.optimizer.grad_clip_norm), tx)
+    if c.optimizer.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=c.optimizer.grad_accum_steps)
+    if c.optimizer.skip_nonfinite:
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=10)
+    return tx
+
+
+def current_learning_rate(opt_state: Any) -> float:
+    """The learning rate held by the (first) ``inject_hyperparams`` state, on the host."""
+    return float(np.ravel(jax.device_get(learning_rate_of(opt_state)))[0])
+
+
+def scale_learning_rate(opt_state: Any, factor: float) -> Any:
+    """``opt_state`` with every injected learning rate multiplied by ``factor``."""
+
+    def scale(s: Any) -> Any:
+        if not is_injected(s):
+            return s
+        hyperparams = dict(s.hyperparams)
+        hyperparams["learning_rate"] = hyperparams["learning_rate"] * factor
+        return s._replace(hyperparams=hyperparams)
+
+    return jax.tree.map(scale, opt_state, is_leaf=is_injected)
+
+
+@dataclasses.dataclass
+class Plateau:
+    """The paper's recipe: divide the learning rate by 10 when the test error stops improving.
+
+    ``update(error, lr)`` after each evaluation returns the new rate, or None to keep it: an
+    error that is not ``threshold`` below the best so far is a bad evaluation, and after
+    ``patience`` of them the rate drops by ``factor`` (not below ``min_lr``).
+    """
+
+    factor: float
+    patience: int
+    threshold: float
+    min_lr: float
+    best: float = math.inf
+    bad: int = 0
+
+    def update(self, error: float, lr: float) -> float | None:
+        if error < self.best - self.threshold:
+            self.best, self.bad = error, 0
+            return None
+        self.bad += 1
+        if self.bad >= self.patience and lr * self.factor >= self.min_lr:
+            self.bad = 0
+            return lr * self.factor
+        return None

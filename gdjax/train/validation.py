@@ -1,0 +1,201 @@
+"""The whole config checked before any dataset is read or model built.
+
+:func:`check_config` raises :class:`ConfigError` (a ``ValueError``) naming the field, the value
+and what was expected. Optimizer hyperparameters are checked by the optimizer's own rules: the
+factory is called once with the config's values, as the run will call it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import ml_collections
+
+from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, min_input_size
+from gdjax.models.conv import CONV_IMPLS
+from gdjax.train.parallel import MODES
+from gdjax.train.recipe import AUGMENTS, OPTIMIZERS, SCHEDULES
+
+__all__ = ["ConfigError", "check_config", "optimizer_kwargs"]
+
+SPLITS = ("train", "test", "val")
+# Image sides of the datasets whose size is known before reading them.
+KNOWN_SIZES = {"mnist5k": 28, "digits": 8, "cifar10": 32, "cifar100": 32}
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the run cannot use."""
+
+
+def fail(field: str, value: Any, expected: str) -> None:
+    raise ConfigError(f"config.{field} must be {expected}, got {value!r}")
+
+
+def _at_least(c: ml_collections.ConfigDict, field: str, low: float, strict: bool = False) -> None:
+    value = _get(c, field)
+    if not (value > low if strict else value >= low) or math.isnan(value):
+        fail(field, value, f"{'>' if strict else '>='} {low:g}")
+
+
+def _unit(c: ml_collections.ConfigDict, field: str) -> None:
+    value = _get(c, field)
+    if not 0 <= value < 1:
+        fail(field, value, "in [0, 1)")
+
+
+def _one_of(c: ml_collections.ConfigDict, field: str, choices: Any) -> None:
+    value = _get(c, field)
+    if value not in choices:
+        fail(field, value, f"one of {', '.join(map(str, choices))}")
+
+
+def _get(c: ml_collections.ConfigDict, field: str) -> Any:
+    node = c
+    for part in field.split("."):
+        node = node[part]
+    return node
+
+
+def optimizer_kwargs(c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The optimizer's keyword arguments from ``config.optimizer.hparams`` (unset ones keep the
+    optimizer's own defaults); a set field the optimizer does not take is an error."""
+    factory = OPTIMIZERS[c.optimizer.name]
+    accepted = set(inspect.signature(factory).parameters) - {"learning_rate"}
+    given = {k: v for k, v in c.optimizer.hparams.items() if v is not None}
+    wrong = sorted(set(given) - accepted)
+    if wrong:
+        raise ConfigError(
+            f"config.optimizer.hparams {wrong} do not apply to {c.optimizer.name!r}, which takes "
+            f"{sorted(accepted & set(c.optimizer.hparams))}; unset with "
+            f"--config.optimizer.hparams.{wrong[0]}=None"
+        )
+    return given
+
+
+def _check_optimizer(c: ml_collections.ConfigDict) -> None:
+    _one_of(c, "optimizer.name", sorted(OPTIMIZERS))
+    kwargs = optimizer_kwargs(c)
+    try:
+        OPTIMIZERS[c.optimizer.name](c.optimizer.learning_rate, **kwargs)
+    except (TypeError, ValueError) as e:
+        # "momentum: momentum must be in [0, 1), got 1.5" -> name the config field.
+        arg = next((k for k in ("learning_rate", *kwargs) if str(e).split(": ", 1)[-1]
+                    .startswith(f"{k} ")), None)  # fmt: skip
+        field = "optimizer.learning_rate" if arg == "learning_rate" else f"optimizer.hparams.{arg}"
+        raise ConfigError(f"config.{field}: {e}" if arg else f"config.optimizer: {e}") from None
+    _at_least(c, "optimizer.grad_clip_norm", 0)
+    _at_least(c, "optimizer.grad_accum_steps", 1)
+
+
+def _check_schedule(c: ml_collections.ConfigDict) -> None:
+    _one_of(c, "schedule.name", SCHEDULES)
+    if not 0 < c.schedule.factor <= 1:
+        fail("schedule.factor", c.schedule.factor, "in (0, 1]")
+    _at_least(c, "schedule.patience", 1)
+    _at_least(c, "schedule.threshold", 0)
+    _at_least(c, "schedule.min_learning_rate", 0)
+    _at_least(c, "schedule.warmup_epochs", 0)
+    epochs = list(c.schedule.step_epochs)
+    if any(e <= 0 for e in epochs) or epochs != sorted(epochs):
+        fail("schedule.step_epochs", tuple(epochs), "increasing positive epochs")
+
+
+def _check_data(c: ml_collections.ConfigDict) -> None:
+    from gdjax.data.sources import check_spec
+
+    try:
+        check_spec(c.dataset)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"config.dataset: {e}") from None
+    _one_of(c, "eval_split", SPLITS)
+    kind = c.dataset.partition(":")[0]
+    if c.eval_split == "val" and kind not in ("folder", "tfds"):
+        fail("eval_split", c.eval_split, f"train or test for {kind}")
+    _one_of(c, "input.augment", AUGMENTS)
+    _at_least(c, "input.image_size", 0)
+    _at_least(c, "input.crop", 1)
+    _at_least(c, "input.pad", 0)
+    _at_least(c, "input.pca_std", 0)
+    _at_least(c, "input.worker_count", 0)
+    _at_least(c, "input.read_threads", 1)
+    side = c.input.image_size or KNOWN_SIZES.get(kind)
+    if c.input.augment == "alexnet":
+        side = c.input.crop
+    need = min_input_size(c.model.variant, c.model.overlapping_pool)
+    if side is not None and side < need:
+        raise ConfigError(
+            f"config.dataset={c.dataset!r} gives {side}x{side} images, smaller than the "
+            f"{need} px the {c.model.variant!r} AlexNet needs; add --config.input.image_size="
+            f"{max(need, 16)} to resize them"
+        )
+
+
+def _check_model(c: ml_collections.ConfigDict) -> None:
+    _one_of(c, "model.variant", sorted(VARIANTS))
+    _one_of(c, "model.activation", sorted(ACTIVATIONS))
+    _one_of(c, "model.impl", CONV_IMPLS)
+    _unit(c, "model.dropout_rate")
+    _at_least(c, "model.groups", 0)
+
+
+def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
+    """Raise :class:`ConfigError` on the first field the run cannot use.
+
+    ``process_count`` is the number of JAX processes the run will span: ``parallel="none"``
+    trains one replica per process, so it is refused when there are several.
+    """
+    from gdjax.configs.base import unset_required_fields
+
+    for field in unset_required_fields(c):
+        fail(field, None, "set (only optimizer hyperparameters may be None)")
+    _check_model(c)
+    _check_data(c)
+    _check_optimizer(c)
+    _check_schedule(c)
+    _at_least(c, "batch_size", 1)
+    _at_least(c, "eval_batch_size", 1)
+    _at_least(c, "num_epochs", 0)
+    _at_least(c, "num_steps", 0)
+    _at_least(c, "max_steps", 0)
+    if c.num_epochs <= 0 and c.num_steps <= 0:
+        fail("num_epochs", c.num_epochs, "> 0 (or num_steps > 0)")
+    _unit(c, "label_smoothing")
+    _at_least(c, "l2", 0)
+    _one_of(c, "parallel", MODES)
+    if process_count > 1 and c.parallel == "none":
+        fail(
+            "parallel",
+            c.parallel,
+            f"pmap or sharded in a run of {process_count} processes ('none' would train "
+            f"{process_count} independent replicas)",
+        )
+    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _at_least(c, field, 1)
+    _at_least(c, "eval_every_epochs", 0, strict=True)
+    for field in ("batch_size", "eval_batch_size"):
+        if _get(c, field) % process_count:
+            fail(field, _get(c, field), f"a multiple of the {process_count} processes")
+
+
+def differing_fields(
+    saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
+) -> list[str]:
+    """Dotted names of the fields whose values differ between two configs."""
+    a, b = _flat(saved.to_dict()), _flat(current.to_dict())
+    return sorted(k for k in a.keys() | b.keys() if _norm(a.get(k)) != _norm(b.get(k)))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _norm(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
