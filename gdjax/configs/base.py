@@ -99,7 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
             if part not in node:
                 node[part] = ml_collections.ConfigDict()
             node = node[part]
-        node[name] = default
+        # A fresh placeholder per config: a shared FieldReference would link every config.
+        fresh = placeholder(default.get_type()) if isinstance(default, FieldReference) else default
+        node[name] = fresh
     return c
 
 

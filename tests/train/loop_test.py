@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from gdjax.configs import get_config, override
-from gdjax.train import Checkpointer, build, train_and_evaluate
+from gdjax.train import (
+    Checkpointer,
+    WorkdirMismatchError,
+    build,
+    evaluate_checkpoint,
+    train_and_evaluate,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -149,7 +155,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(reference, tmp_p
     for f in latest.rglob("*"):
         if f.is_file() and f.stat().st_size > 0:
             f.write_bytes(b"\x00garbage" * 16)
-    with pytest.warns(UserWarning, match="checkpoint 30 .* cannot be restored"):
+    with pytest.warns(UserWarning, match="checkpoint 30 .* is unreadable"):
         step, _ = final_params(tmp_path, quick_config())
     assert step == 20
     assert (tmp_path / "checkpoints" / "20").is_dir()  # the good one was never touched
@@ -160,15 +166,41 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(reference, tmp_p
     assert_identical(got, want)
 
 
-def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = quick_config(**{"optimizer.learning_rate": 1e4, "checkpoint_every_steps": 2})
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+"):
+@pytest.mark.parametrize("learning_rate", [1e4, 1e6])
+def test_nonfinite_loss_names_only_a_finite_checkpoint(tmp_path, learning_rate):
+    """Every checkpoint left holds parameters whose loss is finite, and the error names the
+    newest of them, or says there is none; the diverged ones are set aside, not deleted."""
+    config = quick_config(**{"optimizer.learning_rate": learning_rate, "checkpoint_every_steps": 2})
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+") as e:
         train_and_evaluate(config, str(tmp_path))
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved, "no good checkpoint was written before the blow-up"
-    step, params = final_params(tmp_path, config)
-    assert step == saved[-1]
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    if saved:
+        assert f"the newest checkpoint, step {saved[-1]} " in str(e.value)
+        step, params = final_params(tmp_path, config)
+        assert step == saved[-1]
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+        result = evaluate_checkpoint(config, str(tmp_path))
+        assert np.isfinite(result["loss"]), "a named checkpoint must evaluate to a finite loss"
+    else:
+        assert "no checkpoint with finite parameters was written" in str(e.value)
+    aside = tmp_path / "checkpoints.nonfinite"
+    assert aside.is_dir() and any(aside.iterdir()), "the diverged checkpoint is kept aside"
+
+
+def test_a_diverged_model_is_never_accurate(tmp_path):
+    """lr -1 is refused; a model driven to NaN by skipping nothing but evaluated anyway (the
+    non-finite-skipping run below keeps going) never scores above chance by ties or NaN."""
+    config = quick_config(
+        **{"optimizer.learning_rate": 1e6, "optimizer.skip_nonfinite": False, "num_steps": 2}
+    )
+    result = train_and_evaluate(config, str(tmp_path))  # 2 steps: the loss is still finite
+    assert result["accuracy"] <= 0.5
+    run = build(config)
+    nan_state = run.state.replace(params=jax.tree.map(lambda x: x * np.nan, run.state.params))
+    from gdjax.train import evaluate
+
+    metrics = evaluate(run.parallel, nan_state, run.test_src, run.eval_tf, 500)
+    assert metrics["error"] == 1.0 and metrics["top5_error"] == 1.0
 
 
 def test_skip_nonfinite_keeps_going(tmp_path):
@@ -203,7 +235,16 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
         ({"optimizer.name": "lbfgs"}, r"config.optimizer.name must be one of"),
         ({"optimizer.hparams.b1": 0.5}, r"\['b1'\] do not apply to 'momentum'"),
         ({"schedule.name": "exponential"}, "config.schedule.name must be one of"),
-        ({"batch_size": 0}, "config.batch_size must be a positive int"),
+        ({"batch_size": 0}, r"config.batch_size must be >= 1, got 0"),
+        ({"optimizer.learning_rate": -1.0}, r"learning_rate must be >= 0, got -1.0"),
+        ({"optimizer.hparams.momentum": 1.5}, r"hparams.momentum: .*must be in \[0, 1\), got 1.5"),
+        ({"label_smoothing": 1.0}, r"config.label_smoothing must be in \[0, 1\)"),
+        ({"model.dropout_rate": 1.0}, r"config.model.dropout_rate must be in \[0, 1\)"),
+        ({"model.variant": "big"}, r"config.model.variant must be one of"),
+        ({"eval_split": "nosuch"}, r"config.eval_split must be one of"),
+        ({"dataset": "digits"}, r"8x8 images, smaller than .* --config.input.image_size=16"),
+        ({"dataset": "cifar10:/no/such/file"}, r"no such file or folder"),
+        ({"batch_size": None}, r"config.batch_size must be set"),
         (
             {"parallel": "pmap", "batch_size": 12},
             "global batch size 12 is not divisible by the 8 devices",
@@ -302,3 +343,67 @@ def test_sharded_runs_keep_the_kernels_xla_can_partition(mode, expected):
     c.model.impl = "bogus"
     with pytest.raises(ValueError, match="impl must be one of"):
         build(c)
+
+
+def _steps(directory):
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def test_a_truncated_newest_checkpoint_is_replaced_not_kept(tmp_path):
+    """A damaged newest step: the rerun falls back, retrains to that step and writes it anew
+    (the damaged one moved aside), so the next run and gdjax eval read the new one."""
+    config = quick_config(num_steps=30)
+    train_and_evaluate(config, str(tmp_path))
+    arrays = sorted((tmp_path / "checkpoints" / "30").rglob("ocdbt.process_0/d/*"))
+    biggest = max(arrays, key=lambda p: p.stat().st_size)
+    with open(biggest, "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(UserWarning, match=r"checkpoint 30 .* is unreadable \(damaged"):
+        train_and_evaluate(config, str(tmp_path))
+    assert _steps(tmp_path / "checkpoints")[-1] == 30
+    assert len(list((tmp_path / "checkpoints.unreadable").iterdir())) == 1
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    try:
+        state, _, _ = ckpt.restore_latest(build(config).state)  # no warning: it reads
+    finally:
+        ckpt.close()
+    assert int(state.step) == 30 and not ckpt.unreadable
+
+
+def test_another_config_on_a_workdir_stops_before_writing(tmp_path):
+    train_and_evaluate(quick_config(num_steps=20), str(tmp_path))
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    changed = quick_config(**{"num_steps": 20, "optimizer.name": "rmsprop"})
+    with pytest.raises(WorkdirMismatchError, match=r"changed: optimizer.name\).*--restart") as e:
+        train_and_evaluate(changed, str(tmp_path))
+    assert str(tmp_path) in str(e.value)
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before, "nothing in the workdir may change"
+    # The explicit way to start over keeps the old checkpoints, moved aside.
+    result = train_and_evaluate(changed, str(tmp_path), restart=True)
+    assert result["steps"] == 20
+    (old,) = tmp_path.glob("checkpoints.before-restart-*")
+    assert _steps(old) == [10, 20]
+    assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["name"] == "rmsprop"
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        train_and_evaluate(quick_config(), str(target))
+
+
+def test_several_processes_need_a_mode_that_spans_them():
+    from gdjax.train import check_config
+
+    with pytest.raises(ValueError, match=r"parallel must be pmap or sharded in a run of 2"):
+        check_config(quick_config(), process_count=2)
+    check_config(quick_config(parallel="sharded"), process_count=2)
+
+
+def test_digits_train_when_resized(tmp_path):
+    config = quick_config(**{"dataset": "digits", "input.image_size": 16, "num_steps": 4})
+    config.eval_batch_size = 100
+    result = train_and_evaluate(config, str(tmp_path))
+    assert result["steps"] == 4 and np.isfinite(result["loss"])
