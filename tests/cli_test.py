@@ -1,57 +1,139 @@
-"""The gdjax command: help, presets, overrides, errors, and the no-argument run in smoke mode."""
+"""The gdjax command through its door: help, presets, overrides, one-line errors, the README's
+commands, and the no-argument run in smoke mode."""
 
 import json
+import pathlib
+import re
+import shlex
 
 import pytest
 
 from gdjax import cli
 
+README = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
 
-def test_help_lists_flags_and_config_fields(capsys):
+
+def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
+    from gdjax.configs.base import FIELDS
+
     assert cli.main(["gdjax", "train", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--workdir" in out and "--config.FIELD=VALUE" in out
-    assert "learning_rate" in out and "dataset: mnist5k" in out
+    assert "--workdir" in out and "--restart" in out and "--config.FIELD=VALUE" in out
+    for path, _, text in FIELDS:
+        assert f"  {path}=" in out and text in out
+    assert "``" not in out and ":math:" not in out  # plain text, no reST
+    assert cli.main(["gdjax", "eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "flags of 'gdjax eval'" in out and "\n  --restart" not in out
 
 
-def test_unknown_field_is_an_error(capsys, tmp_path):
-    assert cli.main(["gdjax", "train", f"--workdir={tmp_path}", "--config.no_such_field=1"]) == 2
-    assert "no_such_field" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "extra"], "unexpected argument 'extra'"),
+        (["train", "--config.no_such_field=1"], "unknown config field 'no_such_field'"),
+        (["train", "--config=imagenet21k"], "not a preset (default, cifar10, paper) nor a file"),
+        (["train", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
+        (["train", "--config.seed=abc"], "--config.seed=abc: expected int"),
+        (["train", "--config.optimizer.name=lbfgs"], "config.optimizer.name must be one of"),
+        (["train", "--config.optimizer.learning_rate=-1"], "learning_rate must be >= 0"),
+        (["train", "--config.optimizer.hparams.momentum=1.5"], "must be in [0, 1), got 1.5"),
+        (["train", "--config.model.variant=big"], "config.model.variant must be one of"),
+        (["train", "--config.model.activation=gelu"], "config.model.activation must be one of"),
+        (["train", "--config.model.dropout_rate=1.5"], "dropout_rate must be in [0, 1)"),
+        (["train", "--config.dataset=folder:/no/such"], "folder:/no/such: no such file"),
+        (["train", "--config.dataset=cifar10:/no/such.tar.gz"], "no such file or folder"),
+        (["train", "--config.eval_split=nosuch"], "config.eval_split must be one of"),
+        (["train", "--config.dataset=digits"], "--config.input.image_size=16"),
+        (["train", "--config.batch_size=None"], "config.batch_size cannot be None"),
+        (["train", "--bogus"], "unknown flag --bogus"),
+        (["eval", "--workdir=nowhere"], "no checkpoints in nowhere/checkpoints"),
+    ],
+)
+def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["gdjax", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
 
 
-def test_unknown_preset_and_command(capsys, tmp_path):
-    assert cli.main(["gdjax", "train", f"--workdir={tmp_path}", "--config=imagenet21k"]) == 2
-    assert "not a preset (default, cifar10, paper) nor a config file" in capsys.readouterr().err
-    assert cli.main(["gdjax", "fly"]) == 2
-    assert "unknown command 'fly'" in capsys.readouterr().err
+def test_unreadable_archive_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "cifar.tar.gz"
+    bad.write_bytes(b"not a tarball")
+    args = ["gdjax", "train", f"--workdir={tmp_path / 'w'}", f"--config.dataset=cifar10:{bad}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "unreadable archive" in err and len(err.strip().splitlines()) == 1
+    assert cli.main([*args, "--verbose"]) == 2
+    assert "Traceback" in capsys.readouterr().err
 
 
-def test_resolves_presets():
-    path, args, name = cli._resolve_presets(["--config=paper", "--config.batch_size=8"])
-    assert name == "paper" and path.endswith("gdjax/configs/paper.py")
-    assert args == ["--config.batch_size=8"]
-    path, args, name = cli._resolve_presets(["--config", "cifar10", "--workdir=x"])
-    assert (path, args, name) == (str(cli.preset_path("cifar10")), ["--workdir=x"], "cifar10")
-    assert cli._resolve_presets([])[2] == "default"
+def test_every_optimizer_runs_from_the_command_line_with_its_defaults(tmp_path, capsys):
+    from gdjax.train import OPTIMIZERS
+
+    for name in OPTIMIZERS:
+        args = [
+            "gdjax", "train", f"--workdir={tmp_path / name}", f"--config.optimizer.name={name}",
+            "--config.max_steps=2", "--config.progress=False", "--config.batch_size=32",
+        ]  # fmt: skip
+        assert cli.main(args) == 0, capsys.readouterr().err
+    # A hyperparameter can be unset again from the command line.
+    args = [
+        "gdjax", "train", f"--workdir={tmp_path / 'none'}", "--config.max_steps=2",
+        "--config.optimizer.hparams.momentum=0.5", "--config.optimizer.hparams.momentum=None",
+        "--config.optimizer.name=adam", "--config.progress=False", "--config.batch_size=32",
+    ]  # fmt: skip
+    assert cli.main(args) == 0, capsys.readouterr().err
 
 
-def test_overrides_are_typed_and_applied():
-    values = cli._parse_flags(
-        str(cli.preset_path("default")),
-        ["--config.optimizer.learning_rate=0.5", "--config.seed=3"],
-        "gdjax",
+def _readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith("gdjax ")]
+
+
+def test_the_readme_commands_run(tmp_path, capsys, monkeypatch):
+    """Each `gdjax` line of the README, on small stand-ins for its data, two steps each."""
+    from data_testing import write_cifar, write_folder
+
+    commands = _readme_commands()
+    assert any(c.startswith("gdjax eval") for c in commands) and len(commands) >= 5
+    tarball, _, _ = write_cifar(tmp_path / "cifar", per_batch=8)
+    imagenet = write_folder(
+        tmp_path / "imagenet", {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}}, (240, 300)
     )
-    assert values.config.optimizer.learning_rate == 0.5 and values.config.seed == 3
-    with pytest.raises(Exception, match="seed"):
-        cli._parse_flags(str(cli.preset_path("default")), ["--config.seed=abc"], "gdjax")
+    monkeypatch.chdir(tmp_path)
+    # The quickstart's main job (`gdjax train`, capped) makes runs/default for `gdjax eval`.
+    assert cli.main(["gdjax", "train", "--config.max_steps=2", "--config.progress=False"]) == 0
+    for i, command in enumerate(commands):
+        args = shlex.split(command)[1:]
+        if args[0] == "bench":
+            continue
+        args = [
+            a.replace("/data/cifar-10-python.tar.gz", str(tarball)).replace(
+                "/data/imagenet", str(imagenet)
+            )
+            for a in args
+        ]
+        if args[0] == "train":
+            args += ["--config.max_steps=2", "--config.progress=False"]
+            if not any(a.startswith("--workdir") for a in args):
+                args.append(f"--workdir=runs/readme-{i}")
+            if "--config=paper" in args or "--config=cifar10" in args:
+                args += ["--config.batch_size=4", "--config.eval_batch_size=4"]
+                args += ["--config.input.worker_count=0"]
+        assert cli.main(["gdjax", *args]) == 0, (command, capsys.readouterr().err)
 
 
 def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, monkeypatch):
-    """`gdjax` = `gdjax train` on the embedded MNIST subset, capped at 100 steps here."""
+    """`gdjax` = `gdjax train` on the embedded MNIST subset, capped at 100 steps here; `gdjax
+    eval` reads the run's config and applies overrides on top of it."""
     monkeypatch.chdir(tmp_path)
     assert cli.main(["gdjax", "--config.max_steps=100", "--config.progress=False"]) == 0
     out = capsys.readouterr().out
-    assert "test accuracy" in out
+    assert re.search(r"\d+ img/s in training; test accuracy .*; \d+ s in all", out)
     result = json.loads((tmp_path / "runs" / "default" / "result.json").read_text())
     assert result["steps"] == 100
     assert result["accuracy"] > 0.5, "100 steps of the default recipe must be far above chance"
@@ -60,3 +142,7 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     evaluated = json.loads(out[out.index("{") :])
     assert evaluated["step"] == 100
     assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
+    assert cli.main(["gdjax", "eval", "--workdir=runs/default", "--config.eval_split=train"]) == 0
+    out = capsys.readouterr().out
+    on_train = json.loads(out[out.index("{") :])
+    assert on_train["accuracy"] != pytest.approx(result["accuracy"])  # the override applied

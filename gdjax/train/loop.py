@@ -104,6 +104,7 @@ class Run:
     state: TrainState
     steps_per_epoch: int
     total_steps: int
+    eval_batch_size: int
 
 
 def build(c: ml_collections.ConfigDict) -> Run:
@@ -117,8 +118,9 @@ def build(c: ml_collections.ConfigDict) -> Run:
 
     parallel = Parallel(c.parallel, label_smoothing=c.label_smoothing, l2=c.l2)
     parallel.check_batch_size(c.batch_size)
-    if c.eval_batch_size % parallel.num_devices:
-        fail("eval_batch_size", c.eval_batch_size, f"a multiple of {parallel.num_devices}")
+    # Evaluation pads its batches anyway: round up to the devices instead of refusing.
+    # (num_devices counts every process's devices, so it divides by the processes too.)
+    eval_batch_size = -(-c.eval_batch_size // parallel.num_devices) * parallel.num_devices
     steps_per_epoch = len(train_src) // c.batch_size
     if steps_per_epoch < 1:
         fail("batch_size", c.batch_size, f"at most the {len(train_src)} training examples")
@@ -148,7 +150,15 @@ def build(c: ml_collections.ConfigDict) -> Run:
     tx = make_optimizer(c, steps_per_epoch, total_steps)
     state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, rng=state_key)
     return Run(
-        train_src, test_src, train_tf, eval_tf, parallel, state, steps_per_epoch, total_steps
+        train_src,
+        test_src,
+        train_tf,
+        eval_tf,
+        parallel,
+        state,
+        steps_per_epoch,
+        total_steps,
+        eval_batch_size,
     )
 
 
@@ -354,7 +364,7 @@ class _Evaluator:
     def __call__(self, state: TrainState, step: int) -> TrainState:
         c, run = self.config, self.run
         self.last = evaluate(
-            run.parallel, state, run.test_src, run.eval_tf, c.eval_batch_size, c.eval_split
+            run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size, c.eval_split
         )
         lr = current_learning_rate(run.parallel.get_state(state).opt_state)
         self.writer.write(step, "test", self.last)
@@ -520,5 +530,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {directory}")
     state = run.parallel.put_state(restored[0])
-    result = evaluate(run.parallel, state, run.test_src, run.eval_tf, c.eval_batch_size)
+    result = evaluate(
+        run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size, c.eval_split
+    )
     return {**result, "accuracy": 1.0 - result["error"], "step": int(restored[0].step)}
