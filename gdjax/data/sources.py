@@ -499,8 +499,10 @@ def check_spec(spec: str) -> None:
         raise ValueError(f"unknown dataset spec {spec!r}{hint}; expected one of: {_SPEC_FORMS}")
     if kind in ("cifar10", "cifar100", "folder"):
         if not arg:
-            raise ValueError(f"{spec!r}: give the path, {kind}:PATH")
+            raise ValueError(f"dataset spec {spec!r} needs a path: {kind}:PATH")
         path = pathlib.Path(arg).expanduser()
+        if kind == "folder" and not path.exists():
+            raise FileNotFoundError(f"folder:{path}: no such folder")
         if not path.exists():
             raise FileNotFoundError(f"{kind}:{path}: no such file or folder")
         if kind == "folder" and not path.is_dir():
@@ -541,8 +543,11 @@ class ResizedSource:
         return example
 
 
+_SOURCE_DEFAULT: Any = object()
+
+
 def load(
-    spec: str, split: str = "train", image_size: int | None = None, **kwargs: Any
+    spec: str, split: str = "train", image_size: int | None = _SOURCE_DEFAULT, **kwargs: Any
 ) -> ArraySource | FolderSource | TfdsSource | ResizedSource:
     """The dataset named by ``spec`` (see the module docstring), as a random-access source.
 
@@ -550,8 +555,9 @@ def load(
       spec: ``mnist5k``, ``digits``, ``cifar10:PATH``, ``cifar100:PATH``, ``folder:PATH`` or
         ``tfds:NAME``.
       split: ``"train"`` or ``"test"`` (``"val"`` is accepted for folders and TFDS).
-      image_size: a side to resize every image to (folders: short side and centre crop, 256
-        by default; other sources: as stored when ``None``).
+      image_size: a side to resize every image to (folders: short side and centre crop).
+        Omitted: the source's own default (256 for folders, as stored otherwise); ``None``:
+        as stored.
       kwargs: passed to the loader (``strict`` for folders; ``data_dir`` for TFDS).
     """
     check_spec(spec)
@@ -561,7 +567,7 @@ def load(
     if split == "val" and kind not in ("folder", "tfds"):
         raise ValueError(f"{spec}: has 'train' and 'test' splits, not 'val'")
     if kind == "folder":
-        if image_size is not None:
+        if image_size is not _SOURCE_DEFAULT:
             kwargs["image_size"] = image_size
         return folder(arg, split, **kwargs)
     if kind == "tfds":
@@ -570,4 +576,6 @@ def load(
         source = (mnist5k if kind == "mnist5k" else digits)(split)
     else:
         source = cifar(arg, split, num_classes=int(kind.removeprefix("cifar")))
-    return source if image_size is None else ResizedSource(source, image_size)
+    if image_size is _SOURCE_DEFAULT or image_size is None:
+        return source
+    return ResizedSource(source, image_size)

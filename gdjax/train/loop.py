@@ -109,9 +109,9 @@ class Run:
 
 def build(c: ml_collections.ConfigDict) -> Run:
     """Data, model, optimizer and a fresh state for config ``c`` (durations converted here)."""
-    image_size = c.input.image_size or None
-    train_src = data.load(c.dataset, "train", image_size=image_size)
-    test_src = data.load(c.dataset, c.eval_split, image_size=image_size)
+    size = {"image_size": c.input.image_size} if c.input.image_size else {}
+    train_src = data.load(c.dataset, "train", **size)
+    test_src = data.load(c.dataset, c.eval_split, **size)
     stats = data.load_or_compute_stats(train_src)
     train_tf, eval_tf = _transforms(c, stats)
     image_shape = eval_tf(test_src[0])["image"].shape[-3:]

@@ -141,19 +141,48 @@ def test_folder_ignores_non_images_and_converts_grey_and_alpha(image_root):
         assert train[i]["image"].shape == (256, 256, 3)
 
 
-def test_corrupt_image_is_counted_and_skipped_with_a_warning(image_root):
+def test_corrupt_image_is_masked_never_replaced(image_root):
+    """An unreadable file comes back masked (a blank of the right shape, its own label), not
+    as another image that evaluation would count twice."""
     bad = image_root / "train" / "dog" / "img_000.jpg"
     bad.write_bytes(b"\xff\xd8\xff this is no jpeg")
     train = data.load(f"folder:{image_root}", "train")
-    with pytest.warns(UserWarning, match=r"skipping unreadable image .*img_000\.jpg"):
+    with pytest.warns(UserWarning, match=r"unreadable image .*img_000\.jpg"):
         ex = train[3]
-    assert ex["label"] == 1  # replaced by the next readable image (dog/img_001.jpg)
-    np.testing.assert_array_equal(ex["image"], train[4]["image"])
+    assert ex["label"] == 1 and ex["mask"] == 0 and not ex["image"].any()
+    assert ex["image"].shape == train[4]["image"].shape and train[4]["mask"] == 1
     assert train.corrupt == {str(bad)}
     assert train.verify() == [str(bad)]
     strict = data.load(f"folder:{image_root}", "train", strict=True)
     with pytest.raises(ValueError, match=r"cannot decode .*img_000\.jpg"):
         strict[3]
+
+
+def test_sixteen_bit_png_keeps_its_range(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "set" / "train" / "a"
+    root.mkdir(parents=True)
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(root / "ramp.png")  # a 16-bit greyscale PNG
+    image = data.load(f"folder:{tmp_path / 'set'}", "train", image_size=None)[0]["image"]
+    want = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(image[..., 0], want)
+
+
+def test_cifar_pickles_that_run_code_are_refused(tmp_path):
+    import pickle
+
+    from gdjax.data.sources import _unpickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with pytest.raises(ValueError, match=r"refusing to load builtins\.print"):
+        _unpickle(pickle.dumps({b"data": Evil()}), "x")
+    ok = _unpickle(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2]}), "x")
+    assert ok[b"labels"] == [1, 2]
 
 
 def test_folder_errors(tmp_path, image_root):
