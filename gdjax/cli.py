@@ -29,7 +29,7 @@ import traceback
 
 from gdjax.configs import PRESETS
 
-__all__ = ["entry_point", "main"]
+__all__ = ["UsageError", "entry_point", "main"]
 
 COMMANDS = ("train", "eval", "bench")
 FLAG_HELP = {

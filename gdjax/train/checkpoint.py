@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 
 from gdjax.train.steps import TrainState
 
-__all__ = ["CheckpointMismatchError", "Checkpointer", "NonFiniteStateError"]
+__all__ = ["CheckpointMismatchError", "Checkpointer", "NonFiniteStateError", "all_finite"]
 
 
 class CheckpointMismatchError(RuntimeError):
