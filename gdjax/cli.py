@@ -148,18 +148,16 @@ def _parse_value(field: str, text: str, current: object) -> object:
 
 
 def _apply_overrides(config: object, overrides: list[str]) -> None:
+    from gdjax.configs import get_field, override
+
     for arg in overrides:
         field, _, text = arg[len("--config.") :].partition("=")
-        node = config
-        *parents, name = field.split(".")
         try:
-            for part in parents:
-                node = node[part]
-            current = node[name]
+            current = get_field(config, field)
         except (KeyError, AttributeError, TypeError):
             raise UsageError(f"unknown config field {field!r}") from None
         try:
-            node[name] = _parse_value(field, text, current)
+            override(config, **{field: _parse_value(field, text, current)})
         except TypeError as e:
             raise UsageError(f"--config.{field}={text}: {e}") from None
 
@@ -171,12 +169,12 @@ def _saved_config(workdir: pathlib.Path) -> object:
     config = get_config("default")
     saved = json.loads((workdir / "config.json").read_text())
 
-    def lay(node, values, prefix=""):
+    def lay(node, values):
         for key, value in values.items():
             if key not in node:
                 node[key] = value
             elif isinstance(value, dict):
-                lay(node[key], value, f"{prefix}{key}.")
+                lay(node[key], value)
             else:
                 node[key] = tuple(value) if isinstance(value, list) else value
 
@@ -185,7 +183,7 @@ def _saved_config(workdir: pathlib.Path) -> object:
 
 
 def _help(command: str) -> str:
-    from gdjax.configs import get_config
+    from gdjax.configs import get_config, get_field
     from gdjax.configs.base import FIELDS
 
     lines = [__doc__.strip(), "", f"flags of 'gdjax {command}':"]
@@ -194,15 +192,12 @@ def _help(command: str) -> str:
     defaults = get_config("default")
     lines += ["", "config fields (--config.FIELD=VALUE; the default preset's values):"]
     for path, _, text in FIELDS:
-        value = defaults
-        for part in path.split("."):
-            value = value[part]
-        lines.append(f"  {path}={value}")
+        lines.append(f"  {path}={get_field(defaults, path)}")
         lines.append(f"      {text}")
     return "\n".join(lines)
 
 
-def _run(command: str, args: list[str]) -> int:
+def _run(command: str, args: list[str], start: float) -> int:
     flags, overrides = _split_args(command, args)
     workdir = flags.get("workdir")
     if command == "eval":
@@ -243,18 +238,14 @@ def _run(command: str, args: list[str]) -> int:
         f"done: {result['steps']} steps ({result['epochs']:.2f} epochs), "
         f"{result['train_images_per_second']:.0f} img/s in training; test accuracy "
         f"{result['accuracy']:.4f}, top-5 error {result['top5_error']:.4f}; "
-        f"{time.perf_counter() - _START:.0f} s in all; logs and checkpoints in {workdir}"
+        f"{time.perf_counter() - start:.0f} s in all; logs and checkpoints in {workdir}"
     )
     return 0
 
 
-_START = time.perf_counter()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``gdjax [train|eval|bench] [flags]``; returns the process exit status."""
-    global _START
-    _START = time.perf_counter()
+    start = time.perf_counter()
     argv = list(sys.argv if argv is None else argv)
     args = argv[1:]
     command = "train"
@@ -276,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verbose = "--verbose" in args
     try:
-        return _run(command, args)
+        return _run(command, args, start)
     except KeyboardInterrupt:
         print(f"gdjax {command}: interrupted", file=sys.stderr)
         return 130

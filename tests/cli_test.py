@@ -41,7 +41,7 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["train", "--config.model.variant=big"], "config.model.variant must be one of"),
         (["train", "--config.model.activation=gelu"], "config.model.activation must be one of"),
         (["train", "--config.model.dropout_rate=1.5"], "dropout_rate must be in [0, 1)"),
-        (["train", "--config.dataset=folder:/no/such"], "folder:/no/such: no such file"),
+        (["train", "--config.dataset=folder:/no/such"], "folder:/no/such: no such folder"),
         (["train", "--config.dataset=cifar10:/no/such.tar.gz"], "no such file or folder"),
         (["train", "--config.eval_split=nosuch"], "config.eval_split must be one of"),
         (["train", "--config.dataset=digits"], "--config.input.image_size=16"),

@@ -14,7 +14,9 @@ import pathlib
 
 import ml_collections
 
-__all__ = ["PRESETS", "get_config", "override", "preset_path"]
+from gdjax.configs.base import get_field
+
+__all__ = ["PRESETS", "get_config", "get_field", "override", "preset_path"]
 
 PRESETS = ("default", "cifar10", "paper")
 
@@ -37,10 +39,8 @@ def override(config: ml_collections.ConfigDict, **fields) -> ml_collections.Conf
     ``--config.optimizer.learning_rate=0.1`` on the command line; an unknown field is a KeyError
     (``ConfigDict.update_from_flattened_dict`` would ignore it)."""
     for key, value in fields.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
+        parent, _, last = key.rpartition(".")
+        node = get_field(config, parent) if parent else config
         if last not in node:
             raise KeyError(f"config has no field {key!r}")
         node[last] = value

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference, placeholder
 
-__all__ = ["FIELDS", "base_config", "nullable_fields"]
+__all__ = ["FIELDS", "base_config", "get_field", "nullable_fields", "unset_required_fields"]
 
 # (dotted field, default, help). A default of placeholder(T) is "None: unset" with type T.
 FIELDS: list[tuple[str, Any, str]] = [
@@ -105,6 +105,14 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def get_field(config: ml_collections.ConfigDict, path: str) -> Any:
+    """The value of dotted field ``path`` (``"optimizer.learning_rate"``); KeyError if none."""
+    node = config
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
 def nullable_fields() -> dict[str, type]:
     """The fields that may be None ("unset"), with the type of their values when set."""
     return {p: d.get_type() for p, d, _ in FIELDS if isinstance(d, FieldReference)}
@@ -112,11 +120,5 @@ def nullable_fields() -> dict[str, type]:
 
 def unset_required_fields(c: ml_collections.ConfigDict) -> list[str]:
     """Fields set to None that need a value."""
-    nullable, out = nullable_fields(), []
-    for path, _, _ in FIELDS:
-        value = c
-        for part in path.split("."):
-            value = value[part]
-        if value is None and path not in nullable:
-            out.append(path)
-    return out
+    nullable = nullable_fields()
+    return [p for p, _, _ in FIELDS if get_field(c, p) is None and p not in nullable]

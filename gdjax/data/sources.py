@@ -50,7 +50,17 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
 
-class ArraySource:
+class _Source:
+    """What every source shares: ``class_names`` and a ``num_classes`` derived from it."""
+
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class ArraySource(_Source):
     """Images and labels held in memory (the embedded sets and CIFAR).
 
     Args:
@@ -74,10 +84,6 @@ class ArraySource:
         _check_labels(name, labels, len(class_names))
         self.images, self.labels = images, labels.astype(np.int64)
         self.class_names, self.name = list(class_names), name
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -279,7 +285,7 @@ def _read_tar_members(path: pathlib.Path, folder: str, wanted: list[str]) -> dic
 # Image folders (ImageNet layout)
 
 
-class FolderSource:
+class FolderSource(_Source):
     """Images in ``root/<class>/<file>``, decoded by Pillow when read.
 
     Classes are the sub-folders in sorted order (torchvision's ``ImageFolder`` convention).
@@ -329,10 +335,6 @@ class FolderSource:
         self.class_names, self.image_size, self.strict = names, image_size, strict
         self.name = name or f"folder:{root}"
         self.corrupt: set[str] = set()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -431,7 +433,7 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
 # TFDS
 
 
-class TfdsSource:
+class TfdsSource(_Source):
     """A prepared TFDS dataset read through ``tfds`` random-access data sources (no download)."""
 
     def __init__(self, name: str, split: str = "train", data_dir: str | None = None):
@@ -461,10 +463,6 @@ class TfdsSource:
         label = builder.info.features["label"]
         self.class_names = list(label.names)
         self.name = f"tfds:{name}/{split}"
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self._source)
@@ -511,7 +509,7 @@ def check_spec(spec: str) -> None:
         raise ValueError(f"{spec!r}: give the TFDS dataset name, tfds:NAME")
 
 
-class ResizedSource:
+class ResizedSource(_Source):
     """Another source with every image resized to ``size``×``size`` (bilinear, Pillow): for
     images smaller than a model needs (scikit-learn's 8×8 digits) or a common size."""
 
@@ -521,10 +519,6 @@ class ResizedSource:
         self.source, self.size = source, size
         self.class_names = source.class_names
         self.name = f"{source.name}@{size}"
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.source)

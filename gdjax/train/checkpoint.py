@@ -89,7 +89,9 @@ def _differences(saved: dict, wanted: dict) -> list[str]:
 def all_finite(tree: Any) -> bool:
     """Whether every floating-point leaf of ``tree`` is finite."""
     leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, np.inexact)]
-    return all(bool(jax.numpy.isfinite(x).all()) for x in leaves)
+    if not leaves:
+        return True
+    return bool(jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves])))
 
 
 class Checkpointer:

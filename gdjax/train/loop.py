@@ -267,6 +267,7 @@ class _TrainLog:
         self.pending: list[tuple[int, dict]] = []
         self.due = False
         self.clock: float | None = None
+        self.untimed = 0  # steps dispatched before the clock started
         self.timed_steps = 0
         self.timed_seconds = 0.0
         self.interval_rate = 0.0

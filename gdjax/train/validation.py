@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from gdjax.configs.base import get_field, unset_required_fields
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, min_input_size
 from gdjax.models.conv import CONV_IMPLS
 from gdjax.train.parallel import MODES
@@ -34,28 +35,21 @@ def fail(field: str, value: Any, expected: str) -> None:
 
 
 def _at_least(c: ml_collections.ConfigDict, field: str, low: float, strict: bool = False) -> None:
-    value = _get(c, field)
+    value = get_field(c, field)
     if not (value > low if strict else value >= low) or math.isnan(value):
         fail(field, value, f"{'>' if strict else '>='} {low:g}")
 
 
 def _unit(c: ml_collections.ConfigDict, field: str) -> None:
-    value = _get(c, field)
+    value = get_field(c, field)
     if not 0 <= value < 1:
         fail(field, value, "in [0, 1)")
 
 
 def _one_of(c: ml_collections.ConfigDict, field: str, choices: Any) -> None:
-    value = _get(c, field)
+    value = get_field(c, field)
     if value not in choices:
         fail(field, value, f"one of {', '.join(map(str, choices))}")
-
-
-def _get(c: ml_collections.ConfigDict, field: str) -> Any:
-    node = c
-    for part in field.split("."):
-        node = node[part]
-    return node
 
 
 def optimizer_kwargs(c: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -146,8 +140,6 @@ def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     ``process_count`` is the number of JAX processes the run will span: ``parallel="none"``
     trains one replica per process, so it is refused when there are several.
     """
-    from gdjax.configs.base import unset_required_fields
-
     for field in unset_required_fields(c):
         fail(field, None, "set (only optimizer hyperparameters may be None)")
     _check_model(c)
@@ -175,8 +167,8 @@ def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
         _at_least(c, field, 1)
     _at_least(c, "eval_every_epochs", 0, strict=True)
     for field in ("batch_size", "eval_batch_size"):
-        if _get(c, field) % process_count:
-            fail(field, _get(c, field), f"a multiple of the {process_count} processes")
+        if get_field(c, field) % process_count:
+            fail(field, get_field(c, field), f"a multiple of the {process_count} processes")
 
 
 def differing_fields(
