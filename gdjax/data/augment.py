@@ -138,23 +138,22 @@ def compute_stats(source: Any, max_examples: int | None = 10_000, seed: int = 0)
     )
 
 
-def _cache_dir() -> pathlib.Path:
-    base = os.environ.get("GDJAX_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gdjax"
-    )
-    return pathlib.Path(base)
-
-
 def load_or_compute_stats(
     source: Any, cache_dir: str | os.PathLike | None = None, max_examples: int | None = 10_000
 ) -> DatasetStats:
     """The source's statistics from the cache, computing and storing them the first time.
 
-    The cache key is the source's ``name`` and length; the directory is ``cache_dir``, else
-    ``$GDJAX_CACHE``, else ``~/.cache/gdjax``.
+    The cache key is the source's content (``source.fingerprint()``: the arrays of an
+    in-memory set, the paths, sizes and modification times of a folder's files), so two
+    different copies of "the same" dataset never share statistics; a source without
+    ``fingerprint`` is keyed by its name and length. The directory is ``cache_dir``, else
+    gdjax's cache folder (``$GDJAX_CACHE_DIR``, else ``~/.cache/gdjax``).
     """
-    key = hashlib.sha1(f"{source.name}|{len(source)}|{max_examples}".encode()).hexdigest()[:16]
-    path = pathlib.Path(cache_dir) if cache_dir is not None else _cache_dir()
+    from gdjax._cache import cache_dir as default_cache_dir
+
+    content = source.fingerprint() if hasattr(source, "fingerprint") else source.name
+    key = hashlib.sha1(f"{content}|{len(source)}|{max_examples}".encode()).hexdigest()[:16]
+    path = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"stats-{key}.npz"
     if path.is_file():
         try:

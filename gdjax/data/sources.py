@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import hashlib
 import importlib.util
 import io
 import os
@@ -51,13 +52,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".
 
 
 class _Source:
-    """What every source shares: ``class_names`` and a ``num_classes`` derived from it."""
+    """What every source shares: ``class_names``, ``num_classes`` derived from it, and a
+    ``fingerprint`` of the content (what cached statistics are keyed by)."""
 
     class_names: list[str]
+    name: str
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def fingerprint(self) -> str:
+        """A string that changes when the examples do (here: the name and the length)."""
+        return f"{self.name}|{len(self)}"
 
 
 class ArraySource(_Source):
@@ -90,6 +97,14 @@ class ArraySource(_Source):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {"image": self.images[index], "label": int(self.labels[index])}
+
+    def fingerprint(self) -> str:
+        """A hash of the images, labels and class names themselves."""
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (self.images, self.labels, np.asarray(self.class_names)):
+            digest.update(str((part.shape, part.dtype)).encode())
+            digest.update(np.ascontiguousarray(part).tobytes())
+        return digest.hexdigest()
 
     def __repr__(self) -> str:
         return f"ArraySource({self.name!r}, {len(self)} images {self.images.shape[1:]})"
@@ -370,6 +385,15 @@ class FolderSource(_Source):
             blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
             return {"image": blank, "label": label, "mask": np.float32(0)}
 
+    def fingerprint(self) -> str:
+        """A hash of every file's path, label, size and modification time (no file is read)."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{self.image_size}|{self.class_names}".encode())
+        for path, label in zip(self.files, self.labels, strict=True):
+            st = os.stat(path)
+            digest.update(f"{path}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
     def verify(self) -> list[str]:
         """Files that Pillow cannot decode (reads every file once)."""
         bad = []
@@ -522,6 +546,10 @@ class ResizedSource(_Source):
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def fingerprint(self) -> str:
+        inner = getattr(self.source, "fingerprint", lambda: self.source.name)()
+        return f"{inner}@{self.size}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         from PIL import Image

@@ -32,6 +32,8 @@ import threading
 
 import jax
 
+from gdjax._cache import cache_dir
+
 logger = logging.getLogger("gdjax")
 
 SOURCE = pathlib.Path(__file__).with_name("_onednn_conv.cc")
@@ -83,13 +85,6 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
     )
 
 
-def _cache_dir() -> pathlib.Path:
-    if os.environ.get("GDJAX_CACHE_DIR"):
-        return pathlib.Path(os.environ["GDJAX_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(base) / "gdjax"
-
-
 def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     """Compile the kernels (once per source, compiler, headers and library), return the path."""
     cxx = shutil.which(os.environ.get("CXX", "c++"))
@@ -120,7 +115,7 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     ):
         key.update(header.read_bytes())
     key.update(str((lib / "libdnnl.so").resolve()).encode())
-    target = _cache_dir() / "onednn" / key.hexdigest()[:24] / "libgdjax_onednn.so"
+    target = cache_dir() / "onednn" / key.hexdigest()[:24] / "libgdjax_onednn.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

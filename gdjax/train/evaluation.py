@@ -42,7 +42,10 @@ def eval_batches(source: Any, transform: Any, batch_size: int) -> Iterator[dict[
     last = None
     for _ in range(steps):
         batch = next(batches, None)
-        if batch is None:  # this process has run out: a fully masked copy of its last batch
+        if batch is None:  # this process has run out: a fully masked batch of the right shape
+            if last is None:  # it had no example at all: the split's first, masked
+                example = source[0] if transform is None else transform(source[0], None)
+                last = {k: np.stack([np.asarray(v)] * per_process) for k, v in example.items()}
             batch = {k: v for k, v in last.items() if k != "mask"}
             batch["mask"] = np.zeros(per_process, np.float32)
         b = len(batch["label"])

@@ -191,10 +191,16 @@ def _restore(
 ) -> tuple[Checkpointer | None, tuple | None]:
     """Open the workdir's checkpoints and restore the newest readable one (None if none)."""
     directory = workdir / "checkpoints"
-    if restart and directory.is_dir() and any(directory.iterdir()):
-        aside = directory.with_name(f"checkpoints.before-restart-{time.strftime('%Y%m%d-%H%M%S')}")
-        directory.rename(aside)
-        print(f"--restart: moved the old checkpoints to {aside}", flush=True)
+    if restart:  # process 0 moves them (a shared disk); the others wait until it has
+        if jax.process_index() == 0 and directory.is_dir() and any(directory.iterdir()):
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = directory.with_name(f"checkpoints.before-restart-{stamp}")
+            directory.rename(aside)
+            print(f"--restart: moved the old checkpoints to {aside}", flush=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("gdjax: checkpoints moved aside")
     if not directory.is_dir():
         return None, None
     checkpointer = Checkpointer(directory, max_to_keep=c.keep_checkpoints)

@@ -55,6 +55,35 @@ def test_stats_are_stored_and_not_recomputed(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.mean_image, second.mean_image)
 
 
+def test_two_copies_with_one_name_do_not_share_statistics(tmp_path, monkeypatch):
+    """The cache is keyed by content: two CIFAR-like sets with the same name and length get
+    their own statistics; the folder comes from GDJAX_CACHE_DIR, the one cache variable."""
+    monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(0)
+    labels = np.zeros(20, np.int64)
+    dark = data.ArraySource(rng.integers(0, 60, (20, 8, 8, 3), np.uint8), labels, ["a"], "c/train")
+    light = data.ArraySource(
+        rng.integers(190, 255, (20, 8, 8, 3), np.uint8), labels, ["a"], "c/train"
+    )
+    a, b = data.load_or_compute_stats(dark), data.load_or_compute_stats(light)
+    assert len(list(tmp_path.glob("stats-*.npz"))) == 2
+    assert a.mean.max() < 60 < 190 < b.mean.min()
+    again = data.load_or_compute_stats(dark)  # same content: the cached file
+    np.testing.assert_array_equal(again.mean, a.mean)
+    assert len(list(tmp_path.glob("stats-*.npz"))) == 2
+
+
+def test_folder_fingerprint_follows_its_files(tmp_path):
+    from data_testing import write_folder
+
+    root = write_folder(tmp_path / "set", {"train": {"a": 2, "b": 2}}, size=(20, 20))
+    before = data.load(f"folder:{root}", "train").fingerprint()
+    assert data.load(f"folder:{root}", "train").fingerprint() == before
+    victim = sorted((root / "train" / "a").iterdir())[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")  # same name, new content
+    assert data.load(f"folder:{root}", "train").fingerprint() != before
+
+
 def test_pca_shift_has_the_stated_variance_along_each_eigenvector():
     stats = data.compute_stats(ListSource(correlated_images()), max_examples=None)
     rng = np.random.default_rng(0)

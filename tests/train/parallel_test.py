@@ -1,5 +1,6 @@
 """One step, three parallel modes (8 fake CPU devices), and two real processes on localhost."""
 
+import json
 import os
 import pathlib
 import socket
@@ -201,3 +202,73 @@ def test_two_processes_match_one(tmp_path, mode):
     for k in want:
         # float32 round-off: the processes reduce in another order (7e-6 seen on jax 0.6).
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=2e-5, err_msg=k)
+
+
+EVAL_WORKER = r"""
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+from gdjax.configs import get_config, override
+from gdjax.train import build, eval_batches, evaluate, initialize_distributed
+
+address, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+initialize_distributed(address, num_processes=2, process_id=pid)
+c = override(get_config("default"), **json.loads(sys.argv[4]))
+run = build(c)
+steps = sum(1 for _ in eval_batches(run.test_src, run.eval_tf, run.eval_batch_size))
+state = run.parallel.put_state(run.state)
+result = evaluate(run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size)
+with open(f"{out}.{pid}.json", "w") as f:
+    json.dump({"steps": steps, "result": result}, f)
+"""
+
+
+@pytest.mark.parametrize("mode", ["sharded", "pmap"])
+def test_two_process_evaluation_counts_every_example_once(tmp_path, mode):
+    """digits' 359 test images over 2 processes x 2 devices, in batches that do not divide
+    them: both processes run the same number of steps (a collective would hang otherwise) and
+    the metrics equal one process's."""
+    from gdjax.configs import get_config, override
+    from gdjax.train import build, evaluate
+
+    fields = {"dataset": "digits", "input.image_size": 16, "parallel": mode,
+              "eval_batch_size": 40, "batch_size": 32}  # fmt: skip
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GDJAX_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("XLA_FLAGS", None)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                EVAL_WORKER,
+                address,
+                str(pid),
+                str(tmp_path / "out"),
+                json.dumps(fields),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in (0, 1)
+    ]
+    for p in procs:
+        try:
+            log = p.communicate(timeout=240)[0]
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("the two-process evaluation did not finish in 240 s (a hang?)")
+        assert p.returncode == 0, log[-3000:]
+    got = [json.loads((tmp_path / f"out.{pid}.json").read_text()) for pid in (0, 1)]
+    assert got[0]["steps"] == got[1]["steps"] == 9  # ceil(ceil(359 / 2) / 20)
+    one = override(get_config("default"), **{**fields, "parallel": "none"})
+    run = build(one)
+    want = evaluate(run.parallel, run.state, run.test_src, run.eval_tf, 40)
+    for result in (r["result"] for r in got):
+        assert result.keys() == want.keys()
+        for k in want:
+            assert result[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
