@@ -65,9 +65,9 @@ class WorkdirMismatchError(ConfigError):
     """The workdir holds checkpoints that this config's state cannot restore."""
 
 
-def due(step: int, every: int, total: int) -> bool:
-    """The one rule for periodic actions: every ``every`` steps, and at the last step."""
-    return step == total or (every > 0 and step % every == 0)
+def due(step: int, every: int, last: int | None = None) -> bool:
+    """The one rule for periodic actions: every ``every`` steps, and at step ``last``."""
+    return step == last or (every > 0 and step % every == 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def train_and_evaluate(
                     log.restart_clock()
                 summary = log.flush(keep_last=True) if log.due else None
                 progress.step(step, summary, log.interval_rate)
-                if due(step, c.log_every_steps, -1) or step % run.steps_per_epoch == 0:
+                if due(step, c.log_every_steps) or step % run.steps_per_epoch == 0:
                     log.due = True
                 paused = False
                 if due(step, eval_every, total):
@@ -479,12 +479,15 @@ def train_and_evaluate(
                     progress.close()
                     state = evaluator(state, step)
                     paused = True
-                if due(step, c.checkpoint_every_steps, -1) or term.requested:
+                if due(step, c.checkpoint_every_steps) or term.requested:
                     log.flush()
                     save(step)
                     paused = True
                 if term.requested:
-                    print(f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting")
+                    print(
+                        f"SIGTERM: saved step {step} to {checkpointer.directory}; exiting",
+                        flush=True,
+                    )
                     raise SystemExit(143)
                 if paused:
                     log.restart_clock()
