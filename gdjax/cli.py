@@ -26,6 +26,7 @@ import pathlib
 import sys
 import time
 import traceback
+import warnings
 
 from gdjax.configs import PRESETS
 
@@ -266,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_help(command))
         return 0
     verbose = "--verbose" in args
+    # Warnings for a person: one line each, without the source line that raised them.
+    formatwarning = warnings.formatwarning
+    if not verbose:
+        warnings.formatwarning = lambda message, *_, **__: f"gdjax {command}: warning: {message}\n"
     try:
         return _run(command, args, start)
     except KeyboardInterrupt:
@@ -280,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = "" if usage else f"{type(e).__name__}: "
         print(f"gdjax {command}: {kind}{message}{'' if usage else hint}", file=sys.stderr)
         return 2 if usage else 1
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def entry_point() -> None:  # pragma: no cover - the console script
