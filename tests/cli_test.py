@@ -59,6 +59,14 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, 
     assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
 
 
+def test_an_unknown_tfds_name_lists_a_few_close_matches(capsys, tmp_path):
+    args = ["gdjax", "train", f"--workdir={tmp_path}", "--config.dataset=tfds:mnsit"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "tfds:mnsit: no such TFDS dataset" in err and "did you mean" in err and "mnist" in err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 400, err
+
+
 def test_unreadable_archive_is_one_line(capsys, tmp_path):
     bad = tmp_path / "cifar.tar.gz"
     bad.write_bytes(b"not a tarball")
@@ -89,9 +97,12 @@ def test_every_optimizer_runs_from_the_command_line_with_its_defaults(tmp_path, 
 
 
 def _readme_commands() -> list[str]:
+    """Every `gdjax` line of the README's bash blocks and of `gdjax --help`'s examples."""
     blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
-    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
-    return [line for line in lines if line.startswith("gdjax ")]
+    lines = [line for block in blocks for line in block.splitlines()]
+    lines += cli.__doc__.splitlines()
+    lines = [line.split("#")[0].strip() for line in lines]
+    return list(dict.fromkeys(line for line in lines if re.match(r"gdjax( |$)", line)))
 
 
 def test_the_readme_commands_run(tmp_path, capsys, monkeypatch):
@@ -108,8 +119,8 @@ def test_the_readme_commands_run(tmp_path, capsys, monkeypatch):
     # The quickstart's main job (`gdjax train`, capped) makes runs/default for `gdjax eval`.
     assert cli.main(["gdjax", "train", "--config.max_steps=2", "--config.progress=False"]) == 0
     for i, command in enumerate(commands):
-        args = shlex.split(command)[1:]
-        if args[0] == "bench":
+        args = shlex.split(command)[1:] or ["train"]
+        if args[0] == "bench" or "[" in command:  # bench has its own tests; usage lines
             continue
         args = [
             a.replace("/data/cifar-10-python.tar.gz", str(tarball)).replace(

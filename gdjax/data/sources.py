@@ -457,6 +457,15 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
 # TFDS
 
 
+def _tfds_names(tfds: Any) -> list[str]:
+    """The dataset names TFDS has registered (``tfds.list_builders`` would want TensorFlow
+    and print a banner without it)."""
+    try:
+        return list(tfds.core.registered.list_imported_builders())
+    except Exception:  # a tfds without that registry: no suggestions
+        return []
+
+
 class TfdsSource(_Source):
     """A prepared TFDS dataset read through ``tfds`` random-access data sources (no download)."""
 
@@ -470,10 +479,7 @@ class TfdsSource(_Source):
         try:
             builder = tfds.builder(name, data_dir=data_dir)
         except Exception as e:  # tfds raises its own DatasetNotFoundError and friends
-            try:
-                close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
-            except Exception:
-                close = []
+            close = difflib.get_close_matches(name, _tfds_names(tfds), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(
                 f"tfds:{name}: no such TFDS dataset ({type(e).__name__}){hint}"
