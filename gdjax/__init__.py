@@ -7,7 +7,7 @@ their building blocks), the AlexNet model, ``train_and_evaluate`` and the subpac
 
 from gdjax import data, models, optim, train
 from gdjax.models import AlexNet
-from gdjax.optim import adagrad, adam, adamw, alexnet_sgd, momentum, rmsprop, sgd
+from gdjax.optim import adagrad, adam, adamw, alexnet_sgd, lamb, lars, momentum, rmsprop, sgd
 from gdjax.train import train_and_evaluate
 
 __version__ = "0.1.0"
@@ -19,6 +19,8 @@ __all__ = [
     "adamw",
     "alexnet_sgd",
     "data",
+    "lamb",
+    "lars",
     "models",
     "momentum",
     "optim",

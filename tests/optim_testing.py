@@ -80,4 +80,6 @@ def all_optimizers() -> dict:
         "adam": (gdjax.adam, {}),
         "adam_amsgrad": (gdjax.adam, {"amsgrad": True}),
         "adamw": (gdjax.adamw, {}),
+        "lars": (gdjax.lars, {"weight_decay": 1e-3, "trust_coefficient": 0.5}),
+        "lamb": (gdjax.lamb, {"weight_decay": 1e-2}),
     }

@@ -11,15 +11,15 @@ arrays, which is what ``optax.inject_hyperparams`` passes when its ``init`` runs
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-Schedule: TypeAlias = Callable[[jax.Array], jax.typing.ArrayLike]
-ScalarOrSchedule: TypeAlias = float | jax.Array | Schedule
+# optax's own alias (float | jax.Array | Schedule), so signatures read the same as optax's.
+ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 
 def value_at(hyperparam: ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
@@ -81,9 +81,17 @@ def check_range(
         raise ValueError(f"{owner}: {name} must be {expected}, got {shown!r}")
 
 
-def is_zero(value: Any) -> bool:
-    """True only for a plain number equal to zero (arrays and schedules are never 'zero')."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == 0
+def known_zero(value: Any) -> bool:
+    """True when the value is a number or concrete scalar array equal to zero.
+
+    For checks only (``eps`` may be 0 when ``eps_root`` is known positive): an optimizer's
+    structure never depends on a numeric value, which ``inject_hyperparams`` turns into an
+    array (and, under ``jit``, a tracer).
+    """
+    if value is None or callable(value) or isinstance(value, jax.core.Tracer):
+        return False
+    number = _as_python_number("", "", value)
+    return number is not None and number == 0
 
 
 def compute_dtype(*dtypes: Any) -> jnp.dtype:

@@ -34,15 +34,19 @@ __all__ = [
     "ScaleByAdagradState",
     "ScaleByAdamState",
     "ScaleByAmsgradState",
-    "ScaleByCenteredRmsState",
     "ScaleByLearningRateState",
     "ScaleByRmsState",
+    "ScaleByStddevState",
+    "ScaleByTrustRatioState",
     "TraceState",
     "add_decayed_weights",
     "scale_by_adagrad",
     "scale_by_adam",
+    "scale_by_amsgrad",
     "scale_by_learning_rate",
     "scale_by_rms",
+    "scale_by_stddev",
+    "scale_by_trust_ratio",
     "trace",
 ]
 
@@ -57,6 +61,8 @@ def _increment(count: jax.Array) -> jax.Array:
 
 
 def _tree_zeros(params: Any, dtype: Any = None, fill: ScalarOrSchedule = 0.0) -> Any:
+    fill = _hparams.value_at(fill, _zeros())  # a schedule is read at step 0
+
     def make(p: jax.Array) -> jax.Array:
         return jnp.full(jnp.shape(p), fill, dtype=jnp.result_type(p) if dtype is None else dtype)
 
@@ -79,6 +85,9 @@ def scale_by_learning_rate(
     Args:
       learning_rate: :math:`\eta \ge 0`, a number or a schedule of the 0-based step.
       flip_sign: negate (the default) so that ``optax.apply_updates`` descends.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByLearningRateState`.
     """
     _hparams.check_range("scale_by_learning_rate", "learning_rate", learning_rate, low=0.0)
     sign = -1.0 if flip_sign else 1.0
@@ -121,6 +130,10 @@ def add_decayed_weights(
       weight_decay: :math:`\lambda \ge 0`, a number or a schedule.
       mask: optional pytree of booleans (or a function ``params -> pytree``) choosing the
         leaves that decay, applied with ``optax.masked``.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`AddDecayedWeightsState`
+      (inside ``optax.MaskedState`` when ``mask`` is given).
     """
     _hparams.check_range("add_decayed_weights", "weight_decay", weight_decay, low=0.0)
 
@@ -175,6 +188,9 @@ def trace(
       nesterov: use Nesterov's momentum (Sutskever et al., 2013).
       accumulator_dtype: dtype of the velocity (e.g. ``jnp.bfloat16`` on a TPU); ``None``
         keeps each parameter's dtype.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`TraceState`.
     """
     _hparams.check_range("trace", "decay", decay, low=0.0, high=1.0)
     if not isinstance(nesterov, bool):
@@ -209,7 +225,7 @@ class ScaleByAdagradState(NamedTuple):
 
 
 def scale_by_adagrad(
-    initial_accumulator_value: float = 0.0,
+    initial_accumulator_value: ScalarOrSchedule = 0.0,
     eps: ScalarOrSchedule = 1e-10,
     eps_in_sqrt: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
@@ -228,6 +244,9 @@ def scale_by_adagrad(
       initial_accumulator_value: :math:`G_0 \ge 0`.
       eps: :math:`\epsilon > 0` (PyTorch's default; the paper leaves it unspecified).
       eps_in_sqrt: add ``eps`` under the square root instead of after it.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByAdagradState`.
     """
     _hparams.check_range(
         "scale_by_adagrad", "initial_accumulator_value", initial_accumulator_value, low=0.0
@@ -265,74 +284,122 @@ class ScaleByRmsState(NamedTuple):
     nu: Any
 
 
-class ScaleByCenteredRmsState(NamedTuple):
-    """State of centered :func:`scale_by_rms`: adds ``mu``, the average of the gradients."""
+class ScaleByStddevState(NamedTuple):
+    """State of :func:`scale_by_stddev`: step counter, average gradient and average square."""
 
     count: jax.Array
     mu: Any
     nu: Any
 
 
+def _check_rms(owner: str, decay: Any, eps: Any, initial_scale: Any) -> None:
+    _hparams.check_range(owner, "decay", decay, low=0.0, high=1.0)
+    _hparams.check_range(owner, "eps", eps, low=0.0, low_inclusive=False)
+    _hparams.check_range(owner, "initial_scale", initial_scale, low=0.0)
+
+
+def _rms_leaf(g, n, m, rho, e, eps_in_sqrt: bool, centered: bool):
+    """One leaf of RMSProp: new update, new ``nu`` and (centered) new ``mu``."""
+    dt = _hparams.compute_dtype(g, n, *(() if m is None else (m,)))
+    g32, r, e32 = g.astype(dt), jnp.asarray(rho, dt), jnp.asarray(e, dt)
+    n_new = r * n.astype(dt) + (1 - r) * g32 * g32
+    s, m_new = n_new, None
+    if centered:
+        m_new = r * m.astype(dt) + (1 - r) * g32
+        s = jnp.maximum(n_new - m_new * m_new, 0)  # clip round-off below zero
+    u = g32 * jax.lax.rsqrt(s + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s) + e32)
+    return u.astype(g.dtype), n_new.astype(n.dtype), None if m is None else m_new.astype(m.dtype)
+
+
 def scale_by_rms(
     decay: ScalarOrSchedule = 0.9,
     eps: ScalarOrSchedule = 1e-8,
     eps_in_sqrt: bool = False,
-    centered: bool = False,
-    initial_scale: float = 0.0,
+    initial_scale: ScalarOrSchedule = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Rescale by a moving root mean square of the gradients (RMSProp; Tieleman & Hinton, 2012).
 
     .. math::
        \nu_t = \rho\,\nu_{t-1} + (1-\rho)\, g_t^2, \qquad
-       m_t = \rho\, m_{t-1} + (1-\rho)\, g_t \ \text{(centered only)}, \\
-       s_t = \nu_t - m_t^2 \ \text{(centered) or } \nu_t, \qquad
-       u_t = \frac{g_t}{\sqrt{s_t} + \epsilon}
-       \ \text{or, with ``eps_in_sqrt``,}\ \frac{g_t}{\sqrt{s_t + \epsilon}}
+       u_t = \frac{g_t}{\sqrt{\nu_t} + \epsilon}
+       \ \text{or, with ``eps_in_sqrt``,}\ \frac{g_t}{\sqrt{\nu_t + \epsilon}}
 
-    with :math:`\nu_0` = ``initial_scale`` and :math:`m_0 = 0`. The centered variant is Graves
-    (2013). ``eps`` outside the root is PyTorch's ``RMSprop``; optax's ``rmsprop`` puts it
-    inside (``eps_in_sqrt=True``). :math:`s_t` is clipped at 0 against round-off.
+    with :math:`\nu_0` = ``initial_scale``. ``eps`` outside the root is PyTorch's ``RMSprop``;
+    optax's ``scale_by_rms`` puts it inside (``eps_in_sqrt=True``). The centered variant is
+    its own block, :func:`scale_by_stddev`.
 
     Args:
       decay: :math:`\rho \in [0, 1)`; 0.9 is the lecture's value (PyTorch uses 0.99).
       eps: :math:`\epsilon > 0` (PyTorch's default 1e-8).
       eps_in_sqrt: add ``eps`` under the square root instead of after it.
-      centered: divide by an estimate of the standard deviation instead of the RMS.
-      initial_scale: :math:`\nu_0 \ge 0`.
-    """
-    _hparams.check_range("scale_by_rms", "decay", decay, low=0.0, high=1.0)
-    _hparams.check_range("scale_by_rms", "eps", eps, low=0.0, low_inclusive=False)
-    _hparams.check_range("scale_by_rms", "initial_scale", initial_scale, low=0.0)
+      initial_scale: :math:`\nu_0 \ge 0` (read once, by ``init``).
 
-    def init_fn(params: Any) -> ScaleByRmsState | ScaleByCenteredRmsState:
-        nu = _tree_zeros(params, fill=initial_scale)
-        if centered:
-            return ScaleByCenteredRmsState(count=_zeros(), mu=_tree_zeros(params), nu=nu)
-        return ScaleByRmsState(count=_zeros(), nu=nu)
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByRmsState`.
+    """
+    _check_rms("scale_by_rms", decay, eps, initial_scale)
+
+    def init_fn(params: Any) -> ScaleByRmsState:
+        return ScaleByRmsState(count=_zeros(), nu=_tree_zeros(params, fill=initial_scale))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         rho, e = _hparams.value_at(decay, state.count), _hparams.value_at(eps, state.count)
-        # Without centering, `nu` stands in for `mu` so that one tree.map serves both cases.
-        mus = state.mu if centered else state.nu
 
-        def leaf(g: jax.Array, n: jax.Array, m: jax.Array):
-            dt = _hparams.compute_dtype(g, n, m)
-            g32, r, e32 = g.astype(dt), jnp.asarray(rho, dt), jnp.asarray(e, dt)
-            n_new = r * n.astype(dt) + (1 - r) * g32 * g32
-            s, m_new = n_new, m
-            if centered:
-                m_new = r * m.astype(dt) + (1 - r) * g32
-                s = jnp.maximum(n_new - m_new * m_new, 0)
-            u = g32 * jax.lax.rsqrt(s + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s) + e32)
-            return u.astype(g.dtype), n_new.astype(n.dtype), m_new.astype(m.dtype)
+        def leaf(g, n):
+            return _rms_leaf(g, n, None, rho, e, eps_in_sqrt, centered=False)[:2]
 
-        triples = jax.tree.map(leaf, updates, state.nu, mus)
+        new_updates, new_nu = _unzip(jax.tree.map(leaf, updates, state.nu), updates)
+        return new_updates, ScaleByRmsState(count=_increment(state.count), nu=new_nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_stddev(
+    decay: ScalarOrSchedule = 0.9,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_in_sqrt: bool = False,
+    initial_scale: ScalarOrSchedule = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Rescale by a moving estimate of the gradients' standard deviation (centered RMSProp).
+
+    .. math::
+       \nu_t = \rho\,\nu_{t-1} + (1-\rho)\, g_t^2, \qquad
+       m_t = \rho\, m_{t-1} + (1-\rho)\, g_t, \\
+       s_t = \max(\nu_t - m_t^2, 0), \qquad
+       u_t = \frac{g_t}{\sqrt{s_t} + \epsilon}
+       \ \text{or, with ``eps_in_sqrt``,}\ \frac{g_t}{\sqrt{s_t + \epsilon}}
+
+    with :math:`\nu_0` = ``initial_scale`` and :math:`m_0 = 0` (Graves, 2013, eq. 38-41; the
+    max clips round-off below zero). PyTorch: ``RMSprop(centered=True)``; optax:
+    ``scale_by_stddev`` (``eps_in_sqrt=True``).
+
+    Args:
+      decay: :math:`\rho \in [0, 1)`.
+      eps: :math:`\epsilon > 0`.
+      eps_in_sqrt: add ``eps`` under the square root instead of after it.
+      initial_scale: :math:`\nu_0 \ge 0` (read once, by ``init``).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByStddevState`.
+    """
+    _check_rms("scale_by_stddev", decay, eps, initial_scale)
+
+    def init_fn(params: Any) -> ScaleByStddevState:
+        nu = _tree_zeros(params, fill=initial_scale)
+        return ScaleByStddevState(count=_zeros(), mu=_tree_zeros(params), nu=nu)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        rho, e = _hparams.value_at(decay, state.count), _hparams.value_at(eps, state.count)
+
+        def leaf(g, n, m):
+            return _rms_leaf(g, n, m, rho, e, eps_in_sqrt, centered=True)
+
+        triples = jax.tree.map(leaf, updates, state.nu, state.mu)
         new_updates, new_nu, new_mu = _unzip(triples, updates, n=3)
         count = _increment(state.count)
-        if centered:
-            return new_updates, ScaleByCenteredRmsState(count=count, mu=new_mu, nu=new_nu)
-        return new_updates, ScaleByRmsState(count=count, nu=new_nu)
+        return new_updates, ScaleByStddevState(count=count, mu=new_mu, nu=new_nu)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -346,12 +413,41 @@ class ScaleByAdamState(NamedTuple):
 
 
 class ScaleByAmsgradState(NamedTuple):
-    """State of :func:`scale_by_adam` with ``amsgrad``: adds the running maximum of ``nu``."""
+    """State of :func:`scale_by_amsgrad`: Adam's, plus the running maximum of ``nu``."""
 
     count: jax.Array
     mu: Any
     nu: Any
     nu_max: Any
+
+
+def _check_adam(owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
+    _hparams.check_range(owner, "b1", b1, low=0.0, high=1.0)
+    _hparams.check_range(owner, "b2", b2, low=0.0, high=1.0)
+    _hparams.check_range(owner, "eps_root", eps_root, low=0.0)
+    # eps may be 0 unless eps_root is known to be 0: the root is then never 0.
+    _hparams.check_range(
+        owner, "eps", eps, low=0.0, low_inclusive=not _hparams.known_zero(eps_root)
+    )
+
+
+def _adam_leaf(g, m, v, vmax, hp, t):
+    """One leaf of Adam (``vmax`` None) or AMSGrad: update, new ``mu``, ``nu``, ``nu_max``."""
+    dt = _hparams.compute_dtype(g, m, v)
+    beta1, beta2, e, e_root = (jnp.asarray(h, dt) for h in hp)
+    g32, step = g.astype(dt), t.astype(dt)
+    m_new = beta1 * m.astype(dt) + (1 - beta1) * g32
+    v_new = beta2 * v.astype(dt) + (1 - beta2) * g32 * g32
+    vmax_new = v_new if vmax is None else jnp.maximum(vmax.astype(dt), v_new)
+    m_hat = m_new / (1 - beta1**step)
+    v_hat = vmax_new / (1 - beta2**step)
+    u = m_hat / (jnp.sqrt(v_hat + e_root) + e)
+    return (
+        u.astype(g.dtype),
+        m_new.astype(m.dtype),
+        v_new.astype(v.dtype),
+        None if vmax is None else vmax_new.astype(vmax.dtype),
+    )
 
 
 def scale_by_adam(
@@ -360,7 +456,6 @@ def scale_by_adam(
     eps: ScalarOrSchedule = 1e-8,
     eps_root: ScalarOrSchedule = 0.0,
     mu_dtype: Any = None,
-    amsgrad: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Rescale by Adam's bias-corrected moment estimates (Kingma & Ba, 2015, Algorithm 1).
 
@@ -371,10 +466,7 @@ def scale_by_adam(
        \hat v_t = \frac{v_t}{1-\beta_2^t}, \qquad
        u_t = \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon}
 
-    With ``amsgrad`` (Reddi et al., 2018) the running maximum :math:`v^{max}_t =
-    \max(v^{max}_{t-1}, v_t)` replaces :math:`v_t` before bias correction. That is PyTorch's
-    (and Keras') convention; optax's ``amsgrad`` takes the maximum of the bias-corrected
-    :math:`\hat v_t` instead, which differs during the first steps.
+    AMSGrad is its own block, :func:`scale_by_amsgrad`.
 
     Args:
       b1: :math:`\beta_1 \in [0, 1)` (paper: 0.9).
@@ -384,51 +476,146 @@ def scale_by_adam(
         the gradient of the update finite for meta-learning).
       mu_dtype: dtype of the first moment (e.g. ``jnp.bfloat16``); ``None`` keeps each
         parameter's dtype. The second moment always keeps the parameter's dtype.
-      amsgrad: use the running maximum of the second moment.
-    """
-    _hparams.check_range("scale_by_adam", "b1", b1, low=0.0, high=1.0)
-    _hparams.check_range("scale_by_adam", "b2", b2, low=0.0, high=1.0)
-    _hparams.check_range("scale_by_adam", "eps_root", eps_root, low=0.0)
-    # eps may be 0 when eps_root > 0 (or is an array/schedule): the root is then never 0.
-    _hparams.check_range(
-        "scale_by_adam", "eps", eps, low=0.0, low_inclusive=not _hparams.is_zero(eps_root)
-    )
 
-    def init_fn(params: Any) -> ScaleByAdamState | ScaleByAmsgradState:
-        mu, nu = _tree_zeros(params, mu_dtype), _tree_zeros(params)
-        if amsgrad:
-            return ScaleByAmsgradState(count=_zeros(), mu=mu, nu=nu, nu_max=_tree_zeros(params))
-        return ScaleByAdamState(count=_zeros(), mu=mu, nu=nu)
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByAdamState`.
+    """
+    _check_adam("scale_by_adam", b1, b2, eps, eps_root)
+
+    def init_fn(params: Any) -> ScaleByAdamState:
+        return ScaleByAdamState(
+            count=_zeros(), mu=_tree_zeros(params, mu_dtype), nu=_tree_zeros(params)
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         hp = [_hparams.value_at(h, state.count) for h in (b1, b2, eps, eps_root)]
         t = _increment(state.count)
-        # Without AMSGrad, `nu` stands in for `nu_max` so that one tree.map serves both cases.
-        maxes = state.nu_max if amsgrad else state.nu
 
-        def leaf(g: jax.Array, m: jax.Array, v: jax.Array, vmax: jax.Array):
-            dt = _hparams.compute_dtype(g, m, v)
-            beta1, beta2, e, e_root = (jnp.asarray(h, dt) for h in hp)
-            g32, step = g.astype(dt), t.astype(dt)
-            m_new = beta1 * m.astype(dt) + (1 - beta1) * g32
-            v_new = beta2 * v.astype(dt) + (1 - beta2) * g32 * g32
-            vmax_new = jnp.maximum(vmax.astype(dt), v_new) if amsgrad else v_new
-            m_hat = m_new / (1 - beta1**step)
-            v_hat = vmax_new / (1 - beta2**step)
-            u = m_hat / (jnp.sqrt(v_hat + e_root) + e)
-            return (
-                u.astype(g.dtype),
-                m_new.astype(m.dtype),
-                v_new.astype(v.dtype),
-                vmax_new.astype(vmax.dtype),
-            )
+        def leaf(g, m, v):
+            return _adam_leaf(g, m, v, None, hp, t)[:3]
 
-        quads = jax.tree.map(leaf, updates, state.mu, state.nu, maxes)
-        new_updates, mu, nu, nu_max = _unzip(quads, updates, n=4)
-        if amsgrad:
-            return new_updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
+        triples = jax.tree.map(leaf, updates, state.mu, state.nu)
+        new_updates, mu, nu = _unzip(triples, updates, n=3)
         return new_updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_amsgrad(
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Adam with the running maximum of the second moment (AMSGrad; Reddi et al., 2018).
+
+    .. math::
+       v^{max}_t = \max(v^{max}_{t-1}, v_t), \qquad
+       u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{v^{max}_t / (1-\beta_2^t) + \epsilon_{root}}
+       + \epsilon}
+
+    with :math:`m_t, v_t` as in :func:`scale_by_adam`. The maximum is taken of the raw
+    :math:`v_t`, before bias correction: PyTorch's (and Keras') convention. optax's
+    ``scale_by_amsgrad`` takes it of the bias-corrected :math:`\hat v_t`, which differs during
+    the first steps.
+
+    Args:
+      b1, b2, eps, eps_root, mu_dtype: as for :func:`scale_by_adam`.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByAmsgradState`.
+    """
+    _check_adam("scale_by_amsgrad", b1, b2, eps, eps_root)
+
+    def init_fn(params: Any) -> ScaleByAmsgradState:
+        mu, nu = _tree_zeros(params, mu_dtype), _tree_zeros(params)
+        return ScaleByAmsgradState(count=_zeros(), mu=mu, nu=nu, nu_max=_tree_zeros(params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        hp = [_hparams.value_at(h, state.count) for h in (b1, b2, eps, eps_root)]
+        t = _increment(state.count)
+
+        def leaf(g, m, v, vmax):
+            return _adam_leaf(g, m, v, vmax, hp, t)
+
+        quads = jax.tree.map(leaf, updates, state.mu, state.nu, state.nu_max)
+        new_updates, mu, nu, nu_max = _unzip(quads, updates, n=4)
+        return new_updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class ScaleByTrustRatioState(NamedTuple):
+    """State of :func:`scale_by_trust_ratio`: the step counter that drives schedules."""
+
+    count: jax.Array
+
+
+def _norm(x: jax.Array) -> jax.Array:
+    """Euclidean norm of all entries, with a gradient of 0 (not NaN) at 0."""
+    sq = jnp.sum(x * x)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
+
+
+def scale_by_trust_ratio(
+    min_norm: ScalarOrSchedule = 0.0,
+    trust_coefficient: ScalarOrSchedule = 1.0,
+    eps: ScalarOrSchedule = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Rescale each leaf (layer) by its trust ratio, as LARS and LAMB do.
+
+    .. math::
+       r_t = \frac{c\, \max(\lVert w_{t-1} \rVert, n_{min})}
+                  {\max(\lVert g_t \rVert, n_{min}) + \epsilon}, \qquad
+       u_t = r_t\, g_t, \qquad r_t = 1 \text{ when either norm is } 0
+
+    with norms over each leaf's entries. LARS (You, Gitman & Ginsburg, 2017, eq. 6) uses
+    :math:`c` = 0.001 on the weight-decayed gradient; LAMB (You et al., 2020, Algorithm 2,
+    with :math:`\phi` the identity) :math:`c = 1` on Adam's direction plus the decay. The
+    zero-norm safeguard keeps a zero-initialised layer (biases) or a zero gradient from a
+    ratio of 0 or 0/0: the step is then left as given. Same rule as optax's
+    ``scale_by_trust_ratio``. Needs ``params``.
+
+    Args:
+      min_norm: :math:`n_{min} \ge 0`, a floor on both norms (0: none).
+      trust_coefficient: :math:`c \ge 0`.
+      eps: :math:`\epsilon \ge 0` added to the update's norm.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByTrustRatioState`.
+    """
+    owner = "scale_by_trust_ratio"
+    _hparams.check_range(owner, "min_norm", min_norm, low=0.0)
+    _hparams.check_range(owner, "trust_coefficient", trust_coefficient, low=0.0)
+    _hparams.check_range(owner, "eps", eps, low=0.0)
+
+    def init_fn(params: Any) -> ScaleByTrustRatioState:
+        del params
+        return ScaleByTrustRatioState(count=_zeros())
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(
+                "scale_by_trust_ratio: update() needs params (call update(grads, state, params))"
+            )
+        hp = [_hparams.value_at(h, state.count) for h in (min_norm, trust_coefficient, eps)]
+
+        def leaf(g: jax.Array, p: jax.Array) -> jax.Array:
+            dt = _hparams.compute_dtype(g, p)
+            floor, c, e = (jnp.asarray(h, dt) for h in hp)
+            g32 = g.astype(dt)
+            p_norm = jnp.maximum(_norm(p.astype(dt)), floor)
+            g_norm = jnp.maximum(_norm(g32), floor)
+            ratio = jnp.where((p_norm == 0) | (g_norm == 0), 1, c * p_norm / (g_norm + e))
+            return (ratio.astype(dt) * g32).astype(g.dtype)
+
+        updates = jax.tree.map(leaf, updates, params)
+        return updates, ScaleByTrustRatioState(count=_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -81,6 +81,24 @@ OPTAX_CASES = {
         lambda lr: gdjax.adamw(lr, weight_decay=0.1, mask=_decay_mask),
         lambda lr: optax.adamw(lr, weight_decay=0.1, mask=_decay_mask),
     ),
+    # LARS and LAMB: optax's defaults, then masks (kernels only) with every other argument set.
+    "lars": (
+        lambda lr: gdjax.lars(lr, trust_coefficient=0.5),
+        lambda lr: optax.lars(lr, trust_coefficient=0.5),
+    ),
+    "lars_masks_nesterov": (
+        lambda lr: gdjax.lars(
+            lr, 1e-2, _decay_mask, 0.5, 1e-8, _decay_mask, momentum=0.8, nesterov=True
+        ),
+        lambda lr: optax.lars(
+            lr, 1e-2, _decay_mask, 0.5, 1e-8, _decay_mask, momentum=0.8, nesterov=True
+        ),
+    ),
+    "lamb": (gdjax.lamb, optax.lamb),
+    "lamb_mask": (
+        lambda lr: gdjax.lamb(lr, 0.8, 0.99, 1e-7, 1e-9, weight_decay=0.1, mask=_decay_mask),
+        lambda lr: optax.lamb(lr, 0.8, 0.99, 1e-7, 1e-9, weight_decay=0.1, mask=_decay_mask),
+    ),
 }
 
 
@@ -261,3 +279,113 @@ def test_alexnet_sgd_and_momentum_differ_only_after_the_lr_drop():
     pytorch_style = trajectory(gdjax.momentum(lr_at, 0.9, weight_decay=5e-4), params, noise)
     assert max_rel_diff(paper[:DROP_AT], pytorch_style[:DROP_AT]) < 1e-12
     assert max_rel_diff(paper[DROP_AT:], pytorch_style[DROP_AT:]) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# LARS and LAMB: the papers' algorithm boxes, transcribed in numpy float64.
+
+
+def _norm64(x):
+    return float(np.sqrt(np.sum(np.square(x))))
+
+
+def _paper_lars(params, noise_list, lr_at, eta, beta, m):
+    """You, Gitman & Ginsburg (2017), Algorithm 1, per layer l:
+    lambda = eta ||w|| / (||g|| + beta ||w||);  v <- m v + gamma_t lambda (g + beta w);  w <- w - v.
+    """
+    w = jax.tree.map(lambda x: np.array(x, np.float64), params)
+    v = jax.tree.map(np.zeros_like, w)
+    out = []
+    for t, noise in enumerate(noise_list):
+        g = jax.tree.map(lambda wi, n: n + 0.5 * wi, w, noise)
+
+        def local_lr(wi, gi):
+            return eta * _norm64(wi) / (_norm64(gi) + beta * _norm64(wi))
+
+        v = jax.tree.map(
+            lambda vi, wi, gi: m * vi + lr_at(t) * local_lr(wi, gi) * (gi + beta * wi), v, w, g
+        )
+        w = jax.tree.map(lambda wi, vi: wi - vi, w, v)
+        out.append(w)
+    return out
+
+
+def _paper_lamb(params, noise_list, lr_at, b1, b2, eps, lam):
+    """You et al. (2020), Algorithm 2 with phi the identity, per layer i:
+    m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  m^ = m/(1-b1^t);  v^ = v/(1-b2^t);
+    r = m^/(sqrt(v^) + eps);  x <- x - eta_t ||x|| / ||r + lam x|| (r + lam x).
+    """
+    x = jax.tree.map(lambda a: np.array(a, np.float64), params)
+    m = jax.tree.map(np.zeros_like, x)
+    v = jax.tree.map(np.zeros_like, x)
+    out = []
+    for t, noise in enumerate(noise_list, start=1):
+        g = jax.tree.map(lambda xi, n: n + 0.5 * xi, x, noise)
+        m = jax.tree.map(lambda mi, gi: b1 * mi + (1 - b1) * gi, m, g)
+        v = jax.tree.map(lambda vi, gi: b2 * vi + (1 - b2) * gi * gi, v, g)
+
+        def step(xi, mi, vi):
+            r = (mi / (1 - b1**t)) / (np.sqrt(vi / (1 - b2**t)) + eps)
+            d = r + lam * xi
+            return xi - lr_at(t - 1) * _norm64(xi) / _norm64(d) * d
+
+        x = jax.tree.map(step, x, m, v)
+        out.append(x)
+    return out
+
+
+def _polynomial_decay(gamma0):
+    """The paper's gamma_t = gamma0 (1 - t/T)^2, in float64 (optax's schedules are float32)."""
+    return lambda t: gamma0 * (1.0 - jnp.asarray(t, jnp.float64) / STEPS) ** 2
+
+
+@pytest.mark.usefixtures("x64")
+def test_lars_is_the_papers_algorithm():
+    """Without weight decay our ratio and the paper's are the same, with the paper's
+    polynomial decay of the global rate as the schedule."""
+    params, noise = mixed_tree(0, np.float64), noises(STEPS, dtype=np.float64)
+    gamma = _polynomial_decay(2.0)
+    want = _paper_lars(params, noise, gamma, eta=0.01, beta=0.0, m=0.9)
+    got = trajectory(gdjax.lars(gamma, trust_coefficient=0.01, momentum=0.9), params, noise)
+    assert max_rel_diff(want[-1], params) > 1e-2
+    assert max_rel_diff(got, want) < 1e-12
+
+
+@pytest.mark.usefixtures("x64")
+def test_lars_with_weight_decay_differs_from_the_paper_only_in_the_ratios_denominator():
+    """The paper divides by ||g|| + beta ||w||, optax (and we) by ||g + beta w||: never larger,
+    so our ratio is never smaller; with beta = 5e-4 the trajectories stay within 1e-3."""
+    params, noise = mixed_tree(0, np.float64), noises(STEPS, dtype=np.float64)
+    gamma = _polynomial_decay(2.0)
+    paper = _paper_lars(params, noise, gamma, eta=0.01, beta=5e-4, m=0.9)
+    ours = trajectory(gdjax.lars(gamma, 5e-4, trust_coefficient=0.01), params, noise)
+    assert 0 < max_rel_diff(ours, paper) < 1e-3
+
+
+@pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("schedule", [False, True], ids=["constant", "schedule"])
+def test_lamb_is_the_papers_algorithm(schedule):
+    params, noise = mixed_tree(0, np.float64), noises(STEPS, dtype=np.float64)
+    lr = SCHEDULE if schedule else 0.01
+    lr_at = SCHEDULE if schedule else (lambda t: 0.01)
+    want = _paper_lamb(params, noise, lr_at, b1=0.9, b2=0.999, eps=1e-6, lam=0.01)
+    got = trajectory(gdjax.lamb(lr, weight_decay=0.01), params, noise)
+    assert max_rel_diff(want[-1], params) > 1e-2
+    assert max_rel_diff(got, want) < 1e-12
+
+
+def test_trust_ratio_safeguards_match_optax_on_zero_norms():
+    """A zero layer (fresh biases) or a zero gradient keeps the step as given (ratio 1)."""
+    params = {"zero_w": jnp.zeros(3), "w": jnp.array([3.0, 4.0]), "w2": jnp.array([1.0, 0.0])}
+    grads = {"zero_w": jnp.array([1.0, 2.0, 2.0]), "w": jnp.array([0.0, 0.5]), "w2": jnp.zeros(2)}
+    ours = gdjax.optim.scale_by_trust_ratio(trust_coefficient=0.1)
+    theirs = optax.scale_by_trust_ratio(trust_coefficient=0.1)
+    got, _ = ours.update(grads, ours.init(params), params)
+    want, _ = theirs.update(grads, theirs.init(params), params)
+    np.testing.assert_allclose(got["zero_w"], grads["zero_w"])  # ratio 1
+    np.testing.assert_allclose(got["w"], [0.0, 0.1 * 5.0 / 0.5 * 0.5])  # c ||w|| / ||g|| g
+    np.testing.assert_array_equal(got["w2"], 0.0)
+    jax.tree.map(np.testing.assert_allclose, got, want)
+    # and the gradient of the update through a zero norm is finite (meta-learning)
+    jac = jax.grad(lambda p: jnp.sum(ours.update(grads, ours.init(p), p)[0]["zero_w"]))(params)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(jac))

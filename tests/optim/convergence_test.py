@@ -42,6 +42,8 @@ QUADRATIC = {
     "rmsprop": (gdjax.rmsprop(optax.cosine_decay_schedule(0.05, 1000)), 1000),
     "adam": (gdjax.adam(0.05), 500),
     "adamw": (gdjax.adamw(0.05, weight_decay=0.0), 500),
+    "lars": (gdjax.lars(0.05, trust_coefficient=0.1), 500),
+    "lamb": (gdjax.lamb(optax.cosine_decay_schedule(0.05, 2000)), 2000),
 }
 
 ROSENBROCK = {
@@ -57,6 +59,8 @@ ROSENBROCK = {
     ),
     "adam": (gdjax.adam(0.05), 5000),
     "adamw": (gdjax.adamw(0.05, weight_decay=0.0), 5000),
+    "lars": (gdjax.lars(optax.cosine_decay_schedule(0.005, 5000), trust_coefficient=1.0), 5000),
+    "lamb": (gdjax.lamb(optax.cosine_decay_schedule(0.025, 5000)), 5000),
 }
 
 
