@@ -50,14 +50,23 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("num_steps", 0, "training length in optimizer steps; > 0 overrides num_epochs"),
     ("max_steps", 0, "> 0 caps the run at this many steps (smoke tests)"),
     ("optimizer.name", "momentum", "sgd | momentum | alexnet_sgd | adagrad | rmsprop | adam | "
-     "adamw"),
-    ("optimizer.learning_rate", 0.01, "the learning rate (the peak of a schedule), >= 0"),
+     "adamw | lars | lamb (both exempt biases from weight decay, lars also from its trust ratio)"),
+    ("optimizer.learning_rate", 0.01, "the learning rate (the peak of a schedule), >= 0; with "
+     "reference_batch_size, the rate for that batch size"),
+    ("optimizer.reference_batch_size", 0, "> 0: learning_rate is given for this global batch "
+     "and scaled to batch_size (times grad_accum_steps) by lr_scaling; 0: used as given"),
+    ("optimizer.lr_scaling", "linear", "how the rate follows the batch: linear (Goyal et al. "
+     "2017, for SGD and LARS) | sqrt (You et al. 2020, for LAMB)"),
     ("optimizer.hparams.momentum", placeholder(float), "momentum, in [0, 1)"),
     ("optimizer.hparams.nesterov", placeholder(bool), "Nesterov momentum"),
     ("optimizer.hparams.weight_decay", placeholder(float), "weight decay, >= 0"),
-    ("optimizer.hparams.b1", placeholder(float), "adam/adamw: first-moment decay, in [0, 1)"),
-    ("optimizer.hparams.b2", placeholder(float), "adam/adamw: second-moment decay, in [0, 1)"),
-    ("optimizer.hparams.eps", placeholder(float), "the denominator's epsilon, > 0"),
+    ("optimizer.hparams.b1", placeholder(float), "adam/adamw/lamb: first-moment decay, in "
+     "[0, 1)"),
+    ("optimizer.hparams.b2", placeholder(float), "adam/adamw/lamb: second-moment decay, in "
+     "[0, 1)"),
+    ("optimizer.hparams.eps", placeholder(float), "the denominator's epsilon (> 0; lars: >= 0)"),
+    ("optimizer.hparams.trust_coefficient", placeholder(float), "lars: c in the layer's rate "
+     "c |w| / |g + weight_decay w|, >= 0 (default 0.001)"),
     ("optimizer.hparams.decay", placeholder(float), "rmsprop: the squares' decay, in [0, 1)"),
     ("optimizer.hparams.centered", placeholder(bool), "rmsprop: centred variant"),
     ("optimizer.hparams.amsgrad", placeholder(bool), "adam/adamw: AMSGrad maximum"),
@@ -75,7 +84,8 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("schedule.threshold", 1e-3, "plateau: the smallest fall of test error that counts"),
     ("schedule.min_learning_rate", 0.0, "plateau: no drop below this"),
     ("schedule.step_epochs", (30, 60, 90), "step: epochs at which the rate drops"),
-    ("schedule.warmup_epochs", 0.0, "cosine: linear warm-up from 0, in epochs"),
+    ("schedule.warmup_epochs", 0.0, "constant, step, cosine: linear warm-up from 0 to the "
+     "(scaled) rate over this many epochs"),
     ("label_smoothing", 0.0, "label smoothing of the training loss, in [0, 1)"),
     ("l2", 0.0, "weight decay through the loss (l2/2 |w|^2 over kernels), >= 0"),
     ("mixed_precision", False, "bfloat16 compute with float32 parameters and optimizer state"),

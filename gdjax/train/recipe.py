@@ -26,7 +26,9 @@ __all__ = [
     "SCHEDULES",
     "Plateau",
     "current_learning_rate",
+    "learning_rate_schedule",
     "make_optimizer",
+    "matrices_only",
     "scale_learning_rate",
 ]
 
@@ -38,9 +40,61 @@ OPTIMIZERS = {
     "rmsprop": optim.rmsprop,
     "adam": optim.adam,
     "adamw": optim.adamw,
+    "lars": optim.lars,
+    "lamb": optim.lamb,
 }
 SCHEDULES = ("constant", "plateau", "step", "cosine")
 AUGMENTS = ("small", "alexnet", "none")
+LR_SCALINGS = ("linear", "sqrt")
+# The large-batch optimizers' masks, as the papers' recipes use them: LARS gives biases and
+# other 1-D parameters neither weight decay nor a trust ratio (a plain momentum step), LAMB
+# no weight decay.
+LAYER_MASKS = {"lars": ("weight_decay_mask", "trust_ratio_mask"), "lamb": ("mask",)}
+
+
+def matrices_only(params: Any) -> Any:
+    """``True`` for the leaves with two or more axes (kernels), ``False`` for biases."""
+    return jax.tree.map(lambda p: np.ndim(p) > 1, params)
+
+
+def scaled_learning_rate(c: ml_collections.ConfigDict) -> float:
+    """``optimizer.learning_rate`` scaled from ``optimizer.reference_batch_size`` to the run's
+    global ``batch_size`` (times the accumulation steps): linearly (Goyal et al., 2017) or by
+    the square root (You et al., 2020, for LAMB). Unchanged when the reference is 0."""
+    reference = c.optimizer.reference_batch_size
+    if not reference:
+        return c.optimizer.learning_rate
+    ratio = c.batch_size * c.optimizer.grad_accum_steps / reference
+    return c.optimizer.learning_rate * (ratio if c.optimizer.lr_scaling == "linear" else ratio**0.5)
+
+
+def learning_rate_schedule(
+    c: ml_collections.ConfigDict, updates_per_epoch: int, total_updates: int
+) -> float | optax.Schedule:
+    """The run's learning rate: the scaled peak (:func:`scaled_learning_rate`), a linear
+    warm-up from 0 over ``schedule.warmup_epochs``, then the schedule of ``schedule.name``
+    (steps of ``step`` counted from the start of the run, cosine decaying after the warm-up).
+    ``plateau`` and ``constant`` keep the peak (plateau drops it by rescaling the state)."""
+    peak = scaled_learning_rate(c)
+    warmup = round(c.schedule.warmup_epochs * updates_per_epoch)
+    name = c.schedule.name
+    if name == "cosine":
+        if warmup:
+            return optax.warmup_cosine_decay_schedule(
+                0.0, peak, warmup, max(total_updates, warmup + 1)
+            )
+        return optax.cosine_decay_schedule(peak, total_updates)
+    if name == "step":
+        drops = {round(e * updates_per_epoch): c.schedule.factor for e in c.schedule.step_epochs}
+        main: Any = optax.piecewise_constant_schedule(peak, drops)
+    else:
+        main = peak
+    if not warmup:
+        return main
+    ramp = optax.linear_schedule(0.0, peak, warmup)
+    after = main if callable(main) else optax.constant_schedule(main)
+    # join_schedules restarts the second schedule's count at the boundary: shift it back.
+    return optax.join_schedules([ramp, lambda n: after(n + warmup)], [warmup])
 
 
 def make_optimizer(
@@ -49,25 +103,16 @@ def make_optimizer(
     """The run's optimizer: ``inject_hyperparams`` around the named gdjax optimizer, with the
     schedule of ``config.schedule``, then the optional clipping, gradient accumulation and
     non-finite skipping of the config. Schedules count optimizer updates (steps divided by
-    ``grad_accum_steps``)."""
+    ``grad_accum_steps``). LARS exempts biases (1-D leaves) from weight decay and the trust
+    ratio, LAMB from weight decay, as their papers' recipes do."""
     from gdjax.train.validation import optimizer_kwargs
 
-    lr = c.optimizer.learning_rate
-    name = c.schedule.name
     updates_per_epoch = max(1, steps_per_epoch // c.optimizer.grad_accum_steps)
     total_updates = max(1, total_steps // c.optimizer.grad_accum_steps)
-    if name == "step":
-        drops = {round(e * updates_per_epoch): c.schedule.factor for e in c.schedule.step_epochs}
-        lr = optax.piecewise_constant_schedule(lr, drops)
-    elif name == "cosine":
-        warmup = round(c.schedule.warmup_epochs * updates_per_epoch)
-        lr = (
-            optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_updates, warmup + 1))
-            if warmup
-            else optax.cosine_decay_schedule(lr, total_updates)
-        )
-    tx = optax.inject_hyperparams(OPTIMIZERS[c.optimizer.name])(
-        learning_rate=lr, **optimizer_kwargs(c)
+    lr = learning_rate_schedule(c, updates_per_epoch, total_updates)
+    masks = {k: matrices_only for k in LAYER_MASKS.get(c.optimizer.name, ())}
+    tx = optax.inject_hyperparams(OPTIMIZERS[c.optimizer.name], static_args=tuple(masks))(
+        learning_rate=lr, **optimizer_kwargs(c), **masks
     )
     if c.optimizer.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(c.optimizer.grad_clip_norm), tx)

@@ -17,7 +17,7 @@ from gdjax.configs.base import get_field, unset_required_fields
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, min_input_size
 from gdjax.models.conv import CONV_IMPLS
 from gdjax.train.parallel import MODES
-from gdjax.train.recipe import AUGMENTS, OPTIMIZERS, SCHEDULES
+from gdjax.train.recipe import AUGMENTS, LR_SCALINGS, OPTIMIZERS, SCHEDULES
 
 __all__ = ["ConfigError", "check_config", "optimizer_kwargs"]
 
@@ -81,6 +81,8 @@ def _check_optimizer(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.{field}: {e}" if arg else f"config.optimizer: {e}") from None
     _at_least(c, "optimizer.grad_clip_norm", 0)
     _at_least(c, "optimizer.grad_accum_steps", 1)
+    _at_least(c, "optimizer.reference_batch_size", 0)
+    _one_of(c, "optimizer.lr_scaling", LR_SCALINGS)
 
 
 def _check_schedule(c: ml_collections.ConfigDict) -> None:
@@ -91,6 +93,12 @@ def _check_schedule(c: ml_collections.ConfigDict) -> None:
     _at_least(c, "schedule.threshold", 0)
     _at_least(c, "schedule.min_learning_rate", 0)
     _at_least(c, "schedule.warmup_epochs", 0)
+    if c.schedule.name == "plateau" and c.schedule.warmup_epochs > 0:
+        fail(
+            "schedule.warmup_epochs",
+            c.schedule.warmup_epochs,
+            "0 with schedule.name='plateau' (warm up with constant, step or cosine)",
+        )
     epochs = list(c.schedule.step_epochs)
     if any(e <= 0 for e in epochs) or epochs != sorted(epochs):
         fail("schedule.step_epochs", tuple(epochs), "increasing positive epochs")

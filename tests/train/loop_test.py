@@ -250,6 +250,16 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
             "global batch size 12 is not divisible by the 8 devices",
         ),
         ({"dataset": "mnist"}, "unknown dataset spec"),
+        (
+            {"schedule.name": "plateau", "schedule.warmup_epochs": 1.0},
+            r"config.schedule.warmup_epochs must be 0 with schedule.name='plateau'",
+        ),
+        ({"optimizer.lr_scaling": "log"}, r"config.optimizer.lr_scaling must be one of linear"),
+        ({"optimizer.reference_batch_size": -1}, r"reference_batch_size must be >= 0, got -1"),
+        (
+            {"optimizer.name": "lars", "optimizer.hparams.trust_coefficient": -0.1},
+            r"config.optimizer.hparams.trust_coefficient: .* must be >= 0, got -0.1",
+        ),
     ],
 )
 def test_config_errors_are_clear_and_early(tmp_path, overrides, message):
@@ -260,6 +270,7 @@ def test_config_errors_are_clear_and_early(tmp_path, overrides, message):
 
 def test_learning_rate_recipes():
     from gdjax.train import make_optimizer
+    from gdjax.train.recipe import current_learning_rate
 
     def lrs(**overrides):
         c = quick_config(**overrides)
@@ -269,7 +280,7 @@ def test_learning_rate_recipes():
         out = []
         for _ in range(100):  # the state holds the learning rate its last update used
             _, state = tx.update({"w": np.ones(3, np.float32)}, state, params)
-            out.append(float(state.hyperparams["learning_rate"]))
+            out.append(current_learning_rate(state))
         return np.asarray(out)
 
     constant = lrs(**{"schedule.name": "constant"})
@@ -284,6 +295,53 @@ def test_learning_rate_recipes():
     warm = lrs(**{"schedule.name": "cosine", "schedule.warmup_epochs": 2.0})
     np.testing.assert_allclose(warm[:21:10], [0.0, 0.005, 0.01], atol=1e-6)
     assert warm[99] < 1e-4
+    # The large-batch recipe: learning_rate given for batch 16, run at 64 (x4 linear, x2 sqrt),
+    # a linear warm-up over 2 epochs, then the step schedule counted from the run's start.
+    big = {"batch_size": 64, "optimizer.reference_batch_size": 16, "schedule.warmup_epochs": 2.0}
+    constant_lr = {"schedule.name": "constant"}
+    linear = lrs(**big, **{"schedule.name": "step", "schedule.step_epochs": (6,)})
+    np.testing.assert_allclose(
+        linear[[0, 10, 19, 20, 59, 60, 99]], [0, 0.02, 0.038, 0.04, 0.04, 0.004, 0.004], rtol=1e-5
+    )
+    sqrt = lrs(**big, **{"optimizer.lr_scaling": "sqrt", "optimizer.name": "lamb"}, **constant_lr)
+    np.testing.assert_allclose(sqrt[[0, 10, 20, 99]], [0, 0.01, 0.02, 0.02], rtol=1e-5)
+    accumulated = lrs(
+        **{**big, "schedule.warmup_epochs": 0.0, "optimizer.grad_accum_steps": 2}, **constant_lr
+    )
+    np.testing.assert_allclose(accumulated, 0.08, rtol=1e-6)  # global batch 128 = 8 x 16
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_large_batch_optimizers_exempt_biases_from_decay_and_trust_ratio(name):
+    """The trainer's LARS exempts biases from weight decay and the trust ratio (a plain
+    momentum step), LAMB from weight decay, as the papers' recipes do."""
+    from gdjax import optim
+    from gdjax.train import make_optimizer
+
+    c = quick_config(
+        **{"optimizer.name": name, "optimizer.learning_rate": 0.1, "schedule.name": "constant"},
+        **{"optimizer.hparams.weight_decay": 0.01},
+    )
+    tx = make_optimizer(c, steps_per_epoch=10, total_steps=100)
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.normal(size=(3, 2)), "bias": np.array([2.0, -1.0])}
+    grads = {"kernel": rng.normal(size=(3, 2)), "bias": np.array([0.5, 0.25])}
+    params, grads = jax.tree.map(lambda x: x.astype(np.float32), (params, grads))
+    kernel_only = {"kernel": True, "bias": False}
+    if name == "lars":
+        want = optim.lars(0.1, 0.01, kernel_only, trust_ratio_mask=kernel_only)
+        plain_bias = -0.1 * grads["bias"]  # first step of momentum SGD, lr inside
+    else:
+        want = optim.lamb(0.1, weight_decay=0.01, mask=kernel_only)
+    got, _ = tx.update(grads, tx.init(params), params)
+    ref, _ = want.update(grads, want.init(params), params)
+    np.testing.assert_allclose(got["kernel"], ref["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(got["bias"], ref["bias"], rtol=1e-6)
+    if name == "lars":
+        np.testing.assert_allclose(got["bias"], plain_bias, rtol=1e-6)
+    everything = optim.lars(0.1, 0.01) if name == "lars" else optim.lamb(0.1, weight_decay=0.01)
+    other, _ = everything.update(grads, everything.init(params), params)
+    assert not np.allclose(other["bias"], got["bias"])  # the mask made a difference
 
 
 def test_mixed_precision_and_gradient_accumulation(tmp_path):
