@@ -66,6 +66,8 @@ PAIRS: dict[str, tuple[Callable[[], optax.GradientTransformation], ...]] = {
     ),
     "adam": (lambda: gdjax.adam(LR), lambda: optax.adam(LR)),
     "adamw": (lambda: gdjax.adamw(LR, weight_decay=1e-4), lambda: optax.adamw(LR)),
+    "lars": (lambda: gdjax.lars(LR, weight_decay=1e-4), lambda: optax.lars(LR, weight_decay=1e-4)),
+    "lamb": (lambda: gdjax.lamb(LR, weight_decay=1e-4), lambda: optax.lamb(LR, weight_decay=1e-4)),
 }
 
 

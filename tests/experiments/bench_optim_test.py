@@ -67,11 +67,14 @@ def test_bad_scale_is_rejected(capsys):
 
 @pytest.mark.parametrize("name", sorted(bench_optim.PAIRS))
 def test_each_pair_moves_the_same_bytes_as_optax(name):
-    """XLA's cost analysis of the compiled update: gdjax's reads and writes as many bytes as
+    """XLA's cost analysis of the compiled update: gdjax's reads and writes no more bytes than
     optax's, give or take a few scalars (its int32 step counters), whatever the model size —
-    the deterministic side of 'as fast as optax' (timings on this machine are noisy)."""
+    the deterministic side of 'as fast as optax' (timings on this machine are noisy). Equal
+    for the element-wise optimizers; LARS and LAMB move about a third less (one pass fewer)."""
     params = bench_optim.alexnet_tree(scale=1e-3)
     grads = jax.tree.map(lambda p: p * 0.1, params)
     ours, theirs = (bench_optim.Contender(f(), params, grads) for f in bench_optim.PAIRS[name])
     assert ours.xla_bytes > 1e7
-    assert abs(ours.xla_bytes - theirs.xla_bytes) <= 64
+    assert ours.xla_bytes <= theirs.xla_bytes + 64
+    if name not in ("lars", "lamb"):
+        assert ours.xla_bytes >= theirs.xla_bytes - 64

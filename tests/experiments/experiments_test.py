@@ -82,6 +82,21 @@ def test_schedules(experiments, tmp_path):
     assert len(results) == 2
 
 
+def test_large_batch(experiments, tmp_path):
+    results, stored = run(experiments, "large_batch", tmp_path)
+    assert (tmp_path / "large_batch.png").stat().st_size > 10000
+    assert set(results) == {"momentum SGD", "LARS", "LAMB"}
+    for method, per_batch in results.items():
+        assert set(per_batch) == {32, 128}
+        for r in per_batch.values():
+            assert 0 <= r["test_error"]["mean"] <= 1, method
+        # the rate is scaled from the reference batch of 64: linearly, or by the square root
+        ratio = per_batch[128]["peak_learning_rate"] / per_batch[32]["peak_learning_rate"]
+        assert ratio == pytest.approx(2.0 if method == "LAMB" else 4.0)
+        assert per_batch[32]["steps"] == 4 * per_batch[128]["steps"]
+    assert set(stored["largest_batch_within_1pt_of_batch_32"]) == set(results)
+
+
 def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
