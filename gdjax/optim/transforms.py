@@ -298,13 +298,13 @@ def _check_rms(owner: str, decay: Any, eps: Any, initial_scale: Any) -> None:
     _hparams.check_range(owner, "initial_scale", initial_scale, low=0.0)
 
 
-def _rms_leaf(g, n, m, rho, e, eps_in_sqrt: bool, centered: bool):
-    """One leaf of RMSProp: new update, new ``nu`` and (centered) new ``mu``."""
+def _rms_leaf(g, n, m, rho, e, eps_in_sqrt: bool):
+    """One leaf of RMSProp: new update, new ``nu`` and, centered (``m`` given), new ``mu``."""
     dt = _hparams.compute_dtype(g, n, *(() if m is None else (m,)))
     g32, r, e32 = g.astype(dt), jnp.asarray(rho, dt), jnp.asarray(e, dt)
     n_new = r * n.astype(dt) + (1 - r) * g32 * g32
     s, m_new = n_new, None
-    if centered:
+    if m is not None:
         m_new = r * m.astype(dt) + (1 - r) * g32
         s = jnp.maximum(n_new - m_new * m_new, 0)  # clip round-off below zero
     u = g32 * jax.lax.rsqrt(s + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s) + e32)
@@ -347,7 +347,7 @@ def scale_by_rms(
         rho, e = _hparams.value_at(decay, state.count), _hparams.value_at(eps, state.count)
 
         def leaf(g, n):
-            return _rms_leaf(g, n, None, rho, e, eps_in_sqrt, centered=False)[:2]
+            return _rms_leaf(g, n, None, rho, e, eps_in_sqrt)[:2]
 
         new_updates, new_nu = _unzip(jax.tree.map(leaf, updates, state.nu), updates)
         return new_updates, ScaleByRmsState(count=_increment(state.count), nu=new_nu)
@@ -394,7 +394,7 @@ def scale_by_stddev(
         rho, e = _hparams.value_at(decay, state.count), _hparams.value_at(eps, state.count)
 
         def leaf(g, n, m):
-            return _rms_leaf(g, n, m, rho, e, eps_in_sqrt, centered=True)
+            return _rms_leaf(g, n, m, rho, e, eps_in_sqrt)
 
         triples = jax.tree.map(leaf, updates, state.nu, state.mu)
         new_updates, new_nu, new_mu = _unzip(triples, updates, n=3)
