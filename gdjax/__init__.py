@@ -3,12 +3,22 @@
 The public API is exactly ``__all__``: the optimizers (also under :mod:`gdjax.optim`, with
 their building blocks), the AlexNet model, ``train_and_evaluate`` and the subpackages
 (``data``, ``models``, ``optim``, ``train``).
+
+Names are imported on first use (PEP 562), so ``import gdjax.optim`` loads the optimizers and
+the core (jax, optax, chex, numpy) and nothing else; ``gdjax.models`` adds flax; ``gdjax.data``
+and ``gdjax.train`` need the ``train`` extra (``pip install 'gdjax[train]'``).
 """
 
-from gdjax import data, models, optim, train
-from gdjax.models import AlexNet
-from gdjax.optim import adagrad, adam, adamw, alexnet_sgd, lamb, lars, momentum, rmsprop, sgd
-from gdjax.train import train_and_evaluate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and editors
+    from gdjax import data, models, optim, train
+    from gdjax.models import AlexNet
+    from gdjax.optim import adagrad, adam, adamw, alexnet_sgd, lamb, lars, momentum, rmsprop, sgd
+    from gdjax.train import train_and_evaluate
 
 __version__ = "0.1.0"
 
@@ -29,3 +39,38 @@ __all__ = [
     "train",
     "train_and_evaluate",
 ]
+
+_SUBPACKAGES = ("data", "models", "optim", "train")
+_HOME = {
+    "AlexNet": "gdjax.models",
+    "train_and_evaluate": "gdjax.train",
+    **{
+        name: "gdjax.optim"
+        for name in (
+            "adagrad",
+            "adam",
+            "adamw",
+            "alexnet_sgd",
+            "lamb",
+            "lars",
+            "momentum",
+            "rmsprop",
+            "sgd",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        value = importlib.import_module(f"gdjax.{name}")
+    elif name in _HOME:
+        value = getattr(importlib.import_module(_HOME[name]), name)
+    else:
+        raise AttributeError(f"module 'gdjax' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,7 +3,6 @@
 usage:
   gdjax [train] [--config=PRESET|FILE] [--config.FIELD=VALUE ...] [--workdir=DIR] [--restart]
   gdjax eval --workdir=DIR [--config.FIELD=VALUE ...]
-  gdjax bench [--help]
 
 examples:
   gdjax                                   # = gdjax train: small AlexNet on the embedded MNIST
@@ -28,11 +27,11 @@ import time
 import traceback
 import warnings
 
-from gdjax.configs import PRESETS
+from gdjax._extras import MissingExtraError
 
 __all__ = ["UsageError", "entry_point", "main"]
 
-COMMANDS = ("train", "eval", "bench")
+COMMANDS = ("train", "eval")
 FLAG_HELP = {
     "train": {
         "config": "A preset name (default, cifar10, paper) or a config file path.",
@@ -97,10 +96,10 @@ def _split_args(command: str, args: list[str]) -> tuple[dict[str, str | bool], l
 
 def _base_config(flags: dict[str, str | bool]) -> tuple[object, str]:
     """The config named by ``--config`` (a preset or a file) and a name for the workdir."""
+    from gdjax.configs import PRESETS, get_config
+
     value = flags.get("config")
     if value is None or value in PRESETS:
-        from gdjax.configs import get_config
-
         name = value or "default"
         return get_config(name), name
     path = pathlib.Path(str(value))
@@ -245,7 +244,7 @@ def _run(command: str, args: list[str], start: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``gdjax [train|eval|bench] [flags]``; returns the process exit status."""
+    """Run ``gdjax [train|eval] [flags]``; returns the process exit status."""
     start = time.perf_counter()
     argv = list(sys.argv if argv is None else argv)
     args = argv[1:]
@@ -253,20 +252,24 @@ def main(argv: list[str] | None = None) -> int:
     if args and not args[0].startswith("-"):
         command, args = args[0], args[1:]
     if command not in COMMANDS:
+        hint = (
+            " (the benchmarks live in a source checkout: python experiments/bench.py)"
+            if command == "bench"
+            else ""
+        )
         print(
-            f"gdjax: unknown command {command!r}; commands are {', '.join(COMMANDS)}",
+            f"gdjax: unknown command {command!r}; commands are {', '.join(COMMANDS)}{hint}",
             file=sys.stderr,
         )
         return 2
-    if command == "bench":
-        from gdjax.bench import main as bench
-
-        bench(args)
-        return 0
-    if any(a in ("--help", "-h", "--helpfull") for a in args):
-        print(_help(command))
-        return 0
     verbose = "--verbose" in args
+    if any(a in ("--help", "-h", "--helpfull") for a in args):
+        try:
+            print(_help(command))
+        except MissingExtraError as e:
+            print(f"gdjax {command}: {e}", file=sys.stderr)
+            return 1
+        return 0
     # Warnings for a person: one line each, without the source line that raised them.
     formatwarning = warnings.formatwarning
     if not verbose:
@@ -281,9 +284,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         usage = isinstance(e, (ValueError, KeyError, FileNotFoundError, NotADirectoryError))
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "" if verbose else " (--verbose shows the traceback)"
-        kind = "" if usage else f"{type(e).__name__}: "
-        print(f"gdjax {command}: {kind}{message}{'' if usage else hint}", file=sys.stderr)
+        plain = usage or isinstance(e, MissingExtraError)  # the message says it all
+        hint = "" if verbose or plain else " (--verbose shows the traceback)"
+        kind = "" if plain else f"{type(e).__name__}: "
+        print(f"gdjax {command}: {kind}{message}{hint}", file=sys.stderr)
         return 2 if usage else 1
     finally:
         warnings.formatwarning = formatwarning

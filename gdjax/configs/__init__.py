@@ -12,6 +12,10 @@ from __future__ import annotations
 import importlib
 import pathlib
 
+from gdjax._extras import require
+
+require("train", "gdjax.configs", "ml_collections")
+
 import ml_collections
 
 from gdjax.configs.base import get_field

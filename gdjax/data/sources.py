@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from gdjax._extras import require
+
 __all__ = [
     "ArraySource",
     "FolderSource",
@@ -120,12 +122,12 @@ def _check_labels(name: str, labels: np.ndarray, num_classes: int) -> None:
 
 
 def _package_file(package: str, relative: str) -> pathlib.Path:
+    require("data", f"the embedded dataset (inside the '{package}' package)", package)
     spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"the embedded dataset needs the '{package}' package: pip install {package}"
-        )
-    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / relative
+    locations = list(spec.submodule_search_locations or ())
+    if not locations:
+        raise FileNotFoundError(f"the installed '{package}' is not a package with data files")
+    path = pathlib.Path(locations[0]) / relative
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the installed '{package}' package")
     return path

@@ -2,6 +2,7 @@
 
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, AlexNet, spatial_sizes
 from gdjax.models.conv import CONV_IMPLS, conv_general_dilated, onednn_status
+from gdjax.models.export import export, portable
 from gdjax.models.layers import LocalResponseNorm, adaptive_avg_pool, local_response_norm, max_pool
 from gdjax.models.stats import count_flops, count_macs, count_params
 from gdjax.models.torchvision import from_torchvision
@@ -17,9 +18,11 @@ __all__ = [
     "count_flops",
     "count_macs",
     "count_params",
+    "export",
     "from_torchvision",
     "local_response_norm",
     "max_pool",
     "onednn_status",
+    "portable",
     "spatial_sizes",
 ]

@@ -194,6 +194,8 @@ class AlexNet(nn.Module):
       impl: where the convolutions and max-pooling run. ``"auto"``: on oneDNN for float32 on
         the CPU when the kernels load (:func:`gdjax.models.conv_general_dilated`), else XLA;
         ``"xla"``: always XLA; ``"onednn"``: insist on oneDNN. Same function, same parameters.
+        oneDNN's custom calls cannot be serialised: to :func:`jax.export` a model use
+        :func:`gdjax.models.export` or :func:`gdjax.models.portable` (``impl="xla"``).
     """
 
     num_classes: int = 1000

@@ -1,5 +1,11 @@
 """Training: the pure steps, their parallel wrappers, the optimizer recipe, evaluation,
-checkpoints, config checks and the training loop."""
+checkpoints, config checks and the training loop (the ``train`` extra)."""
+
+from gdjax._extras import require
+
+require(
+    "train", "gdjax.train", "orbax.checkpoint", "ml_collections", "tensorboardX", "tqdm", "grain"
+)
 
 from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
 from gdjax.train.evaluation import eval_batches, evaluate
@@ -11,6 +17,7 @@ from gdjax.train.loop import (
     evaluate_checkpoint,
     train_and_evaluate,
 )
+from gdjax.train.metrics_writer import read_metrics
 from gdjax.train.parallel import MODES, Parallel, initialize_distributed
 from gdjax.train.recipe import OPTIMIZERS, Plateau, make_optimizer
 from gdjax.train.steps import (
@@ -46,6 +53,7 @@ __all__ = [
     "initialize_distributed",
     "l2_penalty",
     "make_optimizer",
+    "read_metrics",
     "top_k_error",
     "train_and_evaluate",
     "train_step",

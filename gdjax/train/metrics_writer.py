@@ -7,6 +7,8 @@ import os
 import pathlib
 from typing import Any
 
+from gdjax._extras import require
+
 __all__ = ["MetricsWriter", "plot_curves", "read_metrics"]
 
 
@@ -50,6 +52,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:
     """Training and test loss and error against steps, from ``metrics.jsonl``, as a PNG."""
+    require("plots", "plot_curves", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

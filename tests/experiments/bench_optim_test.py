@@ -2,13 +2,12 @@
 
 import json
 
+import bench_optim
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 from optim_testing import max_rel_diff
-
-from gdjax import bench_optim
 
 
 def test_full_tree_is_alexnet_sized():

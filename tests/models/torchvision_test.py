@@ -1,7 +1,7 @@
 """torchvision weights in Flax: same logits as a torch AlexNet with torchvision's exact layout.
 
 torchvision does not install beside the CPU build of torch used here, so the reference model is
-built by hand with torchvision's module names and layers (gdjax/models/torch_reference.py; its
+built by hand with torchvision's module names and layers (experiments/torch_reference.py; its
 key names and shapes are checked against torchvision's below).
 """
 
@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def torchvision_alexnet(torch, num_classes=1000):
-    from gdjax.models.torch_reference import torch_alexnet
+    from torch_reference import torch_alexnet
 
     return torch_alexnet("torchvision", num_classes)
 

@@ -22,7 +22,7 @@ def torch_alexnet(
     import torch
     from torch import nn
 
-    from gdjax.models.alexnet import VARIANTS, spatial_sizes
+    from gdjax.models import VARIANTS, spatial_sizes
 
     spec = VARIANTS[variant]
     groups = spec.default_groups

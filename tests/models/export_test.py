@@ -1,0 +1,76 @@
+"""jax.export of the models: the artefact serialises, deserialises and computes the live model's
+logits, for the CPU alone and for CPU, TPU and CUDA in one artefact."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gdjax.models import AlexNet, export, onednn_status, portable
+
+SIZES = {"small": 32, "paper": 227}
+
+
+def _live(variant):
+    size = SIZES[variant]
+    model = AlexNet(num_classes=10, variant=variant)  # impl="auto": oneDNN where it loads
+    x = jax.random.normal(jax.random.key(0), (3, size, size, 3))
+    variables = jax.jit(model.init)(jax.random.key(1), x[:1])
+    return model, variables, x, np.asarray(jax.jit(model.apply)(variables, x))
+
+
+@pytest.mark.parametrize(
+    "variant, platforms", [("small", ("cpu",)), ("paper", ("cpu", "tpu", "cuda"))]
+)
+def test_exported_model_round_trips_and_matches_the_live_model(variant, platforms):
+    model, variables, x, logits = _live(variant)
+    exported = export(model, variables, x, platforms=platforms)
+    assert exported.platforms == platforms
+    assert "gdjax_" not in exported.mlir_module()  # no oneDNN custom call inside
+    restored = jax.export.deserialize(exported.serialize())
+    out = np.asarray(restored.call(variables, x))
+    scale = np.abs(logits).max()
+    # oneDNN (live) and XLA (exported) sum in different orders: float32 round-off only.
+    np.testing.assert_allclose(out, logits, rtol=0, atol=1e-4 * scale)
+    assert np.argmax(out, -1).tolist() == np.argmax(logits, -1).tolist()
+
+
+def test_polymorphic_batch_serves_any_batch():
+    model, variables, x, logits = _live("small")
+    restored = jax.export.deserialize(
+        export(model, variables, x, polymorphic_batch=True).serialize()
+    )
+    scale = np.abs(logits).max()
+    for n in (1, 3):
+        out = np.asarray(restored.call(variables, x[:n]))
+        np.testing.assert_allclose(out, logits[:n], rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.onednn
+def test_the_fast_path_is_what_plain_export_refuses():
+    """Why the helper exists: with the oneDNN kernels loaded, jax.export of the default model
+    refuses the custom calls; the portable model exports."""
+    assert onednn_status()[0], onednn_status()[1]
+    model = AlexNet(num_classes=10, variant="small")
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+
+    def apply(m):
+        return jax.export.export(jax.jit(lambda v, i: m.apply(v, i)), platforms=("cpu",))
+
+    with pytest.raises(ValueError, match="custom calls whose targets have no compatibility"):
+        apply(model)(variables, x)
+    assert apply(portable(model))(variables, x).platforms == ("cpu",)
+    assert portable(model).impl == "xla" and model.impl == "auto"
+
+
+def test_bad_arguments_are_named():
+    model = AlexNet(num_classes=10, variant="small")
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"platforms must be a non-empty subset .* \('gpu',\)"):
+        export(model, variables, x, platforms=("gpu",))
+    with pytest.raises(ValueError, match=r"x must be an NHWC batch .* \(32, 32, 3\)"):
+        export(model, variables, x[0])
+    with pytest.raises(TypeError, match=r"model must be a flax\.linen\.Module, got function"):
+        portable(lambda v, x: x)
