@@ -6,7 +6,8 @@ their building blocks), the AlexNet model, ``train_and_evaluate`` and the subpac
 
 Names are imported on first use (PEP 562), so ``import gdjax.optim`` loads the optimizers and
 the core (jax, optax, chex, numpy) and nothing else; ``gdjax.models`` adds flax; ``gdjax.data``
-and ``gdjax.train`` need the ``train`` extra (``pip install 'gdjax[train]'``).
+needs the ``data`` extra and ``gdjax.train`` the ``train`` extra (``pip install 'gdjax[train]'``
+installs both).
 """
 
 from __future__ import annotations

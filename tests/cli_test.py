@@ -80,16 +80,22 @@ def test_unreadable_archive_is_one_line(capsys, tmp_path):
     assert "Traceback" in capsys.readouterr().err
 
 
-def test_every_optimizer_runs_from_the_command_line_with_its_defaults(tmp_path, capsys):
-    from gdjax.train import OPTIMIZERS
+def _optimizers() -> tuple[str, ...]:
+    from gdjax.train.recipe import OPTIMIZERS
 
-    for name in OPTIMIZERS:
-        args = [
-            "gdjax", "train", f"--workdir={tmp_path / name}", f"--config.optimizer.name={name}",
-            "--config.max_steps=2", "--config.progress=False", "--config.batch_size=32",
-        ]  # fmt: skip
-        assert cli.main(args) == 0, capsys.readouterr().err
-    # A hyperparameter can be unset again from the command line.
+    return OPTIMIZERS
+
+
+@pytest.mark.parametrize("name", _optimizers())
+def test_every_optimizer_runs_from_the_command_line_with_its_defaults(name, tmp_path, capsys):
+    args = [
+        "gdjax", "train", f"--workdir={tmp_path / name}", f"--config.optimizer.name={name}",
+        "--config.max_steps=2", "--config.progress=False", "--config.batch_size=32",
+    ]  # fmt: skip
+    assert cli.main(args) == 0, capsys.readouterr().err
+
+
+def test_a_hyperparameter_can_be_unset_from_the_command_line(tmp_path, capsys):
     args = [
         "gdjax", "train", f"--workdir={tmp_path / 'none'}", "--config.max_steps=2",
         "--config.optimizer.hparams.momentum=0.5", "--config.optimizer.hparams.momentum=None",
@@ -99,45 +105,57 @@ def test_every_optimizer_runs_from_the_command_line_with_its_defaults(tmp_path, 
 
 
 def _readme_commands() -> list[str]:
-    """Every `gdjax` line of the README's bash blocks and of `gdjax --help`'s examples."""
+    """Every `gdjax` line of the README's bash blocks and of `gdjax --help`'s examples (usage
+    lines, with their [optional] parts, left out)."""
     blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
     lines = [line for block in blocks for line in block.splitlines()]
     lines += cli.__doc__.splitlines()
     lines = [line.split("#")[0].strip() for line in lines]
-    return list(dict.fromkeys(line for line in lines if re.match(r"gdjax( |$)", line)))
+    lines = [line for line in lines if re.match(r"gdjax( |$)", line) and "[" not in line]
+    return list(dict.fromkeys(lines))
 
 
-def test_the_readme_commands_run(tmp_path, capsys, monkeypatch):
-    """Each `gdjax` line of the README, on small stand-ins for its data, two steps each."""
-    from data_testing import write_cifar, write_folder
-
+def test_the_readme_has_commands_to_run():
     commands = _readme_commands()
     assert any(c.startswith("gdjax eval") for c in commands) and len(commands) >= 5
-    tarball, _, _ = write_cifar(tmp_path / "cifar", per_batch=8)
+
+
+@pytest.fixture(scope="module")
+def readme_data(tmp_path_factory):
+    """Small stand-ins for the README's datasets, and the main job's run (capped at 2 steps)
+    in runs/default for the `gdjax eval` lines."""
+    from data_testing import write_cifar, write_folder
+
+    root = tmp_path_factory.mktemp("readme")
+    tarball, _, _ = write_cifar(root / "cifar", per_batch=8)
     imagenet = write_folder(
-        tmp_path / "imagenet", {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}}, (240, 300)
+        root / "imagenet", {"train": {"a": 4, "b": 4}, "val": {"a": 2, "b": 2}}, (240, 300)
     )
-    monkeypatch.chdir(tmp_path)
-    # The quickstart's main job (`gdjax train`, capped) makes runs/default for `gdjax eval`.
-    assert cli.main(["gdjax", "train", "--config.max_steps=2", "--config.progress=False"]) == 0
-    for i, command in enumerate(commands):
-        args = shlex.split(command)[1:] or ["train"]
-        if "[" in command:  # usage lines
-            continue
-        args = [
-            a.replace("/data/cifar-10-python.tar.gz", str(tarball)).replace(
-                "/data/imagenet", str(imagenet)
-            )
-            for a in args
-        ]
-        if args[0] == "train":
-            args += ["--config.max_steps=2", "--config.progress=False"]
-            if not any(a.startswith("--workdir") for a in args):
-                args.append(f"--workdir=runs/readme-{i}")
-            if "--config=paper" in args or "--config=cifar10" in args:
-                args += ["--config.batch_size=4", "--config.eval_batch_size=4"]
-                args += ["--config.input.worker_count=0"]
-        assert cli.main(["gdjax", *args]) == 0, (command, capsys.readouterr().err)
+    args = ["gdjax", "train", "--workdir", str(root / "runs" / "default")]
+    assert cli.main([*args, "--config.max_steps=2", "--config.progress=False"]) == 0
+    return root, tarball, imagenet
+
+
+@pytest.mark.parametrize("command", _readme_commands())
+def test_the_readme_commands_run(command, readme_data, tmp_path, capsys, monkeypatch):
+    """Each `gdjax` line of the README, on small stand-ins for its data, two steps each."""
+    root, tarball, imagenet = readme_data
+    args = shlex.split(command)[1:] or ["train"]
+    args = [
+        a.replace("/data/cifar-10-python.tar.gz", str(tarball)).replace(
+            "/data/imagenet", str(imagenet)
+        )
+        for a in args
+    ]
+    if args[0] == "train":
+        monkeypatch.chdir(tmp_path)
+        args += ["--config.max_steps=2", "--config.progress=False"]
+        if "--config=paper" in args or "--config=cifar10" in args:
+            args += ["--config.batch_size=4", "--config.eval_batch_size=4"]
+            args += ["--config.input.worker_count=0"]
+    else:
+        monkeypatch.chdir(root)  # the main job's runs/default
+    assert cli.main(["gdjax", *args]) == 0, (command, capsys.readouterr().err)
 
 
 def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, monkeypatch):

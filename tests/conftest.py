@@ -1,4 +1,5 @@
-"""Test-wide setup: 8 fake CPU devices, strict JAX, and no silently skipped tests in CI.
+"""Test-wide setup: 8 fake CPU devices, strict JAX, one XLA compilation cache for the session,
+and no silently skipped tests in CI.
 
 The XLA flag must be set before jax is imported anywhere, which is why it lives here.
 Set ``GDJAX_NO_SKIPS=1`` (``.ci/run`` does) to turn any skipped test into a failed run, so a
@@ -6,6 +7,8 @@ missing test dependency (PyTorch for the parity tests) cannot pass unnoticed.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -16,6 +19,32 @@ import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_OWN_CACHE: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One persistent XLA compilation cache for the session (``GDJAX_TEST_XLA_CACHE=0`` turns
+    it off): the xdist workers and the processes tests start inherit it through the
+    environment, so a program compiled once (the default run's step, the eval step) is read
+    back by every later test. JAX keys entries by program, compile options, XLA flags and
+    versions."""
+    if os.environ.get("GDJAX_TEST_XLA_CACHE") == "0":
+        return
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gdjax-xla-cache-")
+        _OWN_CACHE.append(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs",
+        float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _OWN_CACHE:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
