@@ -12,9 +12,9 @@ from __future__ import annotations
 import importlib
 import pathlib
 
-from gdjax._extras import require
+from gdjax import _extras
 
-require("train", "gdjax.configs", "ml_collections")
+_extras.require("train", "gdjax.configs", "ml_collections")
 
 import ml_collections
 

@@ -1,8 +1,8 @@
 """Datasets, AlexNet's augmentations and the grain input pipeline (the ``data`` extra)."""
 
-from gdjax._extras import require
+from gdjax import _extras
 
-require("data", "gdjax.data", "grain", "absl", "PIL")
+_extras.require("data", "gdjax.data", "grain", "absl", "PIL")
 
 from gdjax.data.augment import (
     AlexNetEval,

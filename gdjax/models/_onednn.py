@@ -2,7 +2,7 @@
 fast path).
 
 The kernels (``_onednn_conv.cc``) are XLA FFI handlers. They are compiled on first use with the
-machine's C++ compiler against the oneDNN headers of ``onednn-devel-cpu-gomp`` (the
+machine's C++ compiler against the oneDNN headers of ``onednn-devel`` (the
 ``gdjax[onednn]`` extra) and JAX's FFI headers, into a cache directory keyed by everything the
 binary depends on; later processes load the cached library. Whatever is missing (no compiler,
 no oneDNN, not Linux x86-64, jaxlib too old) makes :func:`status` say why, and the kernels

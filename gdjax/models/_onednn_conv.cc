@@ -107,6 +107,7 @@ struct Plan {
   dnnl::convolution_backward_data bwd_data;
   dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
   dnnl::convolution_backward_weights bwd_weights;
+  dnnl::reorder::primitive_desc weights_in_fwd_pd, weights_in_bwd_pd, weights_out_pd;
   dnnl::reorder weights_in_fwd, weights_in_bwd, weights_out;
   bool reorder_fwd, reorder_bwd, reorder_out;
 
@@ -132,16 +133,19 @@ struct Plan {
     reorder_bwd = bwd_data_pd.weights_desc() != user;
     reorder_out = bwd_weights_pd.diff_weights_desc() != user;
     if (reorder_fwd) {
-      weights_in_fwd = dnnl::reorder(dnnl::reorder::primitive_desc(
-          eng, user, eng, fwd_pd.weights_desc(), UserScratchpad()));
+      weights_in_fwd_pd = dnnl::reorder::primitive_desc(eng, user, eng, fwd_pd.weights_desc(),
+                                                        UserScratchpad());
+      weights_in_fwd = dnnl::reorder(weights_in_fwd_pd);
     }
     if (reorder_bwd) {
-      weights_in_bwd = dnnl::reorder(dnnl::reorder::primitive_desc(
-          eng, user, eng, bwd_data_pd.weights_desc(), UserScratchpad()));
+      weights_in_bwd_pd = dnnl::reorder::primitive_desc(
+          eng, user, eng, bwd_data_pd.weights_desc(), UserScratchpad());
+      weights_in_bwd = dnnl::reorder(weights_in_bwd_pd);
     }
     if (reorder_out) {
-      weights_out = dnnl::reorder(dnnl::reorder::primitive_desc(
-          eng, bwd_weights_pd.diff_weights_desc(), eng, user, UserScratchpad()));
+      weights_out_pd = dnnl::reorder::primitive_desc(eng, bwd_weights_pd.diff_weights_desc(), eng,
+                                                     user, UserScratchpad());
+      weights_out = dnnl::reorder(weights_out_pd);
     }
   }
 };
@@ -196,15 +200,23 @@ ffi::Error Guard(F&& f) {
   return ffi::Error::Success();
 }
 
+// Reorders are built with a user scratchpad (like every primitive here), so they get one too.
+void Reorder(const dnnl::reorder& r, const dnnl::reorder::primitive_desc& pd, dnnl::stream& s,
+             dnnl::memory& from, dnnl::memory& to) {
+  r.execute(s, {{DNNL_ARG_FROM, from},
+                {DNNL_ARG_TO, to},
+                {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(pd.scratchpad_desc())}});
+}
+
 // The kernel `w` (HWIO) as the memory a primitive wants: itself, or reordered into the
 // per-thread buffer when the primitive prefers a blocked layout.
 dnnl::memory WeightsIn(const Geometry& g, const float* w, bool needed,
                        const dnnl::memory::desc& want, const dnnl::reorder& reorder,
-                       dnnl::stream& s) {
+                       const dnnl::reorder::primitive_desc& reorder_pd, dnnl::stream& s) {
   dnnl::memory user(UserWeightDesc(g), Engine(), const_cast<float*>(w));
   if (!needed) return user;
   dnnl::memory blocked(want, Engine(), weights_buffer.Get(want.get_size()));
-  reorder.execute(s, user, blocked);
+  Reorder(reorder, reorder_pd, s, user, blocked);
   return blocked;
 }
 
@@ -222,7 +234,7 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
     auto wm = WeightsIn(g, w.typed_data(), p.reorder_fwd, p.fwd_pd.weights_desc(),
-                        p.weights_in_fwd, s);
+                        p.weights_in_fwd, p.weights_in_fwd_pd, s);
     dnnl::memory src(SrcDesc(g), eng, x.typed_data());
     dnnl::memory dst(DstDesc(g), eng, y->typed_data());
     p.fwd.execute(s, {{DNNL_ARG_SRC, src},
@@ -247,7 +259,7 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
     auto wm = WeightsIn(g, w.typed_data(), p.reorder_bwd, p.bwd_data_pd.weights_desc(),
-                        p.weights_in_bwd, s);
+                        p.weights_in_bwd, p.weights_in_bwd_pd, s);
     dnnl::memory diff_dst(DstDesc(g), eng, dy.typed_data());
     dnnl::memory diff_src(SrcDesc(g), eng, dx->typed_data());
     p.bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
@@ -285,7 +297,7 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                               {DNNL_ARG_DIFF_WEIGHTS, dwm},
                               {DNNL_ARG_SCRATCHPAD,
                                ScratchpadMemory(p.bwd_weights_pd.scratchpad_desc())}});
-    if (p.reorder_out) p.weights_out.execute(s, dwm, user_dw);
+    if (p.reorder_out) Reorder(p.weights_out, p.weights_out_pd, s, dwm, user_dw);
     s.wait();
   });
 }

@@ -1,9 +1,9 @@
 """Training: the pure steps, their parallel wrappers, the optimizer recipe, evaluation,
 checkpoints, config checks and the training loop (the ``train`` extra)."""
 
-from gdjax._extras import require
+from gdjax import _extras
 
-require(
+_extras.require(
     "train", "gdjax.train", "orbax.checkpoint", "ml_collections", "tensorboardX", "tqdm", "grain"
 )
 
