@@ -168,7 +168,9 @@ class Scratch {
   size_t size_ = 0;
 };
 
-thread_local Scratch scratchpad_buffer, weights_buffer;
+// Reorders get their own scratchpad buffer: on an asynchronous (SYCL) stream a reorder may
+// still be running when the convolution that follows grows `scratchpad_buffer`.
+thread_local Scratch scratchpad_buffer, weights_buffer, reorder_buffer;
 
 dnnl::memory ScratchpadMemory(const dnnl::memory::desc& desc) {
   return dnnl::memory(desc, Engine(), scratchpad_buffer.Get(desc.get_size() + 64));
@@ -203,9 +205,9 @@ ffi::Error Guard(F&& f) {
 // Reorders are built with a user scratchpad (like every primitive here), so they get one too.
 void Reorder(const dnnl::reorder& r, const dnnl::reorder::primitive_desc& pd, dnnl::stream& s,
              dnnl::memory& from, dnnl::memory& to) {
-  r.execute(s, {{DNNL_ARG_FROM, from},
-                {DNNL_ARG_TO, to},
-                {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(pd.scratchpad_desc())}});
+  const auto desc = pd.scratchpad_desc();
+  dnnl::memory scratch(desc, Engine(), reorder_buffer.Get(desc.get_size() + 64));
+  r.execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scratch}});
 }
 
 // The kernel `w` (HWIO) as the memory a primitive wants: itself, or reordered into the
