@@ -42,31 +42,15 @@ __all__ = [
 ]
 
 _SUBPACKAGES = ("data", "models", "optim", "train")
-_HOME = {
-    "AlexNet": "gdjax.models",
-    "train_and_evaluate": "gdjax.train",
-    **{
-        name: "gdjax.optim"
-        for name in (
-            "adagrad",
-            "adam",
-            "adamw",
-            "alexnet_sgd",
-            "lamb",
-            "lars",
-            "momentum",
-            "rmsprop",
-            "sgd",
-        )
-    },
-}
+# Where the other public names live; the rest of __all__ are the optimizers of gdjax.optim.
+_HOME = {"AlexNet": "gdjax.models", "train_and_evaluate": "gdjax.train"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
         value = importlib.import_module(f"gdjax.{name}")
-    elif name in _HOME:
-        value = getattr(importlib.import_module(_HOME[name]), name)
+    elif name in __all__:
+        value = getattr(importlib.import_module(_HOME.get(name, "gdjax.optim")), name)
     else:
         raise AttributeError(f"module 'gdjax' has no attribute {name!r}")
     globals()[name] = value
