@@ -91,6 +91,8 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("mixed_precision", False, "bfloat16 compute with float32 parameters and optimizer state"),
     ("parallel", "none", "none (one device) | pmap (local devices) | sharded (every device "
      "of every process); several processes need pmap or sharded"),
+    ("model_parallel", 1, "sharded: devices that split each layer between them (the mesh's "
+     "'model' axis; 2 is the paper's two-GPU split); the 'data' axis takes the rest"),
     ("seed", 0, "seed of the initialisation, dropout and data order"),
     ("log_every_steps", 50, "log training metrics every this many steps"),
     ("eval_every_epochs", 1.0, "evaluate every this many epochs (and at the end)"),

@@ -85,6 +85,36 @@ def _allow_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+class _HostShare(grain.MapDataset):
+    """One process's share of every global batch: of batch ``k`` (examples ``kB .. kB+B-1``
+    of ``parent``), process ``p`` of ``P`` reads the consecutive ``B/P`` from ``kB + pB/P``.
+
+    ``jax.make_array_from_process_local_data`` joins the processes' parts in process order,
+    so every global batch is the one-process batch, example for example in the same place
+    (the same dropout mask for each example on any number of processes), and a loader's
+    position means the same global batch on any number of processes.
+    """
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, batch: int):
+        super().__init__(parent)
+        self._batch, self._share = batch, batch // count
+        self._offset = index * self._share
+        full, rest = divmod(len(parent), batch)
+        self._length = full * self._share + min(self._share, max(0, rest - self._offset))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        k, j = divmod(index, self._share)
+        return self._parent[k * self._batch + self._offset + j]
+
+    def __str__(self) -> str:
+        return f"_HostShare(offset={self._offset}, share={self._share}, batch={self._batch})"
+
+
 def make_loader(
     source: Any,
     *,
@@ -104,7 +134,9 @@ def make_loader(
     Args:
       source: a random-access source (``len`` and ``[]``), e.g. from :func:`gdjax.data.load`.
       batch_size: the global batch size, ``1`` for stochastic GD, or ``"full"`` for the whole
-        dataset per step (batch GD). Each process gets ``batch_size // process_count``.
+        dataset per step (batch GD). Each process gets ``batch_size // process_count``: its
+        consecutive share of each global batch, which in process order is the one-process
+        batch.
       transform: ``transform(example, rng) -> example``, e.g.
         :class:`~gdjax.data.augment.SmallTrain`; ``None`` yields the raw uint8 images.
       shuffle: a new order every epoch; ``seed`` fixes the orders and the augmentations.
@@ -155,7 +187,7 @@ def make_loader(
     ds = ds.repeat(num_epochs)
     ds = ds.map_with_index(_Fetch(source, transform, seed, n))
     if process_count > 1:
-        ds = ds[process_index::process_count]
+        ds = _HostShare(ds, process_index, process_count, batch_size)
     ds = ds.batch(batch_size // process_count, drop_remainder=drop_remainder)
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * batch_size)

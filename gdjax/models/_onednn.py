@@ -2,7 +2,7 @@
 fast path).
 
 The kernels (``_onednn_conv.cc``) are XLA FFI handlers. They are compiled on first use with the
-machine's C++ compiler against the oneDNN headers of ``onednn-devel`` (the
+machine's C++ compiler against the oneDNN headers of ``onednn-devel-cpu-gomp`` (the
 ``gdjax[onednn]`` extra) and JAX's FFI headers, into a cache directory keyed by everything the
 binary depends on; later processes load the cached library. Whatever is missing (no compiler,
 no oneDNN, not Linux x86-64, jaxlib too old) makes :func:`status` say why, and the kernels
@@ -29,6 +29,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from typing import Any
 
 import jax
 
@@ -181,6 +182,43 @@ def status() -> tuple[bool, str]:
 def available() -> bool:
     """Whether the oneDNN kernels are built, loaded and registered with XLA."""
     return status()[0]
+
+
+def ffi(target: str, result_shapes: Any, *args: jax.Array, **attrs: Any) -> Any:
+    """``jax.ffi.ffi_call(target, result_shapes)(*args, **attrs)``, typed like an XLA op.
+
+    Inside ``shard_map`` a result varies over the mesh axes its operands vary over (XLA's own
+    ops are typed so; an FFI call's results would otherwise count as the same on every device,
+    and ``platform_dependent`` refuses branches that disagree).
+    """
+    out = jax.ffi.ffi_call(target, result_shapes, vmap_method="sequential")(*args, **attrs)
+    pcast = getattr(jax.lax, "pcast", None)
+    if pcast is None:  # jax < 0.8 types nothing this way
+        return out
+    varying = set().union(*(_varying(a) for a in args))
+
+    def vary(y: jax.Array) -> jax.Array:
+        missing = tuple(sorted(varying - _varying(y)))
+        return pcast(y, missing, to="varying") if missing else y
+
+    return jax.tree.map(vary, out)
+
+
+def cotangent_like(ct: jax.Array, primal: jax.Array) -> jax.Array:
+    """Inside ``shard_map``, the cotangent ``ct`` summed over the mesh axes it varies over and
+    ``primal`` does not (as JAX's own transposes do): e.g. a kernel's gradient over the data
+    axis, when the kernel is the same on every data shard."""
+    extra = tuple(sorted(_varying(ct) - _varying(primal)))
+    return jax.lax.psum(ct, extra) if extra else ct
+
+
+def _varying(x: jax.Array) -> set[str]:
+    """The manual mesh axes ``x`` varies over (inside ``shard_map``; empty elsewhere)."""
+    aval = jax.typeof(x)
+    if hasattr(aval, "vma"):  # jax 0.6 - 0.9
+        return set(aval.vma)
+    kind = getattr(aval, "manual_axis_type", None)
+    return set(getattr(kind, "varying", ()))
 
 
 def check_impl(caller: str, impl: str) -> None:

@@ -50,11 +50,27 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gdjax.models.conv import CONV_IMPLS, conv_general_dilated
 from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool
 
-__all__ = ["ACTIVATIONS", "VARIANTS", "AlexNet", "min_input_size", "spatial_sizes"]
+__all__ = [
+    "ACTIVATIONS",
+    "BATCH",
+    "MAPS",
+    "NEURONS",
+    "VARIANTS",
+    "AlexNet",
+    "min_input_size",
+    "spatial_sizes",
+]
+
+# Logical axis names (Flax partitioning) of the activations and parameters; a mesh's rules map
+# them onto its axes (gdjax.train.Parallel: batch -> "data", maps and neurons -> "model").
+BATCH = "batch"  # the examples of a batch
+MAPS = "maps"  # the output maps of a convolution split into towers (the paper's two GPUs)
+NEURONS = "neurons"  # the units of a hidden fully connected layer
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nn.relu,
@@ -135,6 +151,53 @@ VARIANTS: dict[str, _Spec] = {
 }
 
 
+def _mesh_axis_size(name: str) -> int:
+    """Devices the logical axis ``name`` is split over under the current logical-axis rules
+    and mesh (1 outside them)."""
+    rules = nn.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return 1
+    axes = nn.logical_to_mesh_axes((name,), rules)[0]
+    if axes is None:
+        return 1
+    return int(np.prod([mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,))]))
+
+
+def _per_device(fn: Callable, in_names: Sequence[tuple], out_names: tuple) -> Callable:
+    """``fn`` on each device's part of its operands (``shard_map``) under logical-axis rules
+    and a mesh, else ``fn`` itself.
+
+    For a layer that needs nothing from the other devices once its operands are laid out as
+    ``in_names`` say (a tower's convolution, max-pooling): XLA's partitioner would otherwise
+    gather whole operands for a grouped convolution, and cannot split oneDNN's custom calls.
+    """
+
+    def apply(*args: Any, **kwargs: Any) -> jax.Array:
+        rules = nn.get_logical_axis_rules()
+        mesh = jax.sharding.get_abstract_mesh()
+        if not rules or mesh.empty:
+            return fn(*args, **kwargs)
+        arrays, rest = args[: len(in_names)], args[len(in_names) :]
+
+        def local(*parts: jax.Array) -> jax.Array:  # the arrays, then the other arguments
+            return fn(*parts, *rest, **kwargs)
+
+        specs = tuple(nn.logical_to_mesh_axes(n, rules) for n in in_names)
+        out = nn.logical_to_mesh_axes(out_names, rules)
+        return _shard_map(local, mesh=mesh, in_specs=specs, out_specs=out)(*arrays)
+
+    return apply
+
+
+def _shard_map(fn: Callable, **kwargs: Any) -> Callable:
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map(fn, **kwargs)
+    from jax.experimental.shard_map import shard_map  # jax < 0.7
+
+    return shard_map(fn, **kwargs)
+
+
 def _torch_uniform(fan_in: int) -> Callable:
     """PyTorch's default Conv/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = fan_in**-0.5
@@ -152,6 +215,21 @@ def _initializers(init: str, fan_in: int, bias_one: bool) -> tuple[Callable, Cal
     if init == "torch":
         return _torch_uniform(fan_in), _torch_uniform(fan_in)
     return nn.initializers.he_normal(), nn.initializers.zeros
+
+
+def _local_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    *args: Any,
+    impl: str,
+    groups: int,
+    feature_group_count: int = 1,
+    **kwargs: Any,
+) -> jax.Array:
+    """The convolution of one device's operands: ``groups`` towers (of the layer's
+    ``feature_group_count``) are here."""
+    del feature_group_count  # the layer's; this device holds ``groups`` of them
+    return conv_general_dilated(lhs, rhs, *args, feature_group_count=groups, impl=impl, **kwargs)
 
 
 def _pool_shape(overlapping: bool) -> tuple[int, int]:
@@ -196,6 +274,17 @@ class AlexNet(nn.Module):
         ``"xla"``: always XLA; ``"onednn"``: insist on oneDNN. Same function, same parameters.
         oneDNN's custom calls cannot be serialised: to :func:`jax.export` a model use
         :func:`gdjax.models.export` or :func:`gdjax.models.portable` (``impl="xla"``).
+      partitioned: create the parameters as Flax ``nn.LogicallyPartitioned`` boxes that name
+        their logical axes, for a device mesh to place them (remove the boxes with
+        ``flax.linen.unbox``). Where the model has towers (``groups`` > 1: the paper's
+        two-GPU split), every convolution's kernel and bias are split along their output maps
+        (:data:`MAPS`), as the paper split them between its GPUs; every hidden fully connected
+        layer is split along its units (:data:`NEURONS`); the last layer is whole. The
+        activations always carry the matching sharding constraints (:data:`BATCH`,
+        :data:`MAPS`, :data:`NEURONS`): the layers that read both towers (conv3 and the fully
+        connected ones, as in the paper's Figure 2) see every map, the others only their own
+        tower's. The constraints do nothing unless logical-axis rules and a mesh are set
+        (:class:`gdjax.train.Parallel` with ``model_parallel`` sets both).
     """
 
     num_classes: int = 1000
@@ -209,6 +298,7 @@ class AlexNet(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     impl: str = "auto"
+    partitioned: bool = False
 
     def _check(self, x: jax.Array) -> None:
         if self.impl not in CONV_IMPLS:
@@ -275,9 +365,34 @@ class AlexNet(nn.Module):
             dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
         x = x.astype(dtype)
         in_features = x.shape[-1]
-        conv_fn = functools.partial(conv_general_dilated, impl=self.impl)
+        # Towers (groups > 1) are split between the devices of the "maps" mesh axis when its
+        # size divides them; otherwise every device holds whole layers (the fc layers are
+        # split all the same).
+        maps = MAPS if groups > 1 and groups % _mesh_axis_size(MAPS) == 0 else None
+        towers_here = groups // _mesh_axis_size(MAPS) if maps else groups
+
+        def named(init: Callable, *names: str | None) -> Callable:
+            return nn.with_logical_partitioning(init, names) if self.partitioned else init
+
+        def place(y: jax.Array, *names: str | None) -> jax.Array:
+            return nn.with_logical_constraint(y, names)
+
         for i, conv in enumerate(spec.convs, start=1):
             g = groups if conv.grouped else 1
+            if g == 1:  # an ungrouped layer reads the maps of every tower
+                x = place(x, BATCH, None, None, None)
+            x_maps = maps if g > 1 else None
+            # Each device convolves its own examples with its own tower(s): the kernel's
+            # output maps are split like the layer's output, its input maps like the input.
+            conv_fn = _per_device(
+                functools.partial(
+                    _local_conv,
+                    impl=self.impl,
+                    groups=towers_here if g > 1 else 1,
+                ),
+                [(BATCH, None, None, x_maps), (None, None, None, maps)],
+                (BATCH, None, None, maps),
+            )
             fan_in = conv.kernel * conv.kernel * in_features // g
             kernel_init, bias_init = _initializers(spec.init, fan_in, conv.bias_one)
             x = nn.Conv(
@@ -286,47 +401,54 @@ class AlexNet(nn.Module):
                 strides=(conv.stride, conv.stride),
                 padding=[(conv.padding, conv.padding)] * 2,
                 feature_group_count=g,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
+                kernel_init=named(kernel_init, None, None, None, maps),
+                bias_init=named(bias_init, maps),
                 dtype=dtype,
                 param_dtype=self.param_dtype,
                 conv_general_dilated=conv_fn,
                 name=f"conv{i}",
             )(x)
+            x = place(x, BATCH, None, None, maps)
             x = act(x)
             if conv.lrn and self.lrn:
                 # Each GPU of the paper normalised its own maps: LRN within the towers of
                 # the layer the maps feed (conv1's maps are split between the GPUs too).
                 x = local_response_norm(x, groups=groups)
             if conv.pool:
-                x = max_pool(x, window, stride, impl=self.impl)
+                pool = functools.partial(max_pool, window=window, stride=stride, impl=self.impl)
+                x = _per_device(pool, [(BATCH, None, None, maps)], (BATCH, None, None, maps))(x)
             in_features = conv.features
         if spec.adaptive_pool is not None:
             x = adaptive_avg_pool(x, spec.adaptive_pool)
+        x = place(x, BATCH, None, None, None)  # the fully connected layers read every map
         x = x.reshape(x.shape[0], -1)
         for j, width in enumerate(spec.hidden, start=6):
             if spec.dropout_before_fc:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = place(x, BATCH, None)  # ... and every unit of the layer before
             kernel_init, bias_init = _initializers(spec.init, x.shape[-1], spec.hidden_bias_one)
             x = nn.Dense(
                 width,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
+                kernel_init=named(kernel_init, None, NEURONS),
+                bias_init=named(bias_init, NEURONS),
                 dtype=dtype,
                 param_dtype=self.param_dtype,
                 name=f"fc{j}",
             )(x)
+            x = place(x, BATCH, NEURONS)
             x = act(x)
             if not spec.dropout_before_fc:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = place(x, BATCH, None)
         kernel_init, bias_init = _initializers(spec.init, x.shape[-1], False)
         if spec.init == "he":  # a small classifier: the untrained net starts near ln(classes)
             kernel_init = nn.initializers.normal(stddev=0.01)
-        return nn.Dense(
+        logits = nn.Dense(
             self.num_classes,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
+            kernel_init=named(kernel_init, None, None),
+            bias_init=named(bias_init, None),
             dtype=dtype,
             param_dtype=self.param_dtype,
             name=f"fc{6 + len(spec.hidden)}",
         )(x)
+        return place(logits, BATCH, None)

@@ -91,9 +91,8 @@ def _xla(x, w, strides, pads, groups, precision=None):
 
 
 def _call(target, out_shape, a, b, strides, pads, groups):
-    return jax.ffi.ffi_call(
-        target, jax.ShapeDtypeStruct(out_shape, jnp.float32), vmap_method="sequential"
-    )(a, b, **_attrs(strides, pads, groups))
+    out = jax.ShapeDtypeStruct(out_shape, jnp.float32)
+    return _onednn.ffi(target, out, a, b, **_attrs(strides, pads, groups))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -125,7 +124,7 @@ def _bwd(strides, pads, groups, precision, residuals, dy):
     def onednn_grads(x, w, dy):
         dx = _call("gdjax_conv_bwd_data", x.shape, dy, w, strides, pads, groups)
         dw = _call("gdjax_conv_bwd_weights", w.shape, x, dy, strides, pads, groups)
-        return dx, dw
+        return _onednn.cotangent_like(dx, x), _onednn.cotangent_like(dw, w)
 
     return lax.platform_dependent(x, w, dy, cpu=onednn_grads, default=xla_grads)
 

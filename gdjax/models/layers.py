@@ -235,8 +235,7 @@ def _onednn_pool_fwd(x, window, stride):
     def cpu(x):
         out = jax.eval_shape(functools.partial(_xla_max_pool, window=window, stride=stride), x)
         shapes = (out, jax.ShapeDtypeStruct(out.shape, jnp.uint8))
-        call = jax.ffi.ffi_call("gdjax_max_pool_fwd", shapes, vmap_method="sequential")
-        return tuple(call(x, **_pool_attrs(window, stride)))
+        return tuple(_onednn.ffi("gdjax_max_pool_fwd", shapes, x, **_pool_attrs(window, stride)))
 
     def default(x):
         out, (arg, _) = _max_pool_fwd(x, window, stride)
@@ -260,8 +259,7 @@ def _onednn_max_pool_bwd(window, stride, residuals, g):
     x = jax.ShapeDtypeStruct(tuple(shape), g.dtype)
 
     def cpu(g, workspace):
-        call = jax.ffi.ffi_call("gdjax_max_pool_bwd", x, vmap_method="sequential")
-        return call(g, workspace, **_pool_attrs(window, stride))
+        return _onednn.ffi("gdjax_max_pool_bwd", x, g, workspace, **_pool_attrs(window, stride))
 
     def default(g, workspace):
         return _max_pool_bwd(window, stride, (workspace.astype(jnp.int8), x.shape), g)[0]

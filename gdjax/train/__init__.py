@@ -8,6 +8,7 @@ _extras.require(
 )
 
 from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
+from gdjax.train.collectives import Collective, collectives
 from gdjax.train.evaluation import eval_batches, evaluate
 from gdjax.train.loop import (
     Run,
@@ -18,7 +19,7 @@ from gdjax.train.loop import (
     train_and_evaluate,
 )
 from gdjax.train.metrics_writer import read_metrics
-from gdjax.train.parallel import MODES, Parallel, initialize_distributed
+from gdjax.train.parallel import MESH_AXES, MODES, RULES, Parallel, initialize_distributed
 from gdjax.train.recipe import OPTIMIZERS, Plateau, make_optimizer
 from gdjax.train.steps import (
     TrainState,
@@ -31,19 +32,23 @@ from gdjax.train.steps import (
 from gdjax.train.validation import ConfigError, check_config
 
 __all__ = [
+    "MESH_AXES",
     "MODES",
     "OPTIMIZERS",
     "CheckpointMismatchError",
     "Checkpointer",
+    "Collective",
     "ConfigError",
     "NonFiniteStateError",
     "Parallel",
     "Plateau",
+    "RULES",
     "Run",
     "TrainState",
     "WorkdirMismatchError",
     "build",
     "check_config",
+    "collectives",
     "cross_entropy",
     "due",
     "eval_batches",

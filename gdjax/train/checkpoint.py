@@ -172,16 +172,31 @@ class Checkpointer:
         self._manager.reload()
         warnings.warn(f"{why} checkpoint {step} moved to {target}", stacklevel=3)
 
-    def restore_latest(self, template: TrainState) -> tuple[TrainState, Any, dict] | None:
+    def restore_latest(
+        self, template: TrainState, shardings: Any = None
+    ) -> tuple[TrainState, Any, dict] | None:
         """The newest readable checkpoint as ``(state, data_state, meta)``, or ``None``.
 
-        ``template`` gives the structure, shapes, dtypes and shardings to restore into. Raises
+        ``template`` gives the structure, shapes, dtypes and, unless ``shardings`` (a tree
+        like the state, of :class:`jax.sharding.Sharding`) is given, the shardings to restore
+        into. Each device reads its own part, whatever topology wrote the checkpoint. Raises
         :class:`CheckpointMismatchError` when the newest readable checkpoint holds another
         structure.
         """
         saveable = _saveable(template)
         wanted = _layout(saveable)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saveable)
+        if shardings is not None:
+            where = {
+                "step": shardings.step,
+                "params": shardings.params,
+                "model_state": shardings.model_state,
+                "opt_state": shardings.opt_state,
+                "rng": shardings.rng,  # the key's raw data lies where the key did
+            }
+            abstract = jax.tree.map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, where
+            )
         for step in reversed(self.all_steps()):
             try:
                 metadata = self._manager.item_metadata(step)["state"]

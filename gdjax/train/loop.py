@@ -36,6 +36,7 @@ import signal
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -102,6 +103,7 @@ class Run:
     eval_tf: Any
     parallel: Parallel
     state: TrainState
+    shardings: Any  # parallel="sharded": the state's NamedShardings on the mesh; else None
     steps_per_epoch: int
     total_steps: int
     eval_batch_size: int
@@ -116,7 +118,9 @@ def build(c: ml_collections.ConfigDict) -> Run:
     train_tf, eval_tf = _transforms(c, stats)
     image_shape = eval_tf(test_src[0])["image"].shape[-3:]
 
-    parallel = Parallel(c.parallel, label_smoothing=c.label_smoothing, l2=c.l2)
+    parallel = Parallel(
+        c.parallel, model_parallel=c.model_parallel, label_smoothing=c.label_smoothing, l2=c.l2
+    )
     parallel.check_batch_size(c.batch_size)
     # Evaluation pads its batches anyway: round up to the devices instead of refusing.
     # (num_devices counts every process's devices, so it divides by the processes too.)
@@ -128,11 +132,8 @@ def build(c: ml_collections.ConfigDict) -> Run:
     if c.max_steps > 0:
         total_steps = min(total_steps, c.max_steps)
 
-    impl = c.model.impl
-    if impl == "auto" and c.parallel == "sharded" and parallel.num_devices > 1:
-        # XLA's SPMD partitioner does not know the oneDNN calls: it would all-gather the batch
-        # and run each one whole on every device. pmap and one device run them per device.
-        impl = "xla"
+    # Under parallel="sharded" the model runs its convolutions and poolings per device
+    # (shard_map), so oneDNN's calls stay on the fast path there too.
     model = AlexNet(
         num_classes=train_src.num_classes,
         variant=c.model.variant,
@@ -143,19 +144,23 @@ def build(c: ml_collections.ConfigDict) -> Run:
         overlapping_pool=c.model.overlapping_pool,
         in_channels=image_shape[-1],
         dtype=jnp.bfloat16 if c.mixed_precision else None,
-        impl=impl,
+        impl=c.model.impl,
+        partitioned=c.parallel == "sharded",
     )
     init_key, state_key = jax.random.split(jax.random.key(c.seed))
     variables = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape), jnp.float32))
     tx = make_optimizer(c, steps_per_epoch, total_steps)
     state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, rng=state_key)
+    # The partitioning boxes (sharded runs) say where each leaf goes; the state drops them.
+    shardings = parallel.state_shardings(state) if c.parallel == "sharded" else None
     return Run(
         train_src,
         test_src,
         train_tf,
         eval_tf,
         parallel,
-        state,
+        nn.unbox(state),
+        shardings,
         steps_per_epoch,
         total_steps,
         eval_batch_size,
@@ -187,7 +192,11 @@ def _mismatch(workdir: pathlib.Path, c: ml_collections.ConfigDict, e: Checkpoint
 
 
 def _restore(
-    workdir: pathlib.Path, c: ml_collections.ConfigDict, state: TrainState, restart: bool
+    workdir: pathlib.Path,
+    c: ml_collections.ConfigDict,
+    state: TrainState,
+    shardings: Any,
+    restart: bool,
 ) -> tuple[Checkpointer | None, tuple | None]:
     """Open the workdir's checkpoints and restore the newest readable one (None if none)."""
     directory = workdir / "checkpoints"
@@ -205,7 +214,7 @@ def _restore(
         return None, None
     checkpointer = Checkpointer(directory, max_to_keep=c.keep_checkpoints)
     try:
-        return checkpointer, checkpointer.restore_latest(state)
+        return checkpointer, checkpointer.restore_latest(state, shardings)
     except CheckpointMismatchError as e:
         checkpointer.close()
         raise _mismatch(workdir, c, e) from None
@@ -427,7 +436,7 @@ def train_and_evaluate(
         c.schedule.factor, c.schedule.patience, c.schedule.threshold, c.schedule.min_learning_rate
     )
     state = run.state
-    checkpointer, restored = _restore(workdir, c, state, restart)
+    checkpointer, restored = _restore(workdir, c, state, run.shardings, restart)
     if restored is not None:
         state, data_state, meta = restored
         batches.set_state(data_state)
@@ -440,7 +449,7 @@ def train_and_evaluate(
     if checkpointer is None:
         checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=c.keep_checkpoints)
     parallel, total = run.parallel, run.total_steps
-    state = parallel.put_state(state)
+    state = parallel.put_state(state, run.shardings)
     writer = MetricsWriter(workdir, enabled=is_main)
     log = _TrainLog(writer, c.batch_size, stop_on_nonfinite=not c.optimizer.skip_nonfinite)
     progress = _Progress(c.progress and is_main, run.steps_per_epoch, total)
@@ -532,14 +541,14 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     run = build(c)
     checkpointer = Checkpointer(directory, c.keep_checkpoints, create=False)
     try:
-        restored = checkpointer.restore_latest(run.state)
+        restored = checkpointer.restore_latest(run.state, run.shardings)
     except CheckpointMismatchError as e:
         raise _mismatch(pathlib.Path(workdir), c, e) from None
     finally:
         checkpointer.close()
     if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {directory}")
-    state = run.parallel.put_state(restored[0])
+    state = run.parallel.put_state(restored[0], run.shardings)
     result = evaluate(
         run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size, c.eval_split
     )

@@ -7,9 +7,18 @@
     along a leading device axis, the batch split into equal per-device parts, and gradients
     and metrics averaged with ``lax.pmean``.
 ``parallel="sharded"``
-    ``jax.jit`` over a one-axis :class:`jax.sharding.Mesh` of every device (all hosts): the
-    state is replicated, the batch sharded along ``"data"``; XLA inserts the gradient
-    all-reduce. In multi-host runs each process passes its own slice of the global batch.
+    ``jax.jit`` over a :class:`jax.sharding.Mesh` of every device (all hosts) with axes
+    ``("data", "model")``. The batch is split along ``"data"``. With ``model_parallel=1`` (the
+    default) the ``"model"`` axis has size 1 and the state is replicated: data parallelism,
+    XLA inserting the gradient all-reduce. With ``model_parallel=k`` the state's parameters
+    (and the optimizer state that mirrors them) are split over ``k`` devices as the model's
+    Flax partitioning annotations say (``AlexNet(partitioned=True)``: logical axes
+    ``"maps"`` and ``"neurons"`` go to ``"model"``, ``"batch"`` to ``"data"``), and the
+    model's sharding constraints make XLA's partitioner move activations only where the
+    layers read the other devices' maps; the data axis takes the other ``n / k`` devices.
+    The model axis stays inside a process (``k`` divides each process's device count), so
+    its traffic never crosses hosts. In multi-host runs each process passes its own slice
+    of the global batch.
 
 :class:`Parallel` holds the mode and converts states and batches to and from the layout it
 needs, so that the training loop stays one code path. Buffers of the state are donated.
@@ -17,22 +26,31 @@ needs, so that the training loop stays one code path. Buffers of the state are d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gdjax.models.alexnet import BATCH, MAPS, NEURONS
 from gdjax.train.steps import TrainState, eval_step, train_step
 
-__all__ = ["MODES", "Parallel", "initialize_distributed"]
+__all__ = ["MESH_AXES", "MODES", "RULES", "Parallel", "initialize_distributed"]
 
 MODES = ("none", "pmap", "sharded")
-AXIS = "batch"
+AXIS = "batch"  # pmap's axis name
+MESH_AXES = ("data", "model")
+# jax >= 0.7 spells it set_mesh (a context manager too); older releases use_mesh.
+_use_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
+# Logical axis (the model's annotations) -> mesh axis.
+RULES = ((BATCH, "data"), (MAPS, "model"), (NEURONS, "model"))
 
 
 def initialize_distributed(
@@ -66,14 +84,42 @@ class Parallel:
 
     Args:
       mode: ``"none"``, ``"pmap"`` or ``"sharded"``.
+      model_parallel: ``"sharded"`` only: size of the mesh's ``"model"`` axis (devices that
+        split each layer between them); must divide every process's device count.
       label_smoothing, l2: passed to :func:`~gdjax.train.steps.train_step`.
     """
 
-    def __init__(self, mode: str = "none", *, label_smoothing: float = 0.0, l2: float = 0.0):
+    def __init__(
+        self,
+        mode: str = "none",
+        *,
+        model_parallel: int = 1,
+        label_smoothing: float = 0.0,
+        l2: float = 0.0,
+    ):
         if mode not in MODES:
             raise ValueError(f"parallel must be one of {MODES}, got {mode!r}")
+        if isinstance(model_parallel, bool) or not isinstance(model_parallel, int | np.integer):
+            raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
+        if model_parallel < 1:
+            raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
+        if model_parallel > 1 and mode != "sharded":
+            raise ValueError(
+                f"model_parallel={model_parallel} needs parallel='sharded' (a device mesh), "
+                f"not {mode!r}"
+            )
+        local = jax.local_device_count()
+        if local % model_parallel:
+            raise ValueError(
+                f"model_parallel={model_parallel} does not divide the {local} devices of each "
+                f"process (the model axis stays inside a process); use a divisor of {local}"
+            )
         self.mode = mode
+        self.model_parallel = int(model_parallel)
+        self._state_shardings: Any = None
         step = functools.partial(train_step, label_smoothing=label_smoothing, l2=l2)
+        self._step = step
+        self.train_step_function = step  # the pure step these compile (e.g. to export it)
         if mode == "none":
             self.num_devices = 1
             self._train = jax.jit(step, donate_argnums=0)
@@ -85,11 +131,16 @@ class Parallel:
             )
             self._eval = jax.pmap(functools.partial(eval_step, axis_name=AXIS), axis_name=AXIS)
         else:
-            self.num_devices = jax.device_count()
-            self.mesh = Mesh(np.asarray(jax.devices()), ("data",))
+            n = jax.device_count()
+            self.num_devices = n // self.model_parallel  # the batch is split this many ways
+            devices = mesh_utils.create_device_mesh(
+                (n // self.model_parallel, self.model_parallel), jax.devices()
+            )
+            self.mesh = Mesh(devices, MESH_AXES)
+            # Rules onto axes of one device would only add no-op collectives: leave them out.
+            self.rules = tuple((name, axis) for name, axis in RULES if self.mesh.shape[axis] > 1)
             self.replicated = NamedSharding(self.mesh, P())
             self.data_sharding = NamedSharding(self.mesh, P("data"))
-            self._train = jax.jit(step, donate_argnums=0, out_shardings=self.replicated)
             self._eval = jax.jit(eval_step, out_shardings=self.replicated)
 
     # -- layout ---------------------------------------------------------------------------------
@@ -97,35 +148,85 @@ class Parallel:
     def check_batch_size(self, global_batch_size: int) -> None:
         """Raise before any compile if the global batch cannot be split over the devices."""
         if global_batch_size % self.num_devices:
+            where = (
+                f"{self.num_devices} data-parallel groups of parallel='sharded' with "
+                f"model_parallel={self.model_parallel}"
+                if self.model_parallel > 1
+                else f"{self.num_devices} devices of parallel={self.mode!r}"
+            )
             raise ValueError(
-                f"global batch size {global_batch_size} is not divisible by the "
-                f"{self.num_devices} devices of parallel={self.mode!r}; use a multiple of "
-                f"{self.num_devices}"
+                f"global batch size {global_batch_size} is not divisible by the {where}; use a "
+                f"multiple of {self.num_devices}"
             )
 
-    def put_state(self, state: TrainState) -> TrainState:
+    def state_shardings(self, state: TrainState) -> Any:
+        """``"sharded"``: the :class:`~jax.sharding.NamedSharding` of every leaf of ``state``.
+
+        Leaves boxed by Flax's partitioning annotations (``nn.LogicallyPartitioned``, also in
+        the optimizer state, which ``tx.init`` builds leaf by leaf from the boxed parameters)
+        are split as their logical axis names say (:data:`RULES`, for the axes of more than one
+        device); a dimension the mesh axis
+        does not divide stays whole; every other leaf is replicated.
+        """
+        if self.mode != "sharded":
+            raise ValueError(f"state_shardings is for parallel='sharded', not {self.mode!r}")
+        logical = nn.get_partition_spec(state)
+        plain = nn.unbox(state)
+
+        def sharding(spec: P, leaf: Any) -> NamedSharding:
+            axes = nn.logical_to_mesh_axes(spec, self.rules) if spec else P()
+            shape = np.shape(leaf)
+            fitted = [
+                axis if axis is None or shape[i] % self.mesh.shape[axis] == 0 else None
+                for i, axis in enumerate(axes)
+            ]
+            return NamedSharding(self.mesh, P(*fitted))
+
+        return jax.tree.map(sharding, logical, plain, is_leaf=lambda x: isinstance(x, P))
+
+    def put_state(self, state: TrainState, shardings: Any = None) -> TrainState:
         """A copy of ``state`` placed where the steps expect it (the steps donate their input
-        state, so the caller's arrays are never consumed)."""
-        state = jax.tree.map(jnp.copy, state)
+        state, so the caller's arrays are never consumed). Flax's partitioning boxes are
+        removed; under ``"sharded"`` they say how to split the leaves, unless ``shardings``
+        (from :meth:`state_shardings` of the boxed state) is given."""
+        if self.mode == "sharded":
+            if shardings is None:
+                shardings = self.state_shardings(state)
+            self._state_shardings = shardings
+            return jax.tree.map(self._place, nn.unbox(state), shardings)
+        state = jax.tree.map(jnp.copy, nn.unbox(state))
         if self.mode == "pmap":
             n = jax.local_device_count()
             stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), state)
             return jax.pmap(lambda s: s, axis_name=AXIS)(stacked)  # one copy per device
-        if self.mode == "sharded":
-            return jax.tree.map(self._replicate, state)
         return state
 
-    def _replicate(self, x: jax.Array) -> jax.Array:
-        """A copy of ``x`` on every device of every process (each process holds the value)."""
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            data = self._replicate(jax.random.key_data(x))
+    def _place(self, x: Any, sharding: NamedSharding) -> jax.Array:
+        """A copy of ``x`` laid out as ``sharding`` over every process's devices (each process
+        holds the whole value, or ``x`` is already a global array)."""
+        if jax.dtypes.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):
+            data = self._place(jax.random.key_data(x), sharding)
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.jit(jnp.copy, out_shardings=sharding)(x)
         host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, self.replicated, lambda index: host[index])
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     def get_state(self, state: TrainState) -> TrainState:
-        """The state as one copy (the first device's under pmap), for saving or inspection."""
+        """The state as one copy (the first device's under pmap), for saving or inspection
+        (under ``"sharded"`` global arrays, possibly split between devices and processes)."""
         return self._first(state)
+
+    def to_host(self, tree: Any) -> Any:
+        """``tree`` (e.g. ``get_state(state).params``) as numpy arrays on every process; split
+        arrays are gathered from the devices (and processes) that hold them."""
+
+        def fetch(x: Any) -> Any:
+            if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+                return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+            return np.asarray(jax.device_get(x))
+
+        return jax.tree.map(fetch, tree)
 
     def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
         """This process's part of the global batch, laid out for the steps."""
@@ -148,12 +249,49 @@ class Parallel:
 
     # -- steps ----------------------------------------------------------------------------------
 
+    def compiled_train_step(self) -> Any:
+        """The jitted (or pmapped) training step; under ``"sharded"`` call it inside
+        :meth:`context` (``put_state`` must have run: its output fixes the state's layout)."""
+        if self.mode != "sharded":
+            return self._train
+        if self._state_shardings is None:
+            raise RuntimeError("Parallel('sharded'): put_state(state) before the first step")
+        if getattr(self, "_train_for", None) is not self._state_shardings:
+            self._train = jax.jit(
+                self._step,
+                donate_argnums=0,
+                out_shardings=(self._state_shardings, self.replicated),
+            )
+            self._train_for = self._state_shardings
+        return self._train
+
+    def compile_train_step(self, state: TrainState, batch: Any) -> Any:
+        """The training step compiled for ``state`` and ``batch`` (laid out by
+        :meth:`put_state` and :meth:`put_batch`, or ``jax.ShapeDtypeStruct`` leaves carrying
+        those shardings), to read its HLO (:func:`gdjax.train.collectives`) or cost."""
+        if self.mode == "sharded" and self._state_shardings is None:
+            self._state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        with self.context():
+            return self.compiled_train_step().lower(state, batch).compile()
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """Where the steps trace: under ``"sharded"`` this mesh and the logical-axis rules
+        (so that the model's sharding constraints apply); elsewhere nothing."""
+        if self.mode != "sharded":
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(_use_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(self.rules))
+        return stack
+
     def train_step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        state, metrics = self._train(state, batch)
+        with self.context():
+            state, metrics = self.compiled_train_step()(state, batch)
         return state, self._first(metrics)
 
     def eval_step(self, state: TrainState, batch: Any) -> dict:
-        return self._first(self._eval(state, batch))
+        with self.context():
+            return self._first(self._eval(state, batch))
 
     def _first(self, tree: Any) -> Any:
         """Under pmap, the first device's copy of a replicated pytree; else the pytree."""

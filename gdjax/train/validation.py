@@ -164,6 +164,13 @@ def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     _unit(c, "label_smoothing")
     _at_least(c, "l2", 0)
     _one_of(c, "parallel", MODES)
+    _at_least(c, "model_parallel", 1)
+    if c.model_parallel > 1 and c.parallel != "sharded":
+        fail(
+            "model_parallel",
+            c.model_parallel,
+            f"1 with parallel={c.parallel!r} (a model axis needs parallel='sharded')",
+        )
     if process_count > 1 and c.parallel == "none":
         fail(
             "parallel",

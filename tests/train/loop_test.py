@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -249,6 +250,16 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
             {"parallel": "pmap", "batch_size": 12},
             "global batch size 12 is not divisible by the 8 devices",
         ),
+        ({"model_parallel": 2}, r"config.model_parallel must be 1 with parallel='none'"),
+        ({"model_parallel": 0}, r"config.model_parallel must be >= 1, got 0"),
+        (
+            {"parallel": "sharded", "model_parallel": 3},
+            "model_parallel=3 does not divide the 8 devices of each process",
+        ),
+        (
+            {"parallel": "sharded", "model_parallel": 2, "batch_size": 6},
+            "global batch size 6 is not divisible by the 4 data-parallel groups",
+        ),
         ({"dataset": "mnist"}, "unknown dataset spec"),
         (
             {"schedule.name": "plateau", "schedule.warmup_epochs": 1.0},
@@ -390,14 +401,20 @@ def test_the_other_presets_train(tmp_path, preset):
     assert result["steps"] == 2 and np.isfinite(result["loss"])
 
 
-@pytest.mark.parametrize("mode, expected", [("none", "auto"), ("pmap", "auto"), ("sharded", "xla")])
-def test_sharded_runs_keep_the_kernels_xla_can_partition(mode, expected):
-    """Under a sharded jit XLA would all-gather the batch into each oneDNN call; the loop picks
-    XLA's kernels there (pmap and one device run the oneDNN calls per device)."""
+@pytest.mark.parametrize("mode", ["none", "pmap", "sharded"])
+def test_every_mode_keeps_the_oneDNN_kernels(mode):
+    """pmap and one device run the oneDNN calls per device; a sharded run too, since the model
+    runs its convolutions and poolings per device there (shard_map), with its parameters
+    partitioned (Flax boxes, removed from the state)."""
     c = get_config("default")
     c.parallel, c.eval_batch_size = mode, 512
     run = build(c)
-    assert run.state.apply_fn.__self__.impl == expected
+    model = run.state.apply_fn.__self__
+    assert model.impl == "auto"
+    assert model.partitioned == (mode == "sharded")
+    assert (run.shardings is not None) == (mode == "sharded")
+    assert not any(isinstance(x, nn.meta.AxisMetadata) for x in jax.tree.leaves(
+        run.state, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata)))  # fmt: skip
     c.model.impl = "bogus"
     with pytest.raises(ValueError, match="impl must be one of"):
         build(c)

@@ -217,7 +217,7 @@ initialize_distributed(address, num_processes=2, process_id=pid)
 c = override(get_config("default"), **json.loads(sys.argv[4]))
 run = build(c)
 steps = sum(1 for _ in eval_batches(run.test_src, run.eval_tf, run.eval_batch_size))
-state = run.parallel.put_state(run.state)
+state = run.parallel.put_state(run.state, run.shardings)
 result = evaluate(run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size)
 with open(f"{out}.{pid}.json", "w") as f:
     json.dump({"steps": steps, "result": result}, f)
