@@ -110,3 +110,24 @@ def test_quickstart_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     )
     assert "backend: cpu" in outputs and "test accuracy" in outputs
     assert (tmp_path / "runs" / "notebook" / "metrics.jsonl").is_file()
+
+
+def test_scale_model(experiments, tmp_path):
+    """The paper preset's collectives on 8 fake devices, by mesh, and the projection's
+    arithmetic (the test process has the 8 devices the experiment needs)."""
+    results, _ = run(experiments, "scale_model", tmp_path)
+    dp, dm = results["modes"]["data parallel (8x1)"], results["modes"]["data x model (4x2)"]
+    assert set(dp["by_axis"]) == {"data"} and set(dm["by_axis"]) == {"data", "model"}
+    # Data parallel: the gradients of all 60,965,224 parameters (float32) and the step's three
+    # scalar metrics, in one ring all-reduce.
+    assert dp["param_bytes_per_device"] == 4 * 60_965_224
+    assert dp["by_axis"]["data"]["bytes"] == 4 * 60_965_224 + 3 * 4
+    assert dp["by_axis"]["data"]["sent"] == pytest.approx(2 * 7 / 8 * (4 * 60_965_224 + 12))
+    share = dm["param_bytes_per_device"] / dp["param_bytes_per_device"]
+    assert 0.5 < share < 0.55
+    assert dm["flops_per_device"] == pytest.approx(dp["flops_per_device"] / 2, rel=0.05)
+    for mode in (dp, dm):
+        for rows in mode["projection"].values():
+            assert [r["chips"] for r in rows] == [8, 64, 256]
+            for r in rows:
+                assert r["step_ms"] == pytest.approx(r["compute_ms"] + r["communicate_ms"])

@@ -118,3 +118,56 @@ def test_two_processes_resume_as_one(tmp_path):
     _, want = final_params(straight, config(parallel="none"))
     assert step == STEPS
     assert_close(got, want)
+
+
+def _free_slurm_job_id():
+    """A SLURM_JOB_ID whose coordinator port (JAX: 61440 + id % 4096) is free here."""
+    import socket
+
+    for job in range(4096):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", 61440 + job))
+            except OSError:
+                continue
+            return job
+    pytest.skip("no free port in 61440-65535")
+
+
+def test_the_command_finds_a_slurm_cluster_with_distributed(tmp_path):
+    """`gdjax train --distributed` as `srun` would start it: two tasks, SLURM's variables,
+    no address given. jax.distributed.initialize() finds the cluster; the tasks form one
+    2x2 (data x model) mesh and train together."""
+    job = _free_slurm_job_id()
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "GDJAX_CACHE_DIR": str(tmp_path / "cache"),
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+            "SLURM_JOB_ID": str(job), "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "127.0.0.1",
+            "SLURM_STEP_NUM_NODES": "1"}  # fmt: skip
+    command = [
+        sys.executable, "-m", "gdjax.cli", "train", "--distributed",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.parallel=sharded", "--config.model_parallel=2", "--config.num_steps=3",
+        "--config.batch_size=32", "--config.progress=False",
+    ]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            command,
+            env={**base, "SLURM_PROCID": str(p), "SLURM_LOCALID": str(p)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for p in (0, 1)
+    ]
+    logs = []
+    for p in procs:
+        try:
+            logs.append(p.communicate(timeout=300)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("the two SLURM tasks did not finish in 300 s")
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-3000:]
+        assert "done: 3 steps" in log, log[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "3").is_dir()
