@@ -30,7 +30,6 @@ import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,10 +62,7 @@ def measure(model_parallel: int) -> dict:
         variables,
     )
     par = Parallel("sharded", model_parallel=model_parallel)
-    shardings = par.state_shardings(boxed)
-    state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings
-    )
+    state = par.abstract_state(boxed)
     groups = jax.device_count() // model_parallel
     where = par.data_sharding
     batch = {

@@ -184,6 +184,22 @@ class Parallel:
 
         return jax.tree.map(sharding, logical, plain, is_leaf=lambda x: isinstance(x, P))
 
+    def abstract_state(self, state: TrainState) -> TrainState:
+        """``state`` (arrays, or shapes from ``jax.eval_shape``; boxed or not) as
+        ``jax.ShapeDtypeStruct`` leaves laid out as the steps expect (``"sharded"``: with the
+        mesh's shardings): to compile (:meth:`compile_train_step`) or export a step for a
+        topology without allocating its arrays. Not for ``"pmap"`` (a leading device axis)."""
+        if self.mode == "pmap":
+            raise ValueError("abstract_state is for parallel='none' or 'sharded', not 'pmap'")
+        plain = nn.unbox(state)
+        if self.mode == "none":
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), plain)
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, sharding=s),
+            plain,
+            self.state_shardings(state),
+        )
+
     def put_state(self, state: TrainState, shardings: Any = None) -> TrainState:
         """A copy of ``state`` placed where the steps expect it (the steps donate their input
         state, so the caller's arrays are never consumed). Flax's partitioning boxes are

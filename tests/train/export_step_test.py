@@ -31,14 +31,6 @@ def boxed_state():
     )
 
 
-def shaped(tree, shardings=None):
-    if shardings is None:
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-    return jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
-
-
 def batch(sharding=None):
     return {
         "image": jax.ShapeDtypeStruct((BATCH, 28, 28, 1), jnp.float32, sharding=sharding),
@@ -64,7 +56,8 @@ def export_step(mode):
     state = nn.unbox(boxed_state())
     if mode == "none":
         step = jax.jit(flat(train_step, state))
-        return jax_export.export(step, platforms=PLATFORMS)(jax.tree.leaves(shaped(state)), batch())
+        shapes = Parallel("none").abstract_state(state)
+        return jax_export.export(step, platforms=PLATFORMS)(jax.tree.leaves(shapes), batch())
     if mode == "pmap":
         # jax.export takes jit, not pmap: the pmap mode's step (collectives over its named
         # axis) is exported as the same program under shard_map over a one-axis mesh.
@@ -78,17 +71,16 @@ def export_step(mode):
         whole = jax.tree.leaves(jax.tree.map(lambda _: NamedSharding(mesh, P()), state))
         split = NamedSharding(mesh, P("batch"))
         step = jax.jit(flat(per_device, state), in_shardings=(whole, split))
-        args = jax.tree.leaves(shaped(state)), batch()
+        args = jax.tree.leaves(Parallel("none").abstract_state(state)), batch()
         return jax_export.export(step, platforms=PLATFORMS)(*args)
     par = Parallel("sharded", model_parallel=2 if mode == "data x model mesh" else 1)
-    shardings = par.state_shardings(boxed_state())
-    leaves = jax.tree.leaves(shardings)
+    leaves = [x.sharding for x in jax.tree.leaves(par.abstract_state(boxed_state()))]
     step = jax.jit(
         flat(par.train_step_function, state),
         in_shardings=(leaves, par.data_sharding),
         out_shardings=(leaves, par.replicated),
     )
-    args = jax.tree.leaves(shaped(state)), batch()
+    args = jax.tree.leaves(Parallel("none").abstract_state(state)), batch()
     with par.context():
         return jax_export.export(step, platforms=PLATFORMS)(*args)
 

@@ -43,10 +43,11 @@ def run(mode, model_parallel=1, impl="auto", **model_fields):
 
 
 @pytest.mark.parametrize(
-    "fields", [{"groups": 2}, {}], ids=["towers (the paper's split)", "fc layers only"]
+    "fields, impl",
+    [({"groups": 2}, "onednn"), ({"groups": 2}, "xla"), ({}, "onednn")],
+    ids=["towers (the paper's split), oneDNN", "towers, XLA", "fc layers only, oneDNN"],
 )
-@pytest.mark.parametrize("impl", ["onednn", "xla"])
-def test_a_4x2_mesh_trains_like_one_device(fields, impl, request):
+def test_a_4x2_mesh_trains_like_one_device(fields, impl):
     if impl == "onednn" and not gdjax.models.onednn_status()[0]:
         pytest.skip(f"oneDNN kernels unavailable: {gdjax.models.onednn_status()[1]}")
     ref_state, ref_hist, ref_eval = run("none", impl=impl, **fields)
@@ -227,10 +228,10 @@ def train_on_mesh(mode, model_parallel=1, steps=3, batch_size=16):
 
 
 def test_four_processes_on_a_4x2_mesh_match_one(tmp_path):
-    from train.topology_test import run_processes
+    from processes import run_workers
 
     out = tmp_path / "params.npz"
-    logs = run_processes(4, MESH_WORKER, [str(out)], tmp_path, timeout=400)
+    logs = run_workers(4, MESH_WORKER, [str(out)], tmp_path, timeout=400)
     assert all(f"done {pid}" in log for pid, log in enumerate(logs))
     got, want = dict(np.load(out)), train_on_mesh("none")
     assert got.keys() == want.keys()

@@ -1,22 +1,16 @@
 """One step, three parallel modes (8 fake CPU devices), and two real processes on localhost."""
 
 import json
-import os
-import pathlib
-import socket
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from processes import run_workers
 
 import gdjax
 from gdjax.models import AlexNet
 from gdjax.train import MODES, Parallel, TrainState
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def batches(n=3, size=32, seed=0):
@@ -164,38 +158,10 @@ def train_on_process_slices(mode, steps=3, batch_size=16):
     ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("mode", ["sharded", "pmap"])
 def test_two_processes_match_one(tmp_path, mode):
-    address = f"127.0.0.1:{free_port()}"
     out = tmp_path / "params.npz"
-    env = {**os.environ, "GDJAX_TESTS": str(ROOT / "tests"), "PYTHONPATH": str(ROOT)}
-    env.pop("XLA_FLAGS", None)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, address, str(pid), mode, str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for pid in (0, 1)
-    ]
-    logs = []
-    for p in procs:
-        try:
-            logs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the two-process run did not finish in 240 s")
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-3000:]
+    run_workers(2, WORKER, [mode, str(out)], tmp_path, timeout=240)
     got = dict(np.load(out))
     want = {"/".join(map(str, k)): v for k, v in train_on_process_slices("none")}
     assert got.keys() == want.keys()
@@ -234,35 +200,7 @@ def test_two_process_evaluation_counts_every_example_once(tmp_path, mode):
 
     fields = {"dataset": "digits", "input.image_size": 16, "parallel": mode,
               "eval_batch_size": 40, "batch_size": 32}  # fmt: skip
-    address = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GDJAX_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("XLA_FLAGS", None)
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                EVAL_WORKER,
-                address,
-                str(pid),
-                str(tmp_path / "out"),
-                json.dumps(fields),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for pid in (0, 1)
-    ]
-    for p in procs:
-        try:
-            log = p.communicate(timeout=240)[0]
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the two-process evaluation did not finish in 240 s (a hang?)")
-        assert p.returncode == 0, log[-3000:]
+    run_workers(2, EVAL_WORKER, [str(tmp_path / "out"), json.dumps(fields)], tmp_path, timeout=240)
     got = [json.loads((tmp_path / f"out.{pid}.json").read_text()) for pid in (0, 1)]
     assert got[0]["steps"] == got[1]["steps"] == 9  # ceil(ceil(359 / 2) / 20)
     one = override(get_config("default"), **{**fields, "parallel": "none"})
