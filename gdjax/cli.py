@@ -119,7 +119,8 @@ def _parse_value(field: str, text: str, current: object) -> object:
     """The override's text as the field's type (that of its current value)."""
     from gdjax.configs.base import nullable_fields
 
-    if text.lower() == "none":
+    # "none" is a value of some string fields (parallel=none); elsewhere it unsets the field.
+    if text.lower() == "none" and not (isinstance(current, str) and field not in nullable_fields()):
         if field not in nullable_fields() and current is not None:
             raise UsageError(f"config.{field} cannot be None")
         return None

@@ -177,3 +177,16 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     out = capsys.readouterr().out
     on_train = json.loads(out[out.index("{") :])
     assert on_train["accuracy"] != pytest.approx(result["accuracy"])  # the override applied
+
+
+def test_none_is_a_value_of_string_fields_and_unsets_the_others():
+    """`--config.parallel=none` (resuming a sharded run on one device) is the mode "none";
+    on other fields "none" unsets, where they may be unset."""
+    from gdjax.configs import get_config
+
+    c = get_config("default")
+    c.parallel = "sharded"
+    cli._apply_overrides(c, ["--config.parallel=none", "--config.optimizer.hparams.momentum=None"])
+    assert c.parallel == "none" and c.optimizer.hparams.momentum is None
+    with pytest.raises(cli.UsageError, match=r"config\.batch_size cannot be None"):
+        cli._apply_overrides(c, ["--config.batch_size=None"])
