@@ -49,29 +49,50 @@ CHIPS = {
 }
 
 
+def boxed_state(model: AlexNet, image_shape: tuple[int, ...], tx) -> TrainState:
+    """``model``'s training state as shapes (``jax.eval_shape``, nothing allocated), with the
+    parameters and the optimizer state that mirrors them still in their partitioning boxes."""
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *image_shape)))
+    return jax.eval_shape(
+        lambda v: TrainState.create(
+            apply_fn=model.apply, variables=v, tx=tx, rng=jax.random.key(1)
+        ),
+        variables,
+    )
+
+
+def compile_step(
+    model: AlexNet, image_shape: tuple[int, ...], batch: int, model_parallel: int, tx
+) -> tuple[Parallel, TrainState, object]:
+    """``model``'s sharded training step for a global ``batch`` of images, compiled from shapes
+    alone: ``(parallel, the state's shapes with their shardings, the compiled step)``."""
+    par = Parallel("sharded", model_parallel=model_parallel)
+    state = par.abstract_state(boxed_state(model, image_shape, tx))
+    where = par.data_sharding
+    images = {
+        "image": jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32, sharding=where),
+        "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=where),
+    }
+    return par, state, par.compile_train_step(state, images)
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes of ``tree`` (shapes with shardings) that the first device holds."""
+    return sum(
+        int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+        for x in jax.tree.leaves(tree)
+    )
+
+
 def measure(model_parallel: int) -> dict:
     """Collectives and FLOPs of the paper preset's step on an 8-device mesh."""
     # XLA's kernels (what a TPU or GPU runs): the CPU's oneDNN calls hide their FLOPs from the
     # cost analysis.
     model = AlexNet(num_classes=1000, variant="paper", partitioned=True, impl="xla")
-    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 227, 227, 3)))
-    boxed = jax.eval_shape(
-        lambda v: TrainState.create(
-            apply_fn=model.apply, variables=v, tx=gdjax.alexnet_sgd(0.01), rng=jax.random.key(1)
-        ),
-        variables,
-    )
-    par = Parallel("sharded", model_parallel=model_parallel)
-    state = par.abstract_state(boxed)
     groups = jax.device_count() // model_parallel
-    where = par.data_sharding
-    batch = {
-        "image": jax.ShapeDtypeStruct(
-            (PER_GROUP * groups, 227, 227, 3), jnp.float32, sharding=where
-        ),
-        "label": jax.ShapeDtypeStruct((PER_GROUP * groups,), jnp.int32, sharding=where),
-    }
-    compiled = par.compile_train_step(state, batch)
+    par, state, compiled = compile_step(
+        model, (227, 227, 3), PER_GROUP * groups, model_parallel, gdjax.alexnet_sgd(0.01)
+    )
     found = collectives(compiled.as_text(), par.mesh)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -82,10 +103,6 @@ def measure(model_parallel: int) -> dict:
         row["count"] += 1
         row["bytes"] += c.bytes
         row["sent"] += c.sent
-    params = sum(
-        int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
-        for x in jax.tree.leaves(state.params)
-    )
     return {
         "mesh": f"{groups}x{model_parallel}",
         "collectives": [
@@ -100,7 +117,7 @@ def measure(model_parallel: int) -> dict:
             for c in found
         ],
         "by_axis": by_axis,
-        "param_bytes_per_device": params,
+        "param_bytes_per_device": per_device_bytes(state.params),
         "flops_per_device": float(cost.get("flops", 0.0)),
     }
 

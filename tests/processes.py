@@ -19,9 +19,10 @@ def free_port() -> int:
 
 
 def worker_env(tmp_path: pathlib.Path, **extra: str) -> dict[str, str]:
-    """The environment of a worker: this checkout importable, its own cache, no inherited fake
-    device count (the worker sets its own)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GDJAX_TESTS": str(ROOT / "tests"),
+    """The environment of a worker: this checkout importable with pytest's paths (tests/,
+    experiments/), its own cache, no inherited fake device count (the worker sets its own)."""
+    path = os.pathsep.join(str(p) for p in (ROOT, ROOT / "tests", ROOT / "experiments"))
+    env = {**os.environ, "PYTHONPATH": path, "GDJAX_TESTS": str(ROOT / "tests"),
            "GDJAX_CACHE_DIR": str(tmp_path / "cache"), **extra}  # fmt: skip
     if "XLA_FLAGS" not in extra:
         env.pop("XLA_FLAGS", None)

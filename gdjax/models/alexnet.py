@@ -368,8 +368,9 @@ class AlexNet(nn.Module):
         # Towers (groups > 1) are split between the devices of the "maps" mesh axis when its
         # size divides them; otherwise every device holds whole layers (the fc layers are
         # split all the same).
-        maps = MAPS if groups > 1 and groups % _mesh_axis_size(MAPS) == 0 else None
-        towers_here = groups // _mesh_axis_size(MAPS) if maps else groups
+        split = _mesh_axis_size(MAPS)
+        maps = MAPS if groups > 1 and groups % split == 0 else None
+        towers_here = groups // split if maps else groups
 
         def named(init: Callable, *names: str | None) -> Callable:
             return nn.with_logical_partitioning(init, names) if self.partitioned else init

@@ -48,15 +48,20 @@ class NonFiniteStateError(FloatingPointError):
     """A state with NaN or infinite parameters was about to be saved."""
 
 
-def _saveable(state: TrainState) -> dict[str, Any]:
-    """The state's arrays, with the typed PRNG key as its raw uint32 data."""
+def _fields(state: TrainState) -> dict[str, Any]:
+    """The state's saved fields by name (also for a tree like the state, e.g. its shardings)."""
     return {
         "step": state.step,
         "params": state.params,
         "model_state": state.model_state,
         "opt_state": state.opt_state,
-        "rng": jax.random.key_data(state.rng),
+        "rng": state.rng,
     }
+
+
+def _saveable(state: TrainState) -> dict[str, Any]:
+    """The state's arrays, with the typed PRNG key as its raw uint32 data."""
+    return {**_fields(state), "rng": jax.random.key_data(state.rng)}
 
 
 def _key_name(key: Any) -> str:
@@ -186,16 +191,11 @@ class Checkpointer:
         saveable = _saveable(template)
         wanted = _layout(saveable)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saveable)
-        if shardings is not None:
-            where = {
-                "step": shardings.step,
-                "params": shardings.params,
-                "model_state": shardings.model_state,
-                "opt_state": shardings.opt_state,
-                "rng": shardings.rng,  # the key's raw data lies where the key did
-            }
+        if shardings is not None:  # the key's raw data lies where the key did
             abstract = jax.tree.map(
-                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, where
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                abstract,
+                _fields(shardings),
             )
         for step in reversed(self.all_steps()):
             try:

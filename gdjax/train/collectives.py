@@ -3,7 +3,7 @@ devices, over which mesh axes, and how many bytes.
 
 >>> compiled = parallel.compile_train_step(state, batch)       # doctest: +SKIP
 >>> for c in collectives(compiled.as_text(), parallel.mesh):   # doctest: +SKIP
-...     print(c.kind, c.axes, c.shape, c.bytes)
+...     print(c.kind, c.axes, c.shapes, c.bytes)
 
 ``bytes`` is the size of the collected value (an all-gather's result, an all-reduce's or a
 reduce-scatter's operand). ``sent`` models what each device sends for it with the ring

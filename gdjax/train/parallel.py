@@ -117,8 +117,8 @@ class Parallel:
         self.mode = mode
         self.model_parallel = int(model_parallel)
         self._state_shardings: Any = None
+        self._train_for: Any = None  # the state shardings the sharded step was jitted for
         step = functools.partial(train_step, label_smoothing=label_smoothing, l2=l2)
-        self._step = step
         self.train_step_function = step  # the pure step these compile (e.g. to export it)
         if mode == "none":
             self.num_devices = 1
@@ -165,8 +165,8 @@ class Parallel:
         Leaves boxed by Flax's partitioning annotations (``nn.LogicallyPartitioned``, also in
         the optimizer state, which ``tx.init`` builds leaf by leaf from the boxed parameters)
         are split as their logical axis names say (:data:`RULES`, for the axes of more than one
-        device); a dimension the mesh axis
-        does not divide stays whole; every other leaf is replicated.
+        device); a dimension the mesh axis does not divide stays whole; every other leaf is
+        replicated.
         """
         if self.mode != "sharded":
             raise ValueError(f"state_shardings is for parallel='sharded', not {self.mode!r}")
@@ -272,9 +272,9 @@ class Parallel:
             return self._train
         if self._state_shardings is None:
             raise RuntimeError("Parallel('sharded'): put_state(state) before the first step")
-        if getattr(self, "_train_for", None) is not self._state_shardings:
+        if self._train_for is not self._state_shardings:
             self._train = jax.jit(
-                self._step,
+                self.train_step_function,
                 donate_argnums=0,
                 out_shardings=(self._state_shardings, self.replicated),
             )

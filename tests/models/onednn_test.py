@@ -15,7 +15,7 @@ import pytest
 from jax import export as jax_export
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gdjax.models import AlexNet, _onednn, conv_general_dilated, max_pool, onednn_status
+from gdjax.models import AlexNet, _onednn, conv_general_dilated, layers, max_pool, onednn_status
 from gdjax.models import alexnet as alexnet_module
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -251,17 +251,9 @@ def _well_conditioned(params, seed=5):
 
 
 def _windows(z, window, stride):
-    """The VALID max-pooling windows of an NHWC batch, stacked on a new last axis."""
-    _, h, w, _ = z.shape
-    oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
-    return jnp.stack(
-        [
-            z[:, i : i + stride * (oh - 1) + 1 : stride, j : j + stride * (ow - 1) + 1 : stride]
-            for i in range(window)
-            for j in range(window)
-        ],
-        axis=-1,
-    )
+    """The VALID max-pooling windows of an NHWC batch, stacked on a new last axis (row-major
+    offsets, the order in which pooling breaks ties)."""
+    return jnp.stack(layers._windows(z, window, stride)[0], axis=-1)
 
 
 def _pieces(monkeypatch, model, params, x):

@@ -8,13 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scale_model
 from jax import export as jax_export
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gdjax
 from gdjax.models import AlexNet
-from gdjax.train import Parallel, TrainState, train_step
+from gdjax.train import Parallel, train_step
 
 PLATFORMS = ("tpu", "cuda")
 BATCH = 16
@@ -22,13 +23,7 @@ BATCH = 16
 
 def boxed_state():
     model = AlexNet(num_classes=10, variant="small", in_channels=1, groups=2, partitioned=True)
-    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    return jax.eval_shape(
-        lambda v: TrainState.create(
-            apply_fn=model.apply, variables=v, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
-        ),
-        variables,
-    )
+    return scale_model.boxed_state(model, (28, 28, 1), gdjax.momentum(0.05))
 
 
 def batch(sharding=None):

@@ -1,10 +1,10 @@
 """Data x model parallelism on 8 fake CPU devices: the paper's two-GPU split as a mesh axis."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scale_model import compile_step, per_device_bytes
 from train.parallel_test import batches, max_diff
 
 import gdjax
@@ -60,39 +60,14 @@ def test_a_4x2_mesh_trains_like_one_device(fields, impl):
         assert float(evals[k]) == pytest.approx(float(ref_eval[k]), rel=1e-5), k
 
 
-def abstract_step(variant, size, model_parallel, batch=8, classes=1000, **fields):
-    """The sharded training step of a variant, compiled from shapes alone (no arrays)."""
+def abstract_step(variant, size, model_parallel, batch=8, classes=1000):
+    """The sharded training step of a variant, compiled from shapes alone (no arrays), and
+    its collectives."""
     channels = 1 if variant == "small" else 3
-    model = AlexNet(
-        num_classes=classes, variant=variant, in_channels=channels, partitioned=True, **fields
-    )
-    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, channels)))
-    boxed = jax.eval_shape(
-        lambda v: TrainState.create(
-            apply_fn=model.apply, variables=v, tx=gdjax.momentum(0.01), rng=jax.random.key(1)
-        ),
-        variables,
-    )
-    par = Parallel("sharded", model_parallel=model_parallel)
-    shardings = par.state_shardings(boxed)
-    state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings
-    )
-    images = jax.ShapeDtypeStruct(
-        (batch, size, size, channels), jnp.float32, sharding=par.data_sharding
-    )
-    labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=par.data_sharding)
-    compiled = par.compile_train_step(state, {"image": images, "label": labels})
+    model = AlexNet(num_classes=classes, variant=variant, in_channels=channels, partitioned=True)
+    tx = gdjax.momentum(0.01)
+    par, state, compiled = compile_step(model, (size, size, channels), batch, model_parallel, tx)
     return par, state, collectives(compiled.as_text(), par.mesh)
-
-
-def per_device_bytes(tree):
-    """Bytes of ``tree`` (ShapeDtypeStructs with shardings) held by the first device."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shard = x.sharding.shard_shape(x.shape)
-        total += int(np.prod(shard)) * x.dtype.itemsize
-    return total
 
 
 def total_bytes(tree):
