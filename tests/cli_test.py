@@ -41,6 +41,11 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["train", "--config.model.variant=big"], "config.model.variant must be one of"),
         (["train", "--config.model.activation=gelu"], "config.model.activation must be one of"),
         (["train", "--config.model.dropout_rate=1.5"], "dropout_rate must be in [0, 1)"),
+        (
+            ["train", "--config.model.fused_relu=True", "--config.model.activation=tanh"],
+            "config.model.fused_relu must be False with model.activation='tanh', got True",
+        ),
+        (["train", "--config.model.fused_relu=maybe"], "--config.model.fused_relu=maybe"),
         (["train", "--config.dataset=folder:/no/such"], "folder:/no/such: no such folder"),
         (["train", "--config.dataset=cifar10:/no/such.tar.gz"], "no such file or folder"),
         (["train", "--config.eval_split=nosuch"], "config.eval_split must be one of"),

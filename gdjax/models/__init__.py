@@ -1,7 +1,7 @@
 """Flax models: AlexNet's variants, its layers, torchvision weight import and model facts."""
 
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, AlexNet, spatial_sizes
-from gdjax.models.conv import CONV_IMPLS, conv_general_dilated, onednn_status
+from gdjax.models.conv import CONV_IMPLS, conv_bias_relu, conv_general_dilated, onednn_status
 from gdjax.models.export import export, portable
 from gdjax.models.layers import LocalResponseNorm, adaptive_avg_pool, local_response_norm, max_pool
 from gdjax.models.stats import count_flops, count_macs, count_params
@@ -14,6 +14,7 @@ __all__ = [
     "AlexNet",
     "LocalResponseNorm",
     "adaptive_avg_pool",
+    "conv_bias_relu",
     "conv_general_dilated",
     "count_flops",
     "count_macs",

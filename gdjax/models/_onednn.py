@@ -1,5 +1,5 @@
-"""Build, load and register the oneDNN kernels: convolutions and max-pooling (the optional CPU
-fast path).
+"""Build, load and register the oneDNN kernels: convolutions (alone, or with the bias and ReLU
+fused in) and max-pooling (the optional CPU fast path).
 
 The kernels (``_onednn_conv.cc``) are XLA FFI handlers. They are compiled on first use with the
 machine's C++ compiler against the oneDNN headers of ``onednn-devel-cpu-gomp`` (the
@@ -42,6 +42,7 @@ TARGETS = {
     "gdjax_conv_fwd": "GdjaxConvFwd",
     "gdjax_conv_bwd_data": "GdjaxConvBwdData",
     "gdjax_conv_bwd_weights": "GdjaxConvBwdWeights",
+    "gdjax_conv_bias_relu_fwd": "GdjaxConvBiasReluFwd",
     "gdjax_max_pool_fwd": "GdjaxMaxPoolFwd",
     "gdjax_max_pool_bwd": "GdjaxMaxPoolBwd",
 }

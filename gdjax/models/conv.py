@@ -1,5 +1,8 @@
 """2-D convolution that runs on oneDNN on the CPU when it can, and on XLA everywhere else.
 
+:func:`conv_bias_relu` is the same for a convolution layer with its bias and ReLU, fused into
+one oneDNN call (bias and ReLU as post-ops).
+
 :func:`conv_general_dilated` has the signature of :func:`jax.lax.conv_general_dilated`, so it
 drops into ``flax.linen.Conv(..., conv_general_dilated=...)``. It computes the same function
 (and the same gradients); only the kernels differ. A call takes the oneDNN path when all hold:
@@ -32,7 +35,7 @@ from jax import lax
 
 from gdjax.models import _onednn
 
-__all__ = ["CONV_IMPLS", "conv_general_dilated", "onednn_status"]
+__all__ = ["CONV_IMPLS", "conv_bias_relu", "conv_general_dilated", "onednn_status"]
 
 CONV_IMPLS = _onednn.IMPLS
 _NHWC = lax.ConvDimensionNumbers(
@@ -130,6 +133,95 @@ def _bwd(strides, pads, groups, precision, residuals, dy):
 
 
 _onednn_conv.defvjp(_fwd, _bwd)
+
+
+def _xla_bias_relu(x, w, b, strides, pads, groups):
+    return jax.nn.relu(_xla(x, w, strides, pads, groups) + b.reshape(1, 1, 1, -1))
+
+
+def _fused_call(x, w, b, strides, pads, groups):
+    out = jax.eval_shape(
+        functools.partial(_xla, strides=strides, pads=pads, groups=groups), x, w
+    ).shape
+    y = jax.ShapeDtypeStruct(out, jnp.float32)
+    return _onednn.ffi("gdjax_conv_bias_relu_fwd", y, x, w, b, **_attrs(strides, pads, groups))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _onednn_conv_bias_relu(x, w, b, strides, pads, groups):
+    return lax.platform_dependent(
+        x,
+        w,
+        b,
+        cpu=functools.partial(_fused_call, strides=strides, pads=pads, groups=groups),
+        default=functools.partial(_xla_bias_relu, strides=strides, pads=pads, groups=groups),
+    )
+
+
+def _fused_fwd(x, w, b, strides, pads, groups):
+    y = _onednn_conv_bias_relu(x, w, b, strides, pads, groups)
+    return y, (x, w, b, y)
+
+
+def _fused_bwd(strides, pads, groups, residuals, dy):
+    x, w, b, y = residuals
+    # ReLU's mask, read off its output (y > 0 exactly where conv + b > 0), and the bias's
+    # gradient: one loop of XLA's. (Doing both inside oneDNN — its ReLU backward, then the
+    # weight gradient with the bias's — measured slower: oneDNN 3.2's weight gradient with a
+    # bias is up to 40% slower on AVX2, see experiments/levers.py.)
+    dz = jnp.where(y > 0, dy, jnp.zeros_like(dy))
+    db = _onednn.cotangent_like(dz.sum((0, 1, 2)), b)
+    dx, dw = _bwd(strides, pads, groups, None, (x, w), dz)
+    return dx, dw, db
+
+
+_onednn_conv_bias_relu.defvjp(_fused_fwd, _fused_bwd)
+
+
+def conv_bias_relu(
+    x: jax.Array,
+    w: jax.Array,
+    b: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    feature_group_count: int = 1,
+    *,
+    impl: str = "auto",
+) -> jax.Array:
+    """``relu(conv(x, w) + b)``: NHWC ``x``, HWIO ``w`` (a grouped kernel is ``HW(I/g)O``),
+    ``b`` of one entry per output map — a convolution layer and its ReLU in one call.
+
+    On the oneDNN path (the conditions of :func:`conv_general_dilated`, and float32 ``b``) the
+    bias and the ReLU are post-ops of oneDNN's convolution, so ``y`` is written once and no
+    pre-activation is kept; the backward reads ReLU's mask off ``y``: ``dz = dy * [y > 0]``,
+    ``db = sum(dz)`` (one XLA loop), then ``dx`` and ``dw`` are the convolution's gradients
+    of ``dz`` on oneDNN. Elsewhere it is exactly
+    ``jax.nn.relu(lax.conv_general_dilated(x, w, ...) + b)``, with the same gradients (ReLU's
+    derivative at 0 is 0 on both paths).
+    """
+    _onednn.check_impl("conv_bias_relu", impl)
+    if x.ndim != 4 or w.ndim != 4 or b.shape != (w.shape[-1],):
+        raise ValueError(
+            f"conv_bias_relu: expected NHWC x, HWIO w and one bias per output map, got shapes "
+            f"x {x.shape}, w {w.shape}, b {b.shape}"
+        )
+    strides = tuple(int(s) for s in window_strides)
+    groups = int(feature_group_count)
+    pads = _plain_pads(padding, x, w, strides)
+    if impl == "xla":
+        why = "impl='xla'"
+    elif pads is None:
+        why = f"padding={padding!r}"
+    else:
+        why = _onednn.why_not(impl, x, w, b)
+    if why is None:
+        return _onednn_conv_bias_relu(x, w, b, strides, pads, groups)
+    if impl == "onednn":
+        raise RuntimeError(f"conv_bias_relu(impl='onednn'): cannot use oneDNN: {why}")
+    y = lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=_NHWC, feature_group_count=groups
+    )
+    return jax.nn.relu(y + b.reshape(1, 1, 1, -1))
 
 
 def _dimension_numbers_are_nhwc(dimension_numbers: Any, ndim: int) -> bool:

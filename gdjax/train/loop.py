@@ -145,6 +145,7 @@ def build(c: ml_collections.ConfigDict) -> Run:
         in_channels=image_shape[-1],
         dtype=jnp.bfloat16 if c.mixed_precision else None,
         impl=c.model.impl,
+        fused_relu=c.model.fused_relu,
         partitioned=c.parallel == "sharded",
     )
     init_key, state_key = jax.random.split(jax.random.key(c.seed))

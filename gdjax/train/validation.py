@@ -138,6 +138,8 @@ def _check_model(c: ml_collections.ConfigDict) -> None:
     _one_of(c, "model.variant", sorted(VARIANTS))
     _one_of(c, "model.activation", sorted(ACTIVATIONS))
     _one_of(c, "model.impl", CONV_IMPLS)
+    if c.model.fused_relu and c.model.activation != "relu":
+        fail("model.fused_relu", True, f"False with model.activation={c.model.activation!r}")
     _unit(c, "model.dropout_rate")
     _at_least(c, "model.groups", 0)
 

@@ -15,7 +15,15 @@ import pytest
 from jax import export as jax_export
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gdjax.models import AlexNet, _onednn, conv_general_dilated, layers, max_pool, onednn_status
+from gdjax.models import (
+    AlexNet,
+    _onednn,
+    conv_bias_relu,
+    conv_general_dilated,
+    layers,
+    max_pool,
+    onednn_status,
+)
 from gdjax.models import alexnet as alexnet_module
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -41,6 +49,10 @@ GEOMETRIES = [
     (2, 10, 9, 4, 3, 6, (2, 1), [(1, 2), (0, 1)], 2),  # asymmetric
     (2, 10, 9, 4, 3, 6, (2, 3), "SAME", 1),
     (2, 10, 9, 4, 3, 6, (1, 2), "VALID", 2),
+    # 16+ input maps per group: the weight gradient reads blocked layouts
+    (2, 9, 9, 32, 3, 16, (1, 1), [(1, 1), (1, 1)], 1),
+    (2, 8, 7, 64, 3, 32, (1, 1), [(1, 1), (1, 1)], 2),  # grouped
+    (2, 11, 10, 20, 5, 12, (2, 1), [(2, 1), (0, 2)], 1),  # maps not a multiple of 8
 ]
 
 
@@ -62,17 +74,21 @@ def _loss(impl, strides, padding, groups):
     return loss
 
 
+def _exact_conv(x, w, strides, padding, groups):
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        strides,
+        padding,
+        dimension_numbers=NHWC,
+        feature_group_count=groups,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+
+
 def _reference(x, w, strides, padding, groups):
     def loss(x, w):
-        y = jax.lax.conv_general_dilated(
-            x,
-            w,
-            strides,
-            padding,
-            dimension_numbers=NHWC,
-            feature_group_count=groups,
-            precision=jax.lax.Precision.HIGHEST,
-        )
+        y = _exact_conv(x, w, strides, padding, groups)
         return jnp.sum(jnp.sin(y)), y
 
     return jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(x, w)
@@ -119,9 +135,14 @@ def test_auto_uses_onednn_on_cpu_and_xla_opts_out():
 def test_other_platforms_get_xlas_convolution_and_pooling():
     """Traced on the CPU, lowered for a GPU: the oneDNN branches are not in the module."""
     model = AlexNet(num_classes=10, variant="small")
+    fused = AlexNet(num_classes=10, variant="small", fused_relu=True)
     x = jnp.ones((2, 32, 32, 3))
     params = model.init(jax.random.key(0), x)
-    grad = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2)))
+
+    def loss(p, x):  # both models (the same parameters): every kernel is in the program
+        return jnp.sum(model.apply(p, x) ** 2) + jnp.sum(fused.apply(p, x) ** 2)
+
+    grad = jax.jit(jax.grad(loss))
     ours = [jax_export.DisabledSafetyCheck.custom_call(t) for t in _onednn.TARGETS]
     both = jax_export.export(grad, platforms=("cpu", "cuda"), disabled_checks=ours)(params, x)
     cuda = jax_export.export(grad, platforms=("cuda",), disabled_checks=ours)(params, x)
@@ -130,6 +151,129 @@ def test_other_platforms_get_xlas_convolution_and_pooling():
         assert target in both, target
     assert "convolution" in both
     assert "gdjax_" not in cuda and "convolution" in cuda
+
+
+def _bias_relu_loss(impl, strides, padding, groups):
+    def loss(x, w, b):
+        y = conv_bias_relu(x, w, b, strides, padding, groups, impl=impl)
+        return jnp.sum(jnp.sin(y)), y
+
+    return loss
+
+
+def _bias_relu_reference(x, w, b, strides, padding, groups):
+    def loss(x, w, b):
+        y = jax.nn.relu(_exact_conv(x, w, strides, padding, groups) + b.reshape(1, 1, 1, -1))
+        return jnp.sum(jnp.sin(y)), y
+
+    return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x, w, b)
+
+
+@needs_onednn
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+def test_fused_bias_relu_matches_xla(geometry):
+    """relu(conv + b) in one oneDNN call: XLA's values and gradients (about half the outputs
+    are cut by the ReLU)."""
+    x, w = _operands(geometry)
+    b = jnp.asarray(np.random.default_rng(1).standard_normal(w.shape[-1]) * 0.5, jnp.float32)
+    strides, padding, groups = geometry[6], geometry[7], geometry[8]
+    fn = jax.jit(
+        jax.value_and_grad(
+            _bias_relu_loss("onednn", strides, padding, groups), (0, 1, 2), has_aux=True
+        )
+    )
+    hlo = fn.lower(x, w, b).as_text()
+    assert "gdjax_conv_bias_relu_fwd" in hlo and "gdjax_conv_fwd" not in hlo
+    assert "gdjax_conv_bwd_data" in hlo and "gdjax_conv_bwd_weights" in hlo
+    (value, y), grads = fn(x, w, b)
+    (value_ref, y_ref), grads_ref = _bias_relu_reference(x, w, b, strides, padding, groups)
+    assert 0.2 < float(jnp.mean(y_ref == 0)) < 0.8
+    _close(y, y_ref)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        assert g.shape == g_ref.shape
+        _close(g, g_ref)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+    # impl="xla" is the same function with the same gradients
+    (_, y_xla), grads_xla = jax.jit(
+        jax.value_and_grad(_bias_relu_loss("xla", strides, padding, groups), (0, 1, 2), True)
+    )(x, w, b)
+    _close(y_xla, y_ref)
+    for g, g_ref in zip(grads_xla, grads_ref, strict=True):
+        _close(g, g_ref)
+
+
+@needs_onednn
+def test_fused_bias_relu_gradient_at_zero_is_relus():
+    """Where conv + b is exactly 0 the gradient is 0, as jax.nn.relu's: the mask read off the
+    output (y > 0) is ReLU's derivative."""
+    x = jnp.zeros((2, 6, 6, 4))
+    w = jnp.ones((3, 3, 4, 5))
+    b = jnp.zeros((5,))
+    for impl in ("onednn", "xla"):
+
+        def total(x, w, b, impl=impl):
+            return conv_bias_relu(x, w, b, (1, 1), "SAME", impl=impl).sum()
+
+        value, grads = jax.jit(jax.value_and_grad(total, (0, 1, 2)))(x, w, b)
+        assert float(value) == 0.0
+        for g in grads:
+            np.testing.assert_array_equal(g, 0.0)
+
+
+def test_fused_bias_relu_checks_its_inputs():
+    x, w = _operands(GEOMETRIES[3])  # 3 groups, 6 maps
+    b = jnp.zeros((6,))
+    with pytest.raises(ValueError, match=r"one bias per output map.*b \(5,\)"):
+        conv_bias_relu(x, w, jnp.zeros((5,)), (1, 1), "SAME", 3)
+    with pytest.raises(ValueError, match="conv_bias_relu: impl='fast'"):
+        conv_bias_relu(x, w, b, (1, 1), "SAME", 3, impl="fast")
+    # bfloat16: XLA's convolution (the same function), or an error naming why with "onednn"
+    xb, wb, bb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    assert (
+        "gdjax_"
+        not in jax.jit(lambda: conv_bias_relu(xb, wb, bb, (1, 1), "SAME", 3)).lower().as_text()
+    )
+    expected = jax.nn.relu(
+        jax.lax.conv_general_dilated(
+            xb, wb, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=3
+        )
+        + bb.reshape(1, 1, 1, -1)
+    )
+    np.testing.assert_array_equal(conv_bias_relu(xb, wb, bb, (1, 1), "SAME", 3), expected)
+    if onednn_status()[0]:
+        with pytest.raises(RuntimeError, match="bfloat16"):
+            conv_bias_relu(xb, wb, bb, (1, 1), "SAME", 3, impl="onednn")
+    with pytest.raises(ValueError, match="fused_relu=True needs activation='relu', got 'tanh'"):
+        AlexNet(variant="small", activation="tanh", fused_relu=True).init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+        )
+
+
+@needs_onednn
+@pytest.mark.parametrize("variant, size", [("small", 32), ("torchvision", 64)])
+def test_alexnet_with_fused_relu_is_the_same_network(variant, size):
+    """Same parameter tree and initialisation, same outputs and gradients (dropout on)."""
+    plain = AlexNet(num_classes=10, variant=variant)
+    fused = AlexNet(num_classes=10, variant=variant, fused_relu=True)
+    x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
+    params = plain.init(jax.random.key(1), x)
+    fused_params = fused.init(jax.random.key(1), x)
+    assert jax.tree.structure(params) == jax.tree.structure(fused_params)
+    jax.tree.map(np.testing.assert_array_equal, params, fused_params)
+
+    def loss(model):
+        def f(p):
+            out = model.apply(p, x, train=True, rngs={"dropout": jax.random.key(2)})
+            return jnp.sum(jnp.sin(out)), out
+
+        return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+    hlo = loss(fused).lower(params).as_text()
+    assert "gdjax_conv_bias_relu_fwd" in hlo and "gdjax_conv_fwd" not in hlo
+    (_, out), grads = loss(fused)(params)
+    (_, out_ref), grads_ref = loss(plain)(params)
+    _close(out, out_ref)
+    jax.tree.map(_close, grads, grads_ref)
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,10 @@ import pytest
 from gdjax.configs import get_config, override
 from gdjax.train import (
     Checkpointer,
+    ConfigError,
     WorkdirMismatchError,
     build,
+    check_config,
     evaluate_checkpoint,
     train_and_evaluate,
 )
@@ -418,6 +420,18 @@ def test_every_mode_keeps_the_oneDNN_kernels(mode):
     c.model.impl = "bogus"
     with pytest.raises(ValueError, match="impl must be one of"):
         build(c)
+
+
+def test_fused_relu_reaches_the_model_and_is_checked():
+    c = get_config("default")
+    c.model.fused_relu = True
+    model = build(c).state.apply_fn.__self__
+    assert model.fused_relu
+    c.model.activation = "tanh"
+    with pytest.raises(
+        ConfigError, match=r"config.model.fused_relu must be False with model.activation='tanh'"
+    ):
+        check_config(c)
 
 
 def _steps(directory):

@@ -44,8 +44,18 @@ def run(mode, model_parallel=1, impl="auto", **model_fields):
 
 @pytest.mark.parametrize(
     "fields, impl",
-    [({"groups": 2}, "onednn"), ({"groups": 2}, "xla"), ({}, "onednn")],
-    ids=["towers (the paper's split), oneDNN", "towers, XLA", "fc layers only, oneDNN"],
+    [
+        ({"groups": 2}, "onednn"),
+        ({"groups": 2}, "xla"),
+        ({}, "onednn"),
+        ({"groups": 2, "fused_relu": True}, "onednn"),
+    ],
+    ids=[
+        "towers (the paper's split), oneDNN",
+        "towers, XLA",
+        "fc layers only, oneDNN",
+        "towers, bias and ReLU fused into oneDNN's convolution",
+    ],
 )
 def test_a_4x2_mesh_trains_like_one_device(fields, impl):
     if impl == "onednn" and not gdjax.models.onednn_status()[0]:

@@ -1,0 +1,138 @@
+"""A/B of the CPU speed levers, each against the step without it, in one process.
+
+A lever's effect (a few percent) is smaller than the drift of a shared machine between two
+processes, so both variants are compiled in the same process and timed alternately, round after
+round; the medians and their ratio are printed. Levers:
+
+``fused_relu``         each convolution's bias and ReLU as oneDNN post-ops, the ReLU mask read
+                       off the output in the backward (``AlexNet(fused_relu=True)``), against
+                       the convolution on oneDNN followed by XLA's bias-add and ReLU.
+``xla_single_thread``  XLA's own work (dense layers, elementwise loops, the update) on one
+                       thread (compiler option ``xla_cpu_multi_thread_eigen=False``), so that it
+                       never competes with oneDNN's OpenMP threads for the cores.
+
+Run: ``python experiments/levers.py --cases torchvision:224:32 small:32:128 --rounds 9``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import gdjax
+from gdjax.models import AlexNet, onednn_status
+
+# lever -> (AlexNet keyword arguments, XLA compiler options) with the lever; without it, none.
+LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "fused_relu": ({"fused_relu": True}, {}),
+    "xla_single_thread": ({}, {"xla_cpu_multi_thread_eigen": False}),
+}
+
+
+def _programs(variant: str, size: int, batch: int, model_kwargs: dict, options: dict):
+    """Compiled (train step, inference) of one AlexNet, and the training state."""
+    model = AlexNet(num_classes=10 if variant == "small" else 1000, variant=variant, **model_kwargs)
+    x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
+    y = jnp.zeros((batch,), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
+    tx = gdjax.momentum(0.01)
+
+    def train(p, s, key):
+        def loss(p):
+            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    state = {"p": params, "s": tx.init(params)}
+    options = options or None
+    train_c = (
+        jax.jit(train, donate_argnums=(0, 1))
+        .lower(state["p"], state["s"], jax.random.key(2))
+        .compile(options)
+    )
+    infer_c = jax.jit(lambda p: model.apply({"params": p}, x)).lower(params).compile(options)
+    return train_c, infer_c, state
+
+
+def _timer(train_c, infer_c, state, steps: int):
+    def time_train() -> float:
+        t = time.perf_counter()
+        for i in range(steps):
+            state["p"], state["s"] = train_c(state["p"], state["s"], jax.random.key(i))
+        jax.block_until_ready(state["p"])
+        return (time.perf_counter() - t) / steps
+
+    def time_infer() -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            out = infer_c(state["p"])
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t) / steps
+
+    return time_train, time_infer
+
+
+def measure(lever: str, case: str, rounds: int, steps: int) -> dict:
+    variant, size, batch = case.split(":")
+    size, batch = int(size), int(batch)
+    with_ = _timer(*_programs(variant, size, batch, *LEVERS[lever]), steps)
+    without = _timer(*_programs(variant, size, batch, {}, {}), steps)
+    times: dict[str, list[float]] = {k: [] for k in ("train", "train0", "infer", "infer0")}
+    for fn in (*with_, *without):  # warm-up
+        fn()
+    for r in range(rounds):  # alternate which goes first
+        pairs = [(with_, ""), (without, "0")] if r % 2 == 0 else [(without, "0"), (with_, "")]
+        for (t_train, t_infer), suffix in pairs:
+            times["train" + suffix].append(t_train())
+            times["infer" + suffix].append(t_infer())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {"lever": lever, "case": case, "rounds": rounds, "steps": steps}
+    for mode in ("train", "infer"):
+        row[f"{mode}_img_s"] = batch / med[mode]
+        row[f"{mode}_img_s_without"] = batch / med[mode + "0"]
+        row[f"{mode}_speedup"] = med[mode + "0"] / med[mode]
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--cases", nargs="*", default=["torchvision:224:32", "small:32:128"])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    ok, detail = onednn_status()
+    print(f"{platform.processor() or platform.machine()}; jax {jax.__version__}; {detail}")
+    if not ok:
+        raise SystemExit("the levers are oneDNN's: install the onednn extra")
+    rows = []
+    for lever in args.levers:
+        for case in args.cases:
+            row = measure(lever, case, args.rounds, args.steps)
+            rows.append(row)
+            print(
+                f"{lever:12s} {case:20s} train {row['train_img_s']:8.1f} img/s "
+                f"(without {row['train_img_s_without']:8.1f}, x{row['train_speedup']:.3f})  "
+                f"infer {row['infer_img_s']:8.1f} img/s "
+                f"(without {row['infer_img_s_without']:8.1f}, x{row['infer_speedup']:.3f})",
+                flush=True,
+            )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The speed levers' A/B harness, at a tiny size, and the oneDNN layout microbenchmark builds."""
+
+import importlib
+import json
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+from gdjax.models import _onednn, onednn_status
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def levers():
+    return importlib.import_module("levers")
+
+
+@pytest.mark.skipif(not onednn_status()[0], reason="the levers are the oneDNN path's")
+def test_each_lever_is_timed_against_the_step_without_it(levers, tmp_path, capsys):
+    out = tmp_path / "levers.json"
+    rows = levers.main(
+        ["--cases", "small:32:4", "--rounds", "2", "--steps", "1", "--json", str(out)]
+    )
+    assert [r["lever"] for r in rows] == list(levers.LEVERS)
+    for row in rows:
+        for mode in ("train", "infer"):
+            assert row[f"{mode}_img_s"] > 0 and row[f"{mode}_img_s_without"] > 0
+            ratio = row[f"{mode}_img_s"] / row[f"{mode}_img_s_without"]
+            assert row[f"{mode}_speedup"] == pytest.approx(ratio)
+    assert json.loads(out.read_text()) == rows
+    printed = capsys.readouterr().out
+    assert "fused_relu" in printed and "xla_single_thread" in printed
+
+
+def test_a_lever_changes_the_compiled_program(levers):
+    """Each lever's variant is another program (the A/B compares something)."""
+    if not onednn_status()[0]:
+        pytest.skip(onednn_status()[1])
+    fused = levers._programs("small", 32, 2, {"fused_relu": True}, {})[0].as_text()
+    plain = levers._programs("small", 32, 2, {}, {})[0].as_text()
+    assert "gdjax_conv_bias_relu_fwd" in fused and "gdjax_conv_bias_relu_fwd" not in plain
+    single = levers._programs("small", 32, 2, {}, {"xla_cpu_multi_thread_eigen": False})[0]
+    assert single.as_text() != plain
+
+
+@pytest.mark.skipif(not onednn_status()[0], reason="needs the oneDNN headers and a compiler")
+def test_the_weight_gradient_microbenchmark_builds(tmp_path):
+    include, lib = _onednn._find_onednn()
+    done = subprocess.run(
+        [
+            shutil.which("c++") or "c++",
+            "-O2",
+            "-std=c++17",
+            f"-I{include}",
+            str(ROOT / "experiments" / "onednn_weight_grad.cc"),
+            f"-L{lib}",
+            "-ldnnl",
+            "-o",
+            str(tmp_path / "weight_grad"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "weight_grad").is_file()
