@@ -168,7 +168,7 @@ def _fused_bwd(strides, pads, groups, residuals, dy):
     # ReLU's mask, read off its output (y > 0 exactly where conv + b > 0), and the bias's
     # gradient: one loop of XLA's. (Doing both inside oneDNN — its ReLU backward, then the
     # weight gradient with the bias's — measured slower: oneDNN 3.2's weight gradient with a
-    # bias is up to 40% slower on AVX2, see experiments/levers.py.)
+    # bias is up to 40% slower on AVX2; the README's "Where the speed comes from".)
     dz = jnp.where(y > 0, dy, jnp.zeros_like(dy))
     db = _onednn.cotangent_like(dz.sum((0, 1, 2)), b)
     dx, dw = _bwd(strides, pads, groups, None, (x, w), dz)
@@ -205,8 +205,14 @@ def conv_bias_relu(
             f"conv_bias_relu: expected NHWC x, HWIO w and one bias per output map, got shapes "
             f"x {x.shape}, w {w.shape}, b {b.shape}"
         )
-    strides = tuple(int(s) for s in window_strides)
     groups = int(feature_group_count)
+    if groups < 1 or x.shape[-1] != w.shape[2] * groups or w.shape[-1] % groups:
+        raise ValueError(
+            f"conv_bias_relu: feature_group_count={feature_group_count} does not fit x's "
+            f"{x.shape[-1]} maps and w {w.shape} (x's maps must be w.shape[2] * groups, and "
+            f"groups must divide w's {w.shape[-1]} output maps)"
+        )
+    strides = tuple(int(s) for s in window_strides)
     pads = _plain_pads(padding, x, w, strides)
     if impl == "xla":
         why = "impl='xla'"

@@ -225,6 +225,8 @@ def test_fused_bias_relu_checks_its_inputs():
     b = jnp.zeros((6,))
     with pytest.raises(ValueError, match=r"one bias per output map.*b \(5,\)"):
         conv_bias_relu(x, w, jnp.zeros((5,)), (1, 1), "SAME", 3)
+    with pytest.raises(ValueError, match="feature_group_count=2 does not fit x's 12 maps"):
+        conv_bias_relu(x, w, b, (1, 1), "SAME", 2)
     with pytest.raises(ValueError, match="conv_bias_relu: impl='fast'"):
         conv_bias_relu(x, w, b, (1, 1), "SAME", 3, impl="fast")
     # bfloat16: XLA's convolution (the same function), or an error naming why with "onednn"
