@@ -10,6 +10,10 @@ round; the medians and their ratio are printed. Levers:
 ``xla_single_thread``  XLA's own work (dense layers, elementwise loops, the update) on one
                        thread (compiler option ``xla_cpu_multi_thread_eigen=False``), so that it
                        never competes with oneDNN's OpenMP threads for the cores.
+``memory_scheduler``   XLA's memory-minimising instruction order instead of the one that
+                       maximises concurrency (compiler option
+                       ``xla_cpu_enable_concurrency_optimized_scheduler=False``): less of XLA's
+                       own work beside each oneDNN call.
 
 Run: ``python experiments/levers.py --cases torchvision:224:32 small:32:128 --rounds 9``
 """
@@ -34,6 +38,7 @@ from gdjax.models import AlexNet, onednn_status
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fused_relu": ({"fused_relu": True}, {}),
     "xla_single_thread": ({}, {"xla_cpu_multi_thread_eigen": False}),
+    "memory_scheduler": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": False}),
 }
 
 
