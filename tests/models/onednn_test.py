@@ -53,6 +53,8 @@ GEOMETRIES = [
     (2, 9, 9, 32, 3, 16, (1, 1), [(1, 1), (1, 1)], 1),
     (2, 8, 7, 64, 3, 32, (1, 1), [(1, 1), (1, 1)], 2),  # grouped
     (2, 11, 10, 20, 5, 12, (2, 1), [(2, 1), (0, 2)], 1),  # maps not a multiple of 8
+    # padded into a buffer first (a direct kernel, not GEMM); x's last row and column unread
+    (2, 38, 37, 3, 11, 8, (4, 4), [(2, 1), (3, 0)], 1),
 ]
 
 
