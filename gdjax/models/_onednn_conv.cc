@@ -104,6 +104,26 @@ dnnl::primitive_attr UserScratchpad() {
   return attr;
 }
 
+class Scratch;
+
+// A reorder from one layout to another, built only when they differ (`needed`).
+struct Conversion {
+  bool needed = false;
+  dnnl::reorder::primitive_desc pd;
+  dnnl::reorder reorder;
+
+  Conversion() = default;
+  Conversion(const dnnl::memory::desc& from, const dnnl::memory::desc& to) : needed(from != to) {
+    if (!needed) return;
+    pd = dnnl::reorder::primitive_desc(Engine(), from, Engine(), to, UserScratchpad());
+    reorder = dnnl::reorder(pd);
+  }
+  // Reorders `from` into `to` (built, like every primitive here, with a user scratchpad).
+  void Run(dnnl::stream& s, const dnnl::memory& from, const dnnl::memory& to) const;
+  // `from` in the target layout: itself, or reordered into `buffer`.
+  dnnl::memory Into(dnnl::stream& s, const dnnl::memory& from, Scratch& buffer) const;
+};
+
 // Everything one convolution needs, built once per geometry.
 struct Plan {
   dnnl::convolution_forward::primitive_desc fwd_pd;
@@ -112,13 +132,9 @@ struct Plan {
   dnnl::convolution_backward_data bwd_data;
   dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
   dnnl::convolution_backward_weights bwd_weights;
-  dnnl::reorder::primitive_desc weights_in_fwd_pd, weights_in_bwd_pd, weights_out_pd;
-  dnnl::reorder weights_in_fwd, weights_in_bwd, weights_out;
-  bool reorder_fwd, reorder_bwd, reorder_out;
+  Conversion weights_fwd, weights_bwd, weights_out;  // kernel in (HWIO to oneDNN's), dw out
   // The weight gradient may read x and dy in oneDNN's blocked layouts, reordered in.
-  dnnl::reorder::primitive_desc src_in_pd, diff_dst_in_pd;
-  dnnl::reorder src_in, diff_dst_in;
-  bool reorder_src = false, reorder_diff_dst = false;
+  Conversion src_in, diff_dst_in;
   // A padded convolution that oneDNN would run as im2col + GEMM (3.2 does so for few input
   // maps, e.g. AlexNet's conv1) runs on a direct kernel when the padding is in the input: x is
   // copied into a zero-bordered buffer of ph x pw and convolved unpadded (torchvision conv1 at
@@ -127,9 +143,7 @@ struct Plan {
   int64_t ph = 0, pw = 0, rows = 0, cols = 0;  // padded extent; rows/cols of x that are read
   dnnl::convolution_forward::primitive_desc padded_pd;
   dnnl::convolution_forward padded;
-  dnnl::reorder::primitive_desc copy_in_pd, weights_in_padded_pd;
-  dnnl::reorder copy_in, weights_in_padded;
-  bool reorder_padded = false;
+  Conversion copy_in, weights_padded;  // x into the buffer's interior; the kernel
 
   static bool Gemm(const dnnl::convolution_forward::primitive_desc& pd) {
     return std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
@@ -152,17 +166,9 @@ struct Plan {
     padded_pd = pd;
     padded = dnnl::convolution_forward(padded_pd);
     const dims part = {g.n, g.c, rows, cols};
-    copy_in_pd = dnnl::reorder::primitive_desc(
-        eng, SrcDesc(g).submemory_desc(part, {0, 0, 0, 0}), eng,
-        padded_src.submemory_desc(part, {0, 0, g.pt, g.pl}), UserScratchpad());
-    copy_in = dnnl::reorder(copy_in_pd);
-    const auto user = UserWeightDesc(g);
-    reorder_padded = padded_pd.weights_desc() != user;
-    if (reorder_padded) {
-      weights_in_padded_pd = dnnl::reorder::primitive_desc(
-          eng, user, eng, padded_pd.weights_desc(), UserScratchpad());
-      weights_in_padded = dnnl::reorder(weights_in_padded_pd);
-    }
+    copy_in = Conversion(SrcDesc(g).submemory_desc(part, {0, 0, 0, 0}),
+                         padded_src.submemory_desc(part, {0, 0, g.pt, g.pl}));
+    weights_padded = Conversion(UserWeightDesc(g), padded_pd.weights_desc());
   }
 
   explicit Plan(const Geometry& g) {
@@ -191,44 +197,18 @@ struct Plan {
       bwd_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
           eng, dnnl::algorithm::convolution_direct, any_src, AnyWeightDesc(g), any_dst, strides,
           dil, pad_l, pad_r, hint, attr);
-      reorder_src = bwd_weights_pd.src_desc() != SrcDesc(g);
-      reorder_diff_dst = bwd_weights_pd.diff_dst_desc() != DstDesc(g);
     } else {
       bwd_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
           eng, dnnl::algorithm::convolution_direct, SrcDesc(g), AnyWeightDesc(g), DstDesc(g),
           strides, dil, pad_l, pad_r, fwd_pd, attr);
     }
     bwd_weights = dnnl::convolution_backward_weights(bwd_weights_pd);
-    if (reorder_src) {
-      src_in_pd = dnnl::reorder::primitive_desc(eng, SrcDesc(g), eng, bwd_weights_pd.src_desc(),
-                                                UserScratchpad());
-      src_in = dnnl::reorder(src_in_pd);
-    }
-    if (reorder_diff_dst) {
-      diff_dst_in_pd = dnnl::reorder::primitive_desc(eng, DstDesc(g), eng,
-                                                     bwd_weights_pd.diff_dst_desc(),
-                                                     UserScratchpad());
-      diff_dst_in = dnnl::reorder(diff_dst_in_pd);
-    }
+    src_in = Conversion(SrcDesc(g), bwd_weights_pd.src_desc());
+    diff_dst_in = Conversion(DstDesc(g), bwd_weights_pd.diff_dst_desc());
     const auto user = UserWeightDesc(g);
-    reorder_fwd = fwd_pd.weights_desc() != user;
-    reorder_bwd = bwd_data_pd.weights_desc() != user;
-    reorder_out = bwd_weights_pd.diff_weights_desc() != user;
-    if (reorder_fwd) {
-      weights_in_fwd_pd = dnnl::reorder::primitive_desc(eng, user, eng, fwd_pd.weights_desc(),
-                                                        UserScratchpad());
-      weights_in_fwd = dnnl::reorder(weights_in_fwd_pd);
-    }
-    if (reorder_bwd) {
-      weights_in_bwd_pd = dnnl::reorder::primitive_desc(
-          eng, user, eng, bwd_data_pd.weights_desc(), UserScratchpad());
-      weights_in_bwd = dnnl::reorder(weights_in_bwd_pd);
-    }
-    if (reorder_out) {
-      weights_out_pd = dnnl::reorder::primitive_desc(eng, bwd_weights_pd.diff_weights_desc(), eng,
-                                                     user, UserScratchpad());
-      weights_out = dnnl::reorder(weights_out_pd);
-    }
+    weights_fwd = Conversion(user, fwd_pd.weights_desc());
+    weights_bwd = Conversion(user, bwd_data_pd.weights_desc());
+    weights_out = Conversion(bwd_weights_pd.diff_weights_desc(), user);
   }
 };
 
@@ -285,24 +265,25 @@ ffi::Error Guard(F&& f) {
   return ffi::Error::Success();
 }
 
-// Reorders are built with a user scratchpad (like every primitive here), so they get one too.
-void Reorder(const dnnl::reorder& r, const dnnl::reorder::primitive_desc& pd, dnnl::stream& s,
-             dnnl::memory& from, dnnl::memory& to) {
+void Conversion::Run(dnnl::stream& s, const dnnl::memory& from, const dnnl::memory& to) const {
   const auto desc = pd.scratchpad_desc();
   dnnl::memory scratch(desc, Engine(), reorder_buffer.Get(desc.get_size() + 64));
-  r.execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scratch}});
+  reorder.execute(s, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}, {DNNL_ARG_SCRATCHPAD, scratch}});
+}
+
+dnnl::memory Conversion::Into(dnnl::stream& s, const dnnl::memory& from, Scratch& buffer) const {
+  if (!needed) return from;
+  const auto& d = pd.dst_desc();
+  dnnl::memory to(d, Engine(), buffer.Get(d.get_size()));
+  Run(s, from, to);
+  return to;
 }
 
 // The kernel `w` (HWIO) as the memory a primitive wants: itself, or reordered into the
 // per-thread buffer when the primitive prefers a blocked layout.
-dnnl::memory WeightsIn(const Geometry& g, const float* w, bool needed,
-                       const dnnl::memory::desc& want, const dnnl::reorder& reorder,
-                       const dnnl::reorder::primitive_desc& reorder_pd, dnnl::stream& s) {
+dnnl::memory WeightsIn(const Geometry& g, const float* w, const Conversion& c, dnnl::stream& s) {
   dnnl::memory user(UserWeightDesc(g), Engine(), const_cast<float*>(w));
-  if (!needed) return user;
-  dnnl::memory blocked(want, Engine(), weights_buffer.Get(want.get_size()));
-  Reorder(reorder, reorder_pd, s, user, blocked);
-  return blocked;
+  return c.Into(s, user, weights_buffer);
 }
 
 // Zeroes what the copy of x leaves alone in the n x ph x pw x c (NHWC) buffer: the rows above
@@ -334,32 +315,23 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     Plan& p = CachedPlan<Plan>(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    dnnl::memory dst(DstDesc(g), eng, y->typed_data());
-    if (p.pre_pad) {
+    dnnl::memory src(SrcDesc(g), eng, x.typed_data());
+    if (p.pre_pad) {  // x into the zero-bordered buffer, convolved there without padding
       const auto& d = p.padded_pd.src_desc();
       float* buffer = static_cast<float*>(padded_buffer.Get(d.get_size()));
       ZeroBorder(g, p, buffer);
-      dnnl::memory from(p.copy_in_pd.src_desc(), eng, const_cast<float*>(x.typed_data()));
-      dnnl::memory to(p.copy_in_pd.dst_desc(), eng, buffer);
-      Reorder(p.copy_in, p.copy_in_pd, s, from, to);
-      auto wm = WeightsIn(g, w.typed_data(), p.reorder_padded, p.padded_pd.weights_desc(),
-                          p.weights_in_padded, p.weights_in_padded_pd, s);
-      dnnl::memory src(d, eng, buffer);
-      p.padded.execute(s, {{DNNL_ARG_SRC, src},
-                           {DNNL_ARG_WEIGHTS, wm},
-                           {DNNL_ARG_DST, dst},
-                           {DNNL_ARG_SCRATCHPAD,
-                            ScratchpadMemory(p.padded_pd.scratchpad_desc())}});
-      s.wait();
-      return;
+      dnnl::memory interior(p.copy_in.pd.dst_desc(), eng, buffer);
+      p.copy_in.Run(s, dnnl::memory(p.copy_in.pd.src_desc(), eng, x.typed_data()), interior);
+      src = dnnl::memory(d, eng, buffer);
     }
-    auto wm = WeightsIn(g, w.typed_data(), p.reorder_fwd, p.fwd_pd.weights_desc(),
-                        p.weights_in_fwd, p.weights_in_fwd_pd, s);
-    dnnl::memory src(SrcDesc(g), eng, x.typed_data());
-    p.fwd.execute(s, {{DNNL_ARG_SRC, src},
-                      {DNNL_ARG_WEIGHTS, wm},
-                      {DNNL_ARG_DST, dst},
-                      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.fwd_pd.scratchpad_desc())}});
+    const auto& pd = p.pre_pad ? p.padded_pd : p.fwd_pd;
+    auto wm = WeightsIn(g, w.typed_data(), p.pre_pad ? p.weights_padded : p.weights_fwd, s);
+    dnnl::memory dst(DstDesc(g), eng, y->typed_data());
+    (p.pre_pad ? p.padded : p.fwd)
+        .execute(s, {{DNNL_ARG_SRC, src},
+                     {DNNL_ARG_WEIGHTS, wm},
+                     {DNNL_ARG_DST, dst},
+                     {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(pd.scratchpad_desc())}});
     s.wait();
   });
 }
@@ -377,8 +349,7 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
     Plan& p = CachedPlan<Plan>(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    auto wm = WeightsIn(g, w.typed_data(), p.reorder_bwd, p.bwd_data_pd.weights_desc(),
-                        p.weights_in_bwd, p.weights_in_bwd_pd, s);
+    auto wm = WeightsIn(g, w.typed_data(), p.weights_bwd, s);
     dnnl::memory diff_dst(DstDesc(g), eng, dy.typed_data());
     dnnl::memory diff_src(SrcDesc(g), eng, dx->typed_data());
     p.bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
@@ -405,30 +376,19 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
     dnnl::memory user_dw(UserWeightDesc(g), eng, dw->typed_data());
     dnnl::memory dwm = user_dw;
-    if (p.reorder_out) {
+    if (p.weights_out.needed) {
       const auto& d = p.bwd_weights_pd.diff_weights_desc();
       dwm = dnnl::memory(d, eng, weights_buffer.Get(d.get_size()));
     }
-    dnnl::memory src(SrcDesc(g), eng, x.typed_data());
-    dnnl::memory diff_dst(DstDesc(g), eng, dy.typed_data());
-    if (p.reorder_src) {
-      const auto& d = p.bwd_weights_pd.src_desc();
-      dnnl::memory blocked(d, eng, src_buffer.Get(d.get_size()));
-      Reorder(p.src_in, p.src_in_pd, s, src, blocked);
-      src = blocked;
-    }
-    if (p.reorder_diff_dst) {
-      const auto& d = p.bwd_weights_pd.diff_dst_desc();
-      dnnl::memory blocked(d, eng, diff_dst_buffer.Get(d.get_size()));
-      Reorder(p.diff_dst_in, p.diff_dst_in_pd, s, diff_dst, blocked);
-      diff_dst = blocked;
-    }
+    auto src = p.src_in.Into(s, dnnl::memory(SrcDesc(g), eng, x.typed_data()), src_buffer);
+    auto diff_dst =
+        p.diff_dst_in.Into(s, dnnl::memory(DstDesc(g), eng, dy.typed_data()), diff_dst_buffer);
     p.bwd_weights.execute(s, {{DNNL_ARG_SRC, src},
                               {DNNL_ARG_DIFF_DST, diff_dst},
                               {DNNL_ARG_DIFF_WEIGHTS, dwm},
                               {DNNL_ARG_SCRATCHPAD,
                                ScratchpadMemory(p.bwd_weights_pd.scratchpad_desc())}});
-    if (p.reorder_out) Reorder(p.weights_out, p.weights_out_pd, s, dwm, user_dw);
+    if (p.weights_out.needed) p.weights_out.Run(s, dwm, user_dw);
     s.wait();
   });
 }
@@ -442,9 +402,7 @@ dnnl::memory::desc BiasDesc(const Geometry& g) { return {{g.o}, dt::f32, tag::a}
 struct FusedPlan {
   dnnl::convolution_forward::primitive_desc fwd_pd;
   dnnl::convolution_forward fwd;
-  dnnl::reorder::primitive_desc weights_in_pd;
-  dnnl::reorder weights_in;
-  bool reorder_in;
+  Conversion weights_in;
 
   explicit FusedPlan(const Geometry& g) {
     auto& eng = Engine();
@@ -458,13 +416,7 @@ struct FusedPlan {
         eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
         SrcDesc(g), AnyWeightDesc(g), BiasDesc(g), DstDesc(g), strides, dil, pad_l, pad_r, attr);
     fwd = dnnl::convolution_forward(fwd_pd);
-    const auto user = UserWeightDesc(g);
-    reorder_in = fwd_pd.weights_desc() != user;
-    if (reorder_in) {
-      weights_in_pd = dnnl::reorder::primitive_desc(eng, user, eng, fwd_pd.weights_desc(),
-                                                    UserScratchpad());
-      weights_in = dnnl::reorder(weights_in_pd);
-    }
+    weights_in = Conversion(UserWeightDesc(g), fwd_pd.weights_desc());
   }
 };
 
@@ -490,8 +442,7 @@ ffi::Error ConvBiasReluFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     FusedPlan& p = CachedPlan<FusedPlan>(g);
     auto& eng = Engine();
     dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    auto wm = WeightsIn(g, w.typed_data(), p.reorder_in, p.fwd_pd.weights_desc(), p.weights_in,
-                        p.weights_in_pd, s);
+    auto wm = WeightsIn(g, w.typed_data(), p.weights_in, s);
     dnnl::memory src(SrcDesc(g), eng, x.typed_data());
     dnnl::memory bias(BiasDesc(g), eng, b.typed_data());
     dnnl::memory dst(DstDesc(g), eng, y->typed_data());
