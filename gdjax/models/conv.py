@@ -224,10 +224,7 @@ def conv_bias_relu(
         return _onednn_conv_bias_relu(x, w, b, strides, pads, groups)
     if impl == "onednn":
         raise RuntimeError(f"conv_bias_relu(impl='onednn'): cannot use oneDNN: {why}")
-    y = lax.conv_general_dilated(
-        x, w, strides, padding, dimension_numbers=_NHWC, feature_group_count=groups
-    )
-    return jax.nn.relu(y + b.reshape(1, 1, 1, -1))
+    return _xla_bias_relu(x, w, b, strides, padding, groups)
 
 
 def _dimension_numbers_are_nhwc(dimension_numbers: Any, ndim: int) -> bool:
