@@ -10,6 +10,10 @@ round; the medians and their ratio are printed. Levers:
 ``xla_single_thread``  XLA's own work (dense layers, elementwise loops, the update) on one
                        thread (compiler option ``xla_cpu_multi_thread_eigen=False``), so that it
                        never competes with oneDNN's OpenMP threads for the cores.
+``region_copies``      XLA's copy insertion with region analysis (compiler option
+                       ``xla_cpu_copy_insertion_use_region_analysis``, what
+                       ``gdjax.train.step_compiler_options()`` gives on the CPU): no copies of
+                       the donated parameters that the backward pass reads.
 ``memory_scheduler``   XLA's memory-minimising instruction order instead of the one that
                        maximises concurrency (compiler option
                        ``xla_cpu_enable_concurrency_optimized_scheduler=False``): less of XLA's
@@ -39,6 +43,7 @@ LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fused_relu": ({"fused_relu": True}, {}),
     "xla_single_thread": ({}, {"xla_cpu_multi_thread_eigen": False}),
     "memory_scheduler": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": False}),
+    "region_copies": ({}, {"xla_cpu_copy_insertion_use_region_analysis": True}),
 }
 
 

@@ -19,7 +19,14 @@ from gdjax.train.loop import (
     train_and_evaluate,
 )
 from gdjax.train.metrics_writer import read_metrics
-from gdjax.train.parallel import MESH_AXES, MODES, RULES, Parallel, initialize_distributed
+from gdjax.train.parallel import (
+    MESH_AXES,
+    MODES,
+    RULES,
+    Parallel,
+    initialize_distributed,
+    step_compiler_options,
+)
 from gdjax.train.recipe import OPTIMIZERS, Plateau, make_optimizer
 from gdjax.train.steps import (
     TrainState,
@@ -59,6 +66,7 @@ __all__ = [
     "l2_penalty",
     "make_optimizer",
     "read_metrics",
+    "step_compiler_options",
     "top_k_error",
     "train_and_evaluate",
     "train_step",

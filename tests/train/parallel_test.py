@@ -10,7 +10,7 @@ from processes import run_workers
 
 import gdjax
 from gdjax.models import AlexNet
-from gdjax.train import MODES, Parallel, TrainState
+from gdjax.train import MODES, Parallel, TrainState, step_compiler_options
 
 
 def batches(n=3, size=32, seed=0):
@@ -67,6 +67,41 @@ def test_sharded_equals_plain_jit_with_dropout_on():
     a, _, _ = run("none", dropout_rate=0.5)
     b, _, _ = run("sharded", dropout_rate=0.5)
     assert max_diff(a, b) < 1e-5
+
+
+def _copies_of_parameters(hlo_text):
+    """The copies the entry computation makes of its parameters (a donated buffer set aside)."""
+    import re
+
+    params = set(re.findall(r"^\s*(%\S+) = \S+ parameter\(\d+\)", hlo_text, re.M))
+    copied = re.findall(r"^\s*%\S+ = \S+ copy\((%[^)\s]+)\)", hlo_text, re.M)
+    return [c for c in copied if c in params]
+
+
+@pytest.mark.parametrize("mode", ["none", "sharded"])
+def test_the_step_updates_donated_parameters_in_place(mode):
+    """On the CPU, XLA's default copy insertion copies donated kernels that the backward pass
+    reads (on one device: conv2-5 and fc6-8) before the step; the step that Parallel compiles,
+    with step_compiler_options(), copies none, and computes the same thing."""
+    model = AlexNet(num_classes=10, variant="small", in_channels=1)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    state = TrainState.create(
+        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
+    )
+    par = Parallel(mode)
+    placed = par.put_state(state)
+    batch = par.put_batch(batches(1)[0])
+    ours = par.compile_train_step(placed, batch).as_text()
+    assert _copies_of_parameters(ours) == []
+    with par.context():
+        plain = jax.jit(par.train_step_function, donate_argnums=0).lower(placed, batch)
+        copies = _copies_of_parameters(plain.compile().as_text())
+    assert copies  # without the option XLA copies donated kernels (7 of them with one device)
+    assert step_compiler_options("cpu") == {"xla_cpu_copy_insertion_use_region_analysis": True}
+    assert step_compiler_options("gpu") is None and step_compiler_options("tpu") is None
+    got, _ = par.train_step(placed, batch)
+    want, _ = plain.compile()(par.put_state(state), par.put_batch(batches(1)[0]))
+    assert max_diff(par.get_state(got).params, par.get_state(want).params) == 0.0
 
 
 @pytest.mark.parametrize("mode", MODES)

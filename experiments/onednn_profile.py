@@ -1,0 +1,102 @@
+"""Where a training step's or an inference's time goes, per oneDNN primitive, from oneDNN's
+own timings (``ONEDNN_VERBOSE=1``), for gdjax and for PyTorch (whose bundled oneDNN prints the
+same lines).
+
+    python experiments/onednn_profile.py --case torchvision:224:32 --mode train --steps 4
+    python experiments/onednn_profile.py --framework torch --case torchvision:224:32
+
+The step is built by ``bench.py``'s harness, run once to warm up (and compile), then ``--steps``
+times between two markers; the oneDNN lines between the markers are grouped by primitive kind,
+propagation and problem (e.g. ``convolution backward_weights mb32_ic64oc192_ih27...``) and
+printed as ms per step with the implementation oneDNN chose (``jit:avx512_core``, ``gemm:jit``,
+...). gdjax's process holds two oneDNN builds: the kernels' (convolutions, pooling) and the
+one inside XLA that runs dense layers (``gemm_api`` / ``matmul`` lines); both are counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import subprocess
+import sys
+
+MARK = "gdjax-onednn-profile-mark"
+
+
+def _child(framework: str, case: str, mode: str, steps: int) -> None:
+    """Runs inside the profiled process (ONEDNN_VERBOSE set by the parent)."""
+    import bench
+
+    variant, size, batch = case.split(":")
+    if framework == "gdjax":
+        time_train, time_infer, *_ = bench._gdjax_case(variant, int(size), int(batch), steps)
+    else:
+        time_train, time_infer, *_ = bench._torch_case(
+            variant, int(size), int(batch), steps, compiled=False
+        )
+    run = time_train if mode == "train" else time_infer
+    run()  # warm-up: first calls build oneDNN's plans
+    print(MARK, flush=True)
+    seconds = run()
+    print(MARK, seconds, flush=True)
+
+
+def parse(lines: list[str], steps: int) -> tuple[dict[tuple[str, str, str, str], float], float]:
+    """(ms per step for each (kind, propagation, problem, implementation), the step's seconds)."""
+    marks = [i for i, line in enumerate(lines) if line.startswith(MARK)]
+    if len(marks) != 2:
+        raise RuntimeError("the profiled process did not print both markers:\n" + "".join(lines))
+    seconds = float(lines[marks[1]].split()[1])
+    totals: dict[tuple[str, str, str, str], float] = collections.defaultdict(float)
+    for line in lines[marks[0] + 1 : marks[1]]:
+        fields = line.strip().split(",")
+        if not fields[0].startswith("onednn_verbose") or "exec" not in fields:
+            continue
+        at = fields.index("exec")
+        kind, impl, prop = fields[at + 2], fields[at + 3], fields[at + 4]
+        problem = fields[-2]
+        try:
+            totals[kind, prop, problem, impl] += float(fields[-1]) / steps
+        except ValueError:
+            continue
+    return dict(totals), seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--framework", choices=("gdjax", "torch"), default="gdjax")
+    parser.add_argument("--case", default="torchvision:224:32")
+    parser.add_argument("--mode", choices=("train", "infer"), default="train")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--top", type=int, default=40, help="rows to print")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.framework, args.case, args.mode, args.steps)
+        return {}
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "DNNL_VERBOSE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+    command = [sys.executable, os.path.abspath(__file__), "--child", "--framework"]
+    command += [args.framework, "--case", args.case, "--mode", args.mode]
+    command += ["--steps", str(args.steps)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the profiled process failed:\n{done.stderr[-4000:]}")
+    totals, seconds = parse(done.stdout.splitlines(keepends=True), args.steps)
+    total = sum(totals.values())
+    print(
+        f"{platform.processor() or platform.machine()}; {args.framework} {args.case} {args.mode}:"
+        f" step {seconds * 1e3:.1f} ms, of which oneDNN {total:.1f} ms"
+    )
+    for (kind, prop, problem, impl), ms in sorted(totals.items(), key=lambda kv: -kv[1])[
+        : args.top
+    ]:
+        print(f"{ms:8.2f} ms  {kind:12s} {prop:18s} {impl:22s} {problem}")
+    return {"step_ms": seconds * 1e3, "onednn_ms": total, "rows": totals}
+
+
+if __name__ == "__main__":
+    main()
