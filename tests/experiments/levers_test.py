@@ -44,6 +44,11 @@ def test_a_lever_changes_the_compiled_program(levers):
     assert "gdjax_conv_bias_relu_fwd" in fused and "gdjax_conv_bias_relu_fwd" not in plain
     single = levers._programs("small", 32, 2, {}, {"xla_cpu_multi_thread_eigen": False})[0]
     assert single.as_text() != plain
+    region = {"xla_cpu_copy_insertion_use_region_analysis": True}
+    assert (
+        " copy(%p" in plain
+        and " copy(%p" not in levers._programs("small", 32, 2, {}, region)[0].as_text()
+    )
 
 
 @pytest.mark.skipif(not onednn_status()[0], reason="needs the oneDNN headers and a compiler")
