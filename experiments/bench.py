@@ -31,8 +31,7 @@ import numpy as np
 import optax
 
 import gdjax
-from gdjax.models import AlexNet, count_flops
-from gdjax.train import step_compiler_options
+from gdjax.models import AlexNet, compiler_options, count_flops
 
 try:
     import torch
@@ -79,9 +78,11 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s
 
-    # As gdjax.train compiles its step (on the CPU: no copies of the donated parameters).
-    train = jax.jit(train, donate_argnums=(0, 1), compiler_options=step_compiler_options())
-    infer = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    # Compiled as gdjax.train compiles its steps (gdjax.models.compiler_options).
+    train = jax.jit(train, donate_argnums=(0, 1), compiler_options=compiler_options("train"))
+    infer = jax.jit(
+        lambda p, x: model.apply({"params": p}, x), compiler_options=compiler_options("infer")
+    )
     state = {"p": params, "s": opt_state}
     t0 = time.perf_counter()
     state["p"], state["s"] = train(state["p"], state["s"], jax.random.key(2))

@@ -12,8 +12,11 @@ round; the medians and their ratio are printed. Levers:
                        never competes with oneDNN's OpenMP threads for the cores.
 ``region_copies``      XLA's copy insertion with region analysis (compiler option
                        ``xla_cpu_copy_insertion_use_region_analysis``, what
-                       ``gdjax.train.step_compiler_options()`` gives on the CPU): no copies of
-                       the donated parameters that the backward pass reads.
+                       ``gdjax.models.compiler_options("train")`` gives on the CPU): no copies
+                       of the donated parameters that the backward pass reads.
+``plain_dots``         the dense layers' dots on XLA's own emitter, YNNPACK kept for reductions
+                       (``xla_cpu_experimental_ynn_fusion_type``, what
+                       ``compiler_options("infer")`` gives on the CPU).
 ``memory_scheduler``   XLA's memory-minimising instruction order instead of the one that
                        maximises concurrency (compiler option
                        ``xla_cpu_enable_concurrency_optimized_scheduler=False``): less of XLA's
@@ -44,6 +47,7 @@ LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "xla_single_thread": ({}, {"xla_cpu_multi_thread_eigen": False}),
     "memory_scheduler": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": False}),
     "region_copies": ({}, {"xla_cpu_copy_insertion_use_region_analysis": True}),
+    "plain_dots": ({}, {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}),
 }
 
 

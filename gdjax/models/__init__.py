@@ -6,6 +6,7 @@ from gdjax.models.export import export, portable
 from gdjax.models.layers import LocalResponseNorm, adaptive_avg_pool, local_response_norm, max_pool
 from gdjax.models.stats import count_flops, count_macs, count_params
 from gdjax.models.torchvision import from_torchvision
+from gdjax.models.xla_options import compiler_options
 
 __all__ = [
     "ACTIVATIONS",
@@ -14,6 +15,7 @@ __all__ = [
     "AlexNet",
     "LocalResponseNorm",
     "adaptive_avg_pool",
+    "compiler_options",
     "conv_bias_relu",
     "conv_general_dilated",
     "count_flops",

@@ -25,7 +25,6 @@ from gdjax.train.parallel import (
     RULES,
     Parallel,
     initialize_distributed,
-    step_compiler_options,
 )
 from gdjax.train.recipe import OPTIMIZERS, Plateau, make_optimizer
 from gdjax.train.steps import (
@@ -66,7 +65,6 @@ __all__ = [
     "l2_penalty",
     "make_optimizer",
     "read_metrics",
-    "step_compiler_options",
     "top_k_error",
     "train_and_evaluate",
     "train_step",

@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gdjax.models.alexnet import BATCH, MAPS, NEURONS
+from gdjax.models.xla_options import compiler_options
 from gdjax.train.steps import TrainState, eval_step, train_step
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "RULES",
     "Parallel",
     "initialize_distributed",
-    "step_compiler_options",
 ]
 
 MODES = ("none", "pmap", "sharded")
@@ -58,28 +58,6 @@ MESH_AXES = ("data", "model")
 _use_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
 # Logical axis (the model's annotations) -> mesh axis.
 RULES = ((BATCH, "data"), (MAPS, "model"), (NEURONS, "model"))
-
-
-# XLA's CPU copy insertion, without region analysis, copies every donated parameter that a
-# backward pass reads (each kernel that a data gradient reads: 244 MB per torchvision step) at
-# the start of the step, beside the first convolution; with it, the update writes in place.
-_CPU_STEP_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
-
-
-def step_compiler_options(backend: str | None = None) -> dict[str, Any] | None:
-    """XLA compiler options for a training step that donates its state, for ``backend``
-    (default: JAX's default backend); ``None`` where none are needed.
-
-    On the CPU, copy insertion with region analysis: without it XLA copies each donated
-    parameter that the backward pass reads (a data gradient's kernel, a dense layer's
-    weights) into a fresh buffer at the start of the step, so that the in-place update cannot
-    overwrite it early; with it, it proves the update comes last and copies nothing. Measured
-    on a 2-core AVX-512 Xeon: torchvision AlexNet b32 train 1.08x, paper 1.08x, small 1.02x.
-    Pass them to your own ``jax.jit(step, donate_argnums=..., compiler_options=...)``.
-    """
-    if (backend or jax.default_backend()) == "cpu":
-        return dict(_CPU_STEP_OPTIONS)
-    return None
 
 
 def initialize_distributed(
@@ -151,8 +129,10 @@ class Parallel:
         self.train_step_function = step  # the pure step these compile (e.g. to export it)
         if mode == "none":
             self.num_devices = 1
-            self._train = jax.jit(step, donate_argnums=0, compiler_options=step_compiler_options())
-            self._eval = jax.jit(eval_step)
+            self._train = jax.jit(
+                step, donate_argnums=0, compiler_options=compiler_options("train")
+            )
+            self._eval = jax.jit(eval_step, compiler_options=compiler_options("infer"))
         elif mode == "pmap":
             self.num_devices = jax.device_count()
             self._train = jax.pmap(
@@ -170,7 +150,9 @@ class Parallel:
             self.rules = tuple((name, axis) for name, axis in RULES if self.mesh.shape[axis] > 1)
             self.replicated = NamedSharding(self.mesh, P())
             self.data_sharding = NamedSharding(self.mesh, P("data"))
-            self._eval = jax.jit(eval_step, out_shardings=self.replicated)
+            self._eval = jax.jit(
+                eval_step, out_shardings=self.replicated, compiler_options=compiler_options("infer")
+            )
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -306,7 +288,7 @@ class Parallel:
                 self.train_step_function,
                 donate_argnums=0,
                 out_shardings=(self._state_shardings, self.replicated),
-                compiler_options=step_compiler_options(),
+                compiler_options=compiler_options("train"),
             )
             self._train_for = self._state_shardings
         return self._train

@@ -10,7 +10,7 @@ from processes import run_workers
 
 import gdjax
 from gdjax.models import AlexNet
-from gdjax.train import MODES, Parallel, TrainState, step_compiler_options
+from gdjax.train import MODES, Parallel, TrainState
 
 
 def batches(n=3, size=32, seed=0):
@@ -82,7 +82,7 @@ def _copies_of_parameters(hlo_text):
 def test_the_step_updates_donated_parameters_in_place(mode):
     """On the CPU, XLA's default copy insertion copies donated kernels that the backward pass
     reads (on one device: conv2-5 and fc6-8) before the step; the step that Parallel compiles,
-    with step_compiler_options(), copies none, and computes the same thing."""
+    with compiler_options("train"), copies none, and computes the same thing."""
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
@@ -97,8 +97,6 @@ def test_the_step_updates_donated_parameters_in_place(mode):
         plain = jax.jit(par.train_step_function, donate_argnums=0).lower(placed, batch)
         copies = _copies_of_parameters(plain.compile().as_text())
     assert copies  # without the option XLA copies donated kernels (7 of them with one device)
-    assert step_compiler_options("cpu") == {"xla_cpu_copy_insertion_use_region_analysis": True}
-    assert step_compiler_options("gpu") is None and step_compiler_options("tpu") is None
     got, _ = par.train_step(placed, batch)
     want, _ = plain.compile()(par.put_state(state), par.put_batch(batches(1)[0]))
     assert max_diff(par.get_state(got).params, par.get_state(want).params) == 0.0

@@ -1,0 +1,76 @@
+"""compiler_options: what each kind asks of XLA on the CPU, that XLA takes it, and that the
+programs compute the same thing with it."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gdjax
+from gdjax.models import AlexNet, compiler_options, xla_options
+
+
+def test_each_kind_on_the_cpu_and_none_elsewhere():
+    assert compiler_options("train", "cpu") == {"xla_cpu_copy_insertion_use_region_analysis": True}
+    assert compiler_options("infer", "cpu") == {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"
+    }
+    assert compiler_options() == compiler_options("train", "cpu")  # the tests run on the CPU
+    for backend in ("gpu", "tpu"):
+        assert compiler_options("train", backend) is None
+        assert compiler_options("infer", backend) is None
+
+
+def test_a_bad_kind_is_named():
+    with pytest.raises(ValueError, match=r"kind='eval', expected one of \('train', 'infer'\)"):
+        compiler_options("eval")
+
+
+def test_an_option_this_jaxlib_lacks_is_left_out(monkeypatch):
+    monkeypatch.setitem(
+        xla_options._CPU_OPTIONS, "infer", {"xla_cpu_no_such_option_anywhere": True}
+    )
+    assert compiler_options("infer", "cpu") is None
+
+
+def test_inference_keeps_dense_layers_off_ynnpack_and_gives_the_same_logits():
+    model = AlexNet(num_classes=10, variant="small")
+    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+    params = model.init(jax.random.key(1), x[:1])["params"]
+
+    def forward(p):
+        return model.apply({"params": p}, x)
+
+    plain = jax.jit(forward).lower(params).compile()
+    ours = jax.jit(forward, compiler_options=compiler_options("infer")).lower(params).compile()
+
+    def entry_dots(compiled):  # dots XLA emits itself (not inside a YNNPACK fusion)
+        text = compiled.as_text()
+        return len(re.findall(r"\bdot\(", text[text.index("ENTRY") :]))
+
+    assert entry_dots(ours) == 3  # fc6, fc7, fc8
+    assert entry_dots(plain) == 0  # all three inside YNNPACK fusions
+    np.testing.assert_allclose(ours(params), plain(params), rtol=1e-5, atol=1e-6)
+
+
+def test_a_donated_step_with_the_training_options_gives_the_same_state():
+    model = AlexNet(num_classes=10, variant="small")
+    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+    y = jnp.arange(8) % 10
+    params = model.init(jax.random.key(1), x[:1])["params"]
+    tx = gdjax.momentum(0.1)
+
+    def step(p, s):
+        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+            model.apply({"params": p}, x), y
+        ).mean()
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    want = jax.jit(step)(params, tx.init(params))
+    copy = jax.tree.map(jnp.copy, (params, tx.init(params)))
+    got = jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options("train"))(*copy)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, want)
