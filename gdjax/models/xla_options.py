@@ -8,12 +8,13 @@ it in one process (README, "Where the speed comes from"):
     every donated parameter that the backward pass reads (a data gradient's kernel, a dense
     layer's weights) into a fresh buffer at the start of the step, so that the in-place update
     cannot overwrite it early — 244 MB per torchvision AlexNet step; with it, XLA proves the
-    update comes last and copies nothing (torchvision b32 1.08-1.12x, paper 1.08x, small 1.02x).
+    update comes last and copies nothing (torchvision b32 1.08-1.12x, paper 1.08x; small, whose
+    parameters are small, 0.94-1.02x: noise).
 ``"infer"`` (a forward pass)
     ``xla_cpu_experimental_ynn_fusion_type`` limited to reductions: the dense layers' dots run
     on XLA's own dot emitter instead of YNNPACK, which at a batch of 32 took twice as long for
-    fc6/fc7 (torchvision inference 1.07-1.23x, paper 1.07x, small 1.05x). Not in training:
-    there the same change was 0.92-1.00x.
+    fc6/fc7 (inference: torchvision 1.07-1.23x, small 1.05-1.14x, paper 1.07x). Not in
+    training: there the same change was 0.91-1.03x.
 
 An option this jaxlib does not know is left out (each is checked once by compiling a trivial
 function), so the same call works on every jaxlib; on other backends there are none.
