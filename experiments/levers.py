@@ -40,14 +40,15 @@ import optax
 
 import gdjax
 from gdjax.models import AlexNet, onednn_status
+from gdjax.models.xla_options import CPU_OPTIONS
 
 # lever -> (AlexNet keyword arguments, XLA compiler options) with the lever; without it, none.
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "fused_relu": ({"fused_relu": True}, {}),
     "xla_single_thread": ({}, {"xla_cpu_multi_thread_eigen": False}),
     "memory_scheduler": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": False}),
-    "region_copies": ({}, {"xla_cpu_copy_insertion_use_region_analysis": True}),
-    "plain_dots": ({}, {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}),
+    "region_copies": ({}, CPU_OPTIONS["train"]),
+    "plain_dots": ({}, CPU_OPTIONS["infer"]),
 }
 
 

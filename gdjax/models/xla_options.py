@@ -29,7 +29,8 @@ import jax
 
 KINDS = ("train", "infer")
 
-_CPU_OPTIONS = {
+# kind -> the options on the CPU (experiments/levers.py times each against the program without).
+CPU_OPTIONS = {
     "train": {"xla_cpu_copy_insertion_use_region_analysis": True},
     "infer": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
 }
@@ -65,5 +66,5 @@ def compiler_options(kind: str = "train", backend: str | None = None) -> dict[st
     backend = backend or jax.default_backend()
     if backend != "cpu":
         return None
-    options = {k: v for k, v in _CPU_OPTIONS[kind].items() if _supported(backend, k, v)}
+    options = {k: v for k, v in CPU_OPTIONS[kind].items() if _supported(backend, k, v)}
     return options or None

@@ -19,13 +19,7 @@ from gdjax.train.loop import (
     train_and_evaluate,
 )
 from gdjax.train.metrics_writer import read_metrics
-from gdjax.train.parallel import (
-    MESH_AXES,
-    MODES,
-    RULES,
-    Parallel,
-    initialize_distributed,
-)
+from gdjax.train.parallel import MESH_AXES, MODES, RULES, Parallel, initialize_distributed
 from gdjax.train.recipe import OPTIMIZERS, Plateau, make_optimizer
 from gdjax.train.steps import (
     TrainState,

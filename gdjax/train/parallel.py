@@ -43,13 +43,7 @@ from gdjax.models.alexnet import BATCH, MAPS, NEURONS
 from gdjax.models.xla_options import compiler_options
 from gdjax.train.steps import TrainState, eval_step, train_step
 
-__all__ = [
-    "MESH_AXES",
-    "MODES",
-    "RULES",
-    "Parallel",
-    "initialize_distributed",
-]
+__all__ = ["MESH_AXES", "MODES", "RULES", "Parallel", "initialize_distributed"]
 
 MODES = ("none", "pmap", "sharded")
 AXIS = "batch"  # pmap's axis name

@@ -30,9 +30,7 @@ def test_a_bad_kind_is_named():
 
 
 def test_an_option_this_jaxlib_lacks_is_left_out(monkeypatch):
-    monkeypatch.setitem(
-        xla_options._CPU_OPTIONS, "infer", {"xla_cpu_no_such_option_anywhere": True}
-    )
+    monkeypatch.setitem(xla_options.CPU_OPTIONS, "infer", {"xla_cpu_no_such_option_anywhere": True})
     assert compiler_options("infer", "cpu") is None
 
 

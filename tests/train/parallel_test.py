@@ -1,6 +1,7 @@
 """One step, three parallel modes (8 fake CPU devices), and two real processes on localhost."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -71,8 +72,6 @@ def test_sharded_equals_plain_jit_with_dropout_on():
 
 def _copies_of_parameters(hlo_text):
     """The copies the entry computation makes of its parameters (a donated buffer set aside)."""
-    import re
-
     params = set(re.findall(r"^\s*(%\S+) = \S+ parameter\(\d+\)", hlo_text, re.M))
     copied = re.findall(r"^\s*%\S+ = \S+ copy\((%[^)\s]+)\)", hlo_text, re.M)
     return [c for c in copied if c in params]
@@ -94,11 +93,11 @@ def test_the_step_updates_donated_parameters_in_place(mode):
     ours = par.compile_train_step(placed, batch).as_text()
     assert _copies_of_parameters(ours) == []
     with par.context():
-        plain = jax.jit(par.train_step_function, donate_argnums=0).lower(placed, batch)
-        copies = _copies_of_parameters(plain.compile().as_text())
+        plain = jax.jit(par.train_step_function, donate_argnums=0).lower(placed, batch).compile()
+        copies = _copies_of_parameters(plain.as_text())
     assert copies  # without the option XLA copies donated kernels (7 of them with one device)
     got, _ = par.train_step(placed, batch)
-    want, _ = plain.compile()(par.put_state(state), par.put_batch(batches(1)[0]))
+    want, _ = plain(par.put_state(state), par.put_batch(batches(1)[0]))
     assert max_diff(par.get_state(got).params, par.get_state(want).params) == 0.0
 
 
