@@ -106,6 +106,11 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
         jax.block_until_ready(out)
         return (time.perf_counter() - t) / steps
 
+    # The optimised programs (HLO text), for tools that name what a trace shows (step_trace.py).
+    time_train.hlo = lambda: (
+        train.lower(state["p"], state["s"], jax.random.key(0)).compile().as_text()
+    )
+    time_infer.hlo = lambda: infer.lower(state["p"], x).compile().as_text()
     flops = count_flops(model, (1, size, size, channels))
     return time_train, time_infer, {"train": compile_train, "infer": compile_infer}, flops
 
