@@ -3,6 +3,7 @@
 usage:
   gdjax [train] [--config=PRESET|FILE] [--config.FIELD=VALUE ...] [--workdir=DIR] [--restart]
   gdjax eval --workdir=DIR [--config.FIELD=VALUE ...]
+  gdjax --version
 
 examples:
   gdjax                                   # = gdjax train: small AlexNet on the embedded MNIST
@@ -156,11 +157,40 @@ def _apply_overrides(config: object, overrides: list[str]) -> None:
         try:
             current = get_field(config, field)
         except (KeyError, AttributeError, TypeError):
-            raise UsageError(f"unknown config field {field!r}") from None
+            raise UsageError(f"unknown config field {field!r}{_field_hint(field)}") from None
         try:
             override(config, **{field: _parse_value(field, text, current)})
         except TypeError as e:
             raise UsageError(f"--config.{field}={text}: {e}") from None
+
+
+def _field_hint(field: str) -> str:
+    """' (did you mean ...?)' naming the fields that end like ``field`` or are spelled close."""
+    import difflib
+
+    from gdjax.configs.base import FIELDS
+
+    paths = [path for path, _, _ in FIELDS]
+    last = field.rsplit(".", 1)[-1]
+    near = [p for p in paths if p.rsplit(".", 1)[-1] == last]
+    near = near or difflib.get_close_matches(field, paths, n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(near)}?)" if near else "; gdjax --help lists them"
+
+
+def _versions() -> str:
+    """gdjax's version and its core's, from the installed metadata (nothing imported)."""
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    from gdjax import __version__
+
+    core = ", ".join(f"{n} {version(n)}" for n in ("jax", "jaxlib", "flax", "optax"))
+    return f"gdjax {__version__} ({core}; Python {sys.version.split()[0]})"
 
 
 def _saved_config(workdir: pathlib.Path) -> object:
@@ -250,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     args = argv[1:]
     command = "train"
+    if args in (["--version"], ["-V"]):
+        print(_versions())
+        return 0
     if args and not args[0].startswith("-"):
         command, args = args[0], args[1:]
     if command not in COMMANDS:

@@ -31,7 +31,12 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
     "args, message",
     [
         (["train", "extra"], "unexpected argument 'extra'"),
-        (["train", "--config.no_such_field=1"], "unknown config field 'no_such_field'"),
+        (["train", "--config.no_such_field=1"], "unknown config field 'no_such_field'; gdjax"),
+        (
+            ["train", "--config.optimizer.momentum=0.9"],
+            "'optimizer.momentum' (did you mean optimizer.hparams.momentum?)",
+        ),
+        (["train", "--config.batchsize=8"], "'batchsize' (did you mean batch_size or"),
         (["train", "--config=imagenet21k"], "not a preset (default, cifar10, paper) nor a file"),
         (["train", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
         (["train", "--config.seed=abc"], "--config.seed=abc: expected int"),
@@ -64,6 +69,25 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, 
     assert message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_version_names_gdjax_and_its_core_without_importing_jax(capsys):
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    import gdjax
+
+    for flag in ("--version", "-V"):
+        assert cli.main(["gdjax", flag]) == 0
+        out = capsys.readouterr().out.strip()
+        assert out.startswith(f"gdjax {gdjax.__version__} (")
+        assert f"jax {importlib.metadata.version('jax')}," in out
+        assert f"optax {importlib.metadata.version('optax')}" in out
+    code = "import sys; from gdjax import cli; cli.main(['gdjax', '--version']); "
+    code += "print('jax' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "False", done.stderr
 
 
 def test_an_unknown_tfds_name_lists_a_few_close_matches(capsys, tmp_path):
