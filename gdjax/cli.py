@@ -265,9 +265,13 @@ def _run(command: str, args: list[str], start: float) -> int:
 
     workdir = str(workdir or f"runs/{preset}")
     result = train_and_evaluate(config, workdir, restart=bool(flags.get("restart")))
+    speed = (
+        f"{result['train_images_per_second']:.0f} img/s in training"
+        if result.get("steps_this_run", 1)
+        else "nothing left to train (the checkpoint had every step)"
+    )
     print(
-        f"done: {result['steps']} steps ({result['epochs']:.2f} epochs), "
-        f"{result['train_images_per_second']:.0f} img/s in training; test accuracy "
+        f"done: {result['steps']} steps ({result['epochs']:.2f} epochs), {speed}; test accuracy "
         f"{result['accuracy']:.4f}, top-5 error {result['top5_error']:.4f}; "
         f"{time.perf_counter() - start:.0f} s in all; logs and checkpoints in {workdir}"
     )

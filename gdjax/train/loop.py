@@ -412,7 +412,8 @@ def train_and_evaluate(
 
     ``restart=True`` moves existing checkpoints aside (``checkpoints.before-restart-*``) and
     starts from step 0. Returns the final test metrics with ``accuracy``, ``steps``,
-    ``epochs``, ``wall_seconds`` (the whole call) and ``train_images_per_second`` (steady
+    ``steps_this_run`` (0 when the checkpoint already had every step), ``epochs``,
+    ``wall_seconds`` (the whole call) and ``train_images_per_second`` (steady
     training, without compilation, evaluation and checkpoints).
     """
     wall_start = time.perf_counter()
@@ -470,6 +471,7 @@ def train_and_evaluate(
             raise _nonfinite_stop(checkpointer, what, step) from None
 
     step = int(jax.device_get(parallel.get_state(state).step))
+    first_step = step
     save_on_exit = step < total
     try:
         with _Terminate() as term:
@@ -519,6 +521,7 @@ def train_and_evaluate(
         **evaluator.last,
         "accuracy": 1.0 - evaluator.last["error"],
         "steps": step,
+        "steps_this_run": step - first_step,
         "epochs": step / run.steps_per_epoch,
         "wall_seconds": time.perf_counter() - wall_start,
         "train_images_per_second": log.images_per_second,

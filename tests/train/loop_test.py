@@ -63,7 +63,7 @@ def reference(tmp_path_factory):
 
 def test_run_writes_everything_and_learns(reference):
     workdir, result, (step, _) = reference
-    assert step == 40 and result["steps"] == 40
+    assert step == 40 and result["steps"] == 40 and result["steps_this_run"] == 40
     # 40 steps of 32 images sit on the steep part of the curve (0.28-0.4 test accuracy across
     # JAX versions and kernels): twice chance, and a training loss that fell.
     assert result["accuracy"] > 0.2, "40 steps must beat chance (0.1) by far"
@@ -88,7 +88,7 @@ def test_run_writes_everything_and_learns(reference):
 def test_rerun_in_a_finished_workdir_resumes_at_the_end(reference, tmp_path):
     workdir, result, _ = reference
     again = train_and_evaluate(quick_config(), str(workdir))
-    assert again["steps"] == 40
+    assert again["steps"] == 40 and again["steps_this_run"] == 0
     assert again["error"] == pytest.approx(result["error"])
 
 
