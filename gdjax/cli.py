@@ -178,7 +178,7 @@ def _field_hint(field: str) -> str:
 
 
 def _versions() -> str:
-    """gdjax's version and its core's, from the installed metadata (nothing imported)."""
+    """gdjax's version and its core's, read from the installed metadata (jax is not imported)."""
     from importlib import metadata
 
     def version(name: str) -> str:
