@@ -30,18 +30,6 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-# Trace events that are the runtime's bookkeeping (or Python's), not ops of the program.
-BOOKKEEPING = (
-    "$",
-    "ThunkExecutor",
-    "ThreadpoolListener",
-    "end: ",
-    "PjitFunction",
-    "CommonPjRt",
-    "SlinkyThreadPool",
-    "PjRt",
-    "TfrtCpu",
-)
 KINDS = ("oneDNN (gdjax custom calls)", "YNNPACK fusions", "XLA dots", "copies", "other XLA ops")
 
 
@@ -101,6 +89,12 @@ def parse_hlo(text: str) -> dict[str, Op]:
     return ops
 
 
+def _op_events(events: list[dict], ops: dict[str, Op]) -> list[dict]:
+    """The trace's complete events that are ops of the program, by their HLO names (the
+    runtime's bookkeeping and Python's frames carry other names)."""
+    return [e for e in events if e.get("ph") == "X" and e.get("name") in ops]
+
+
 def _outermost(events: list[dict]) -> list[dict]:
     """The events of one thread that no other event of that thread encloses."""
     kept: list[dict] = []
@@ -121,11 +115,8 @@ def summarise(events: list[dict], ops: dict[str, Op], steps: int) -> dict:
     (label, instruction name, ms per step, calls per step), longest first.
     """
     threads: dict[tuple, list[dict]] = collections.defaultdict(list)
-    for e in events:
-        if e.get("ph") != "X" or e.get("name", "").startswith(BOOKKEEPING):
-            continue
-        if e["name"] in ops:
-            threads[e.get("pid"), e.get("tid")].append(e)
+    for e in _op_events(events, ops):
+        threads[e.get("pid"), e.get("tid")].append(e)
     kept = [e for evs in threads.values() for e in _outermost(evs)]
     if not kept:
         raise RuntimeError("the trace holds no op of the program (was it traced on the CPU?)")
@@ -221,8 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _timeline(events: list[dict], ops: dict[str, Op], steps: int) -> None:
     """The last step's ops (over 0.3 ms) in start order: start, end (ms), thread, name."""
-    kept = [e for e in events if e.get("ph") == "X" and e.get("name") in ops]
-    kept.sort(key=lambda e: e["ts"])
+    kept = sorted(_op_events(events, ops), key=lambda e: e["ts"])
     first = [e["ts"] for e in kept if e["name"] == kept[0]["name"]]
     t0 = first[min(steps, len(first)) - 1]
     tids: dict = {}

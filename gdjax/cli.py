@@ -267,7 +267,7 @@ def _run(command: str, args: list[str], start: float) -> int:
     result = train_and_evaluate(config, workdir, restart=bool(flags.get("restart")))
     speed = (
         f"{result['train_images_per_second']:.0f} img/s in training"
-        if result.get("steps_this_run", 1)
+        if result["steps_this_run"]
         else "nothing left to train (the checkpoint had every step)"
     )
     print(
