@@ -115,7 +115,15 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
     return time_train, time_infer, {"train": compile_train, "infer": compile_infer}, flops
 
 
-def _torch_case(variant: str, size: int, batch: int, steps: int, compiled: bool, channels: int = 3):
+def _torch_case(
+    variant: str,
+    size: int,
+    batch: int,
+    steps: int,
+    compiled: bool,
+    channels: int = 3,
+    backend: Any = "inductor",
+):
     from torch_reference import torch_alexnet
 
     model = torch_alexnet(variant, 1000 if variant != "small" else 10, channels, size)
@@ -123,7 +131,15 @@ def _torch_case(variant: str, size: int, batch: int, steps: int, compiled: bool,
     x = torch.randn(batch, channels, size, size).to(memory_format=torch.channels_last)
     y = torch.zeros(batch, dtype=torch.long)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
-    forward = torch.compile(model) if compiled else model
+    if compiled:
+        # Every case compiles afresh, for its own shapes. Dynamo caches compiled frames per code
+        # object, and every network shares torch_reference's ``forward``: without the reset the
+        # second case's new shapes recompiled the frame with dynamic shapes, and a few cases
+        # later dynamo hit its recompile limit and ran the rest eagerly, unreported.
+        torch._dynamo.reset()
+        forward = torch.compile(model, dynamic=False, backend=backend)
+    else:
+        forward = model
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():

@@ -49,6 +49,29 @@ def test_harness_times_both_and_writes_json(bench, tmp_path, capsys):
     assert "ratio" in capsys.readouterr().out
 
 
+def test_each_torch_compile_case_compiles_for_its_own_static_shapes(bench):
+    # Dynamo caches compiled frames per code object and every reference network shares one
+    # ``forward``: without a fresh start per case, the second batch size recompiled the frame
+    # with a symbolic batch and later cases fell back to eager at dynamo's recompile limit, so
+    # the torch.compile column timed something slower than what a user compiles.
+    torch = pytest.importorskip("torch")
+    graphs = []
+
+    def capture(gm, example_inputs):  # a dynamo backend that records what it was given
+        graphs.append([a for a in example_inputs if not isinstance(a, torch.Tensor)])
+        return gm.forward
+
+    for batch in (4, 6, 8):
+        first = len(graphs)
+        train, infer, _ = bench._torch_case("small", 32, batch, 1, True, backend=capture)
+        for _ in range(2):
+            train()
+            infer()
+        # one graph for training and one for inference, neither with symbolic sizes
+        assert len(graphs) - first == 2, (batch, graphs[first:])
+        assert graphs[first:] == [[], []], (batch, graphs[first:])
+
+
 def test_torch_reference_matches_the_flax_layer_table(bench):
     torch = pytest.importorskip("torch")
     import jax
