@@ -8,7 +8,9 @@ Each case is ``variant:image_size:batch``. For every case the training step (for
 backward, SGD-with-momentum update) and inference are timed for gdjax (``jax.jit``, donated
 buffers) and for the same network in PyTorch (eager, channels-last, which is PyTorch's fastest
 CPU setting here; ``torch.compile`` too with ``--torch-compile``), in alternating rounds so
-that the machine's drift hits both; compile time is reported apart from steady-state time. The
+that the machine's drift hits both; each round starts with one untimed step (the first step
+after the other framework's round ran up to 150 ms slower, for either), and compile time is
+reported apart from steady-state time (two untimed rounds come first). The
 optimizer rows time one update of 61.1 M parameters for gdjax, optax and ``torch.optim``
 (foreach and fused), with the implied memory traffic as a fraction of the machine's measured
 copy bandwidth. On a GPU or TPU the model-FLOPs utilisation is printed too (training FLOPs
@@ -49,7 +51,13 @@ PEAK_FLOPS = {
 }
 
 
-def _median_alternating(fns: dict[str, Any], rounds: int) -> dict[str, float]:
+def _median_alternating(fns: dict[str, Any], rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each timer over ``rounds`` alternating rounds, after ``warmup`` untimed
+    ones (the first ten or so steps of a freshly compiled torchvision step ran 10-60% slower
+    than the rest, while the process's allocator settled)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(rounds):
@@ -93,6 +101,8 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
     compile_infer = time.perf_counter() - t0
 
     def time_train():
+        state["p"], state["s"] = train(state["p"], state["s"], jax.random.key(steps))
+        jax.block_until_ready(state["p"])  # untimed: the step after the other framework's
         t = time.perf_counter()
         for i in range(steps):
             state["p"], state["s"] = train(state["p"], state["s"], jax.random.key(i))
@@ -100,6 +110,7 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
         return (time.perf_counter() - t) / steps
 
     def time_infer():
+        jax.block_until_ready(infer(state["p"], x))  # untimed, as in time_train
         t = time.perf_counter()
         for _ in range(steps):
             out = infer(state["p"], x)
@@ -154,6 +165,7 @@ def _torch_case(
 
     def time_train():
         model.train()
+        step()  # untimed, as in gdjax's timers
         t = time.perf_counter()
         for _ in range(steps):
             step()
@@ -162,6 +174,7 @@ def _torch_case(
     def time_infer():
         model.eval()
         with torch.no_grad():
+            forward(x)  # untimed
             t = time.perf_counter()
             for _ in range(steps):
                 forward(x)

@@ -49,6 +49,22 @@ def test_harness_times_both_and_writes_json(bench, tmp_path, capsys):
     assert "ratio" in capsys.readouterr().out
 
 
+def test_rounds_alternate_after_untimed_warmup_rounds(bench):
+    calls = []
+
+    def timer(name):
+        def run():
+            calls.append(name)
+            return float(len(calls))  # a "time" that tells when the call came
+
+        return run
+
+    med = bench._median_alternating({"a": timer("a"), "b": timer("b")}, rounds=3, warmup=2)
+    # two untimed rounds (calls 1-4), then a b | b a | a b: a timed at calls 5, 8, 9
+    assert calls == ["a", "b"] * 2 + ["a", "b", "b", "a", "a", "b"]
+    assert med == {"a": 8.0, "b": 7.0}
+
+
 def test_each_torch_compile_case_compiles_for_its_own_static_shapes(bench):
     # Dynamo caches compiled frames per code object and every reference network shares one
     # ``forward``: without a fresh start per case, the second batch size recompiled the frame
