@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import case_spec, positive_int
 
 import gdjax
 from gdjax.models import AlexNet, compiler_options, count_flops
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--cases",
         nargs="*",
+        type=case_spec,
+        metavar="VARIANT:PIXELS:BATCH",
         default=[
             "small:32:128",
             "small:32:512",
@@ -310,8 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
             "paper:227:32",
         ],
     )
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--steps", type=positive_int, default=2)
     parser.add_argument("--torch-compile", action="store_true")
     parser.add_argument(
         "--optimizer-scale", type=float, default=1.0, help="fraction of the 61 M params"
@@ -321,10 +324,15 @@ def main(argv: list[str] | None = None) -> dict:
         "--loop-overhead", action="store_true", help="measure the default run's loop cost"
     )
     parser.add_argument(
-        "--loop-rounds", type=int, default=5, help="loop runs (bare-step timings around each)"
+        "--loop-rounds",
+        type=positive_int,
+        default=5,
+        help="loop runs (bare-step timings around each)",
     )
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if not 0 < args.optimizer_scale <= 1:
+        parser.error(f"--optimizer-scale must be in (0, 1], got {args.optimizer_scale}")
     device = jax.devices()[0]
     peak = next((v for k, v in PEAK_FLOPS.items() if k.lower() in device.device_kind.lower()), None)
     torch_version = torch.__version__ if torch else "absent"

@@ -23,6 +23,42 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     return p
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (so that a typo is one line from argparse, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def case_spec(text: str) -> str:
+    """argparse type for a benchmark case ``variant:pixels:batch`` (e.g. ``small:32:128``)."""
+    from gdjax.models.alexnet import VARIANTS, min_input_size, spatial_sizes
+
+    parts = text.split(":")
+    form = "variant:pixels:batch, e.g. small:32:128"
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected {form}; got {text!r}")
+    if parts[0] not in VARIANTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {parts[0]!r} in {text!r}; expected one of {', '.join(VARIANTS)}"
+        )
+    for name, value in zip(("pixels", "batch"), parts[1:], strict=True):
+        if not value.isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1 in {text!r} ({form})")
+    variant, pixels = parts[0], int(parts[1])
+    if variant == "paper" and spatial_sizes(variant, pixels)[-1] != 6:
+        raise argparse.ArgumentTypeError(f"the paper network takes 227 pixels, got {text!r}")
+    if variant != "paper" and pixels < min_input_size(variant):
+        raise argparse.ArgumentTypeError(
+            f"{variant} takes at least {min_input_size(variant)} pixels, got {text!r}"
+        )
+    return text
+
+
 def machine() -> dict[str, Any]:
     """What ran the experiment: JAX backend and device, CPU count, platform."""
     device = jax.devices()[0]

@@ -37,6 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from common import case_spec, positive_int
 
 import gdjax
 from gdjax.models import AlexNet, onednn_status
@@ -122,9 +123,11 @@ def measure(lever: str, case: str, rounds: int, steps: int) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
-    parser.add_argument("--cases", nargs="*", default=["torchvision:224:32", "small:32:128"])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--cases", nargs="*", type=case_spec, default=["torchvision:224:32", "small:32:128"]
+    )
+    parser.add_argument("--rounds", type=positive_int, default=9)
+    parser.add_argument("--steps", type=positive_int, default=3)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     ok, detail = onednn_status()

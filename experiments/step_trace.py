@@ -165,20 +165,19 @@ def _cpu() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from common import case_spec, positive_int
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", default="torchvision:224:32", help="variant:pixels:batch")
+    parser.add_argument(
+        "--case", type=case_spec, default="torchvision:224:32", help="variant:pixels:batch"
+    )
     parser.add_argument("--mode", choices=("train", "infer"), default="train")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--top", type=int, default=25, help="ops to print")
+    parser.add_argument("--steps", type=positive_int, default=3)
+    parser.add_argument("--top", type=positive_int, default=25, help="ops to print")
     parser.add_argument("--timeline", action="store_true", help="print the last step's ops")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
-    try:
-        variant, size, batch = args.case.split(":")
-        size_, batch_ = int(size), int(batch)
-    except ValueError:
-        parser.error(f"--case must be variant:pixels:batch (e.g. small:32:128), got {args.case!r}")
+    variant, size, batch = args.case.split(":")
+    size_, batch_ = int(size), int(batch)
 
     import bench
     import jax

@@ -49,6 +49,30 @@ def test_harness_times_both_and_writes_json(bench, tmp_path, capsys):
     assert "ratio" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "script, argv, says",
+    [
+        ("bench", ["--cases", "small:32"], "argument --cases: expected variant:pixels:batch"),
+        ("bench", ["--cases", "alex:32:8"], "unknown variant 'alex'"),
+        ("bench", ["--cases", "small:32:0"], "batch must be an integer >= 1"),
+        ("bench", ["--cases", "small:5:8"], "small takes at least 15 pixels"),
+        ("bench", ["--cases", "paper:224:8"], "the paper network takes 227 pixels"),
+        ("bench", ["--rounds", "0"], "argument --rounds: expected an integer >= 1, got 0"),
+        ("bench", ["--steps", "two"], "argument --steps: expected an integer >= 1, got 'two'"),
+        ("bench", ["--optimizer-scale", "2"], "--optimizer-scale must be in (0, 1], got 2.0"),
+        ("levers", ["--cases", "tv:224:32"], "unknown variant 'tv'"),
+        ("levers", ["--rounds", "-1"], "argument --rounds: expected an integer >= 1"),
+    ],
+)
+def test_a_bad_argument_is_one_line_and_exit_2(script, argv, says, capsys):
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_:
+        module.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
 def test_rounds_alternate_after_untimed_warmup_rounds(bench):
     calls = []
 

@@ -100,8 +100,9 @@ def test_a_real_step_is_traced_op_by_op(trace, capsys):
 
 def test_bad_arguments_are_named(trace, capsys):
     for argv, said in (
-        (["--case", "small:32"], "--case must be variant:pixels:batch"),
-        (["--steps", "0"], "--steps must be >= 1"),
+        (["--case", "small:32"], "argument --case: expected variant:pixels:batch"),
+        (["--case", "tiny:32:8"], "argument --case: unknown variant 'tiny'"),
+        (["--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
     ):
         with pytest.raises(SystemExit) as exit_:
             trace.main(argv)
