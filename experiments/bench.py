@@ -54,7 +54,7 @@ PEAK_FLOPS = {
 
 def _median_alternating(fns: dict[str, Any], rounds: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds of each timer over ``rounds`` alternating rounds, after ``warmup`` untimed
-    ones (the first ten or so steps of a freshly compiled torchvision step ran 10-60% slower
+    ones (the first ten or so steps of a freshly compiled torchvision step ran 20-65% slower
     than the rest, while the process's allocator settled)."""
     for _ in range(warmup):
         for fn in fns.values():
