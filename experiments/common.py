@@ -36,7 +36,7 @@ def positive_int(text: str) -> int:
 
 def case_spec(text: str) -> str:
     """argparse type for a benchmark case ``variant:pixels:batch`` (e.g. ``small:32:128``)."""
-    from gdjax.models.alexnet import VARIANTS, min_input_size, spatial_sizes
+    from gdjax.models.alexnet import VARIANTS, min_input_size, takes_side
 
     parts = text.split(":")
     form = "variant:pixels:batch, e.g. small:32:128"
@@ -50,12 +50,9 @@ def case_spec(text: str) -> str:
         if not value.isdigit() or int(value) < 1:
             raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1 in {text!r} ({form})")
     variant, pixels = parts[0], int(parts[1])
-    if variant == "paper" and spatial_sizes(variant, pixels)[-1] != 6:
-        raise argparse.ArgumentTypeError(f"the paper network takes 227 pixels, got {text!r}")
-    if variant != "paper" and pixels < min_input_size(variant):
-        raise argparse.ArgumentTypeError(
-            f"{variant} takes at least {min_input_size(variant)} pixels, got {text!r}"
-        )
+    if not takes_side(variant, pixels):  # the model's own rule (AlexNet checks its input by it)
+        need = "227" if variant == "paper" else f"at least {min_input_size(variant)}"
+        raise argparse.ArgumentTypeError(f"{variant} takes {need} pixels, got {text!r}")
     return text
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "AlexNet",
     "min_input_size",
     "spatial_sizes",
+    "takes_side",
 ]
 
 # Logical axis names (Flax partitioning) of the activations and parameters; a mesh's rules map
@@ -286,6 +287,14 @@ def min_input_size(variant: str, overlapping_pool: bool = True) -> int:
     return next(s for s in range(1, 1024) if min(spatial_sizes(variant, s, overlapping_pool)) >= 1)
 
 
+def takes_side(variant: str, side: int, overlapping_pool: bool = True) -> bool:
+    """Whether the variant accepts images ``side`` pixels high (or wide): the paper's layout
+    needs its 6x6 last map (227 px with overlapping pooling); the others, every map >= 1x1."""
+    if variant == "paper":
+        return spatial_sizes("paper", side, overlapping_pool)[-1] == 6
+    return side >= min_input_size(variant, overlapping_pool)
+
+
 class AlexNet(nn.Module):
     """AlexNet; see the module docstring for the variants and their exact layouts.
 
@@ -376,11 +385,7 @@ class AlexNet(nn.Module):
                 f"{expected}), got shape {x.shape}; set in_channels= for other inputs"
             )
         h, w = x.shape[1], x.shape[2]
-        if self.variant == "paper":
-            ok = all(spatial_sizes("paper", s, self.overlapping_pool)[-1] == 6 for s in (h, w))
-        else:
-            ok = min(h, w) >= min_input_size(self.variant, self.overlapping_pool)
-        if not ok:
+        if not all(takes_side(self.variant, s, self.overlapping_pool) for s in (h, w)):
             raise ValueError(
                 f"AlexNet({self.variant!r}): expected images of shape {expected}, got spatial "
                 f"size {h}x{w}"

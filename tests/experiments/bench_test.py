@@ -56,7 +56,7 @@ def test_harness_times_both_and_writes_json(bench, tmp_path, capsys):
         ("bench", ["--cases", "alex:32:8"], "unknown variant 'alex'"),
         ("bench", ["--cases", "small:32:0"], "batch must be an integer >= 1"),
         ("bench", ["--cases", "small:5:8"], "small takes at least 15 pixels"),
-        ("bench", ["--cases", "paper:224:8"], "the paper network takes 227 pixels"),
+        ("bench", ["--cases", "paper:224:8"], "paper takes 227 pixels, got 'paper:224:8'"),
         ("bench", ["--rounds", "0"], "argument --rounds: expected an integer >= 1, got 0"),
         ("bench", ["--steps", "two"], "argument --steps: expected an integer >= 1, got 'two'"),
         ("bench", ["--optimizer-scale", "2"], "--optimizer-scale must be in (0, 1], got 2.0"),

@@ -182,6 +182,33 @@ def test_bad_input_names_the_expected_shape(variant, kwargs, shape, message):
 
 
 @pytest.mark.parametrize(
+    "variant, overlapping_pool, sides",
+    [
+        ("paper", True, (226, 227)),
+        ("paper", False, (198, 199, 227)),
+        ("torchvision", True, (62, 63)),
+        ("small", True, (14, 15)),
+        ("small", False, (7, 8, 9)),
+    ],
+)
+def test_takes_side_is_the_rule_the_model_checks(variant, overlapping_pool, sides):
+    from gdjax.models.alexnet import takes_side
+
+    model = AlexNet(variant=variant, num_classes=10, overlapping_pool=overlapping_pool)
+    answers = []
+    for side in sides:
+        shape = jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32)
+        try:
+            jax.eval_shape(model.init, jax.random.key(0), shape)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert takes_side(variant, side, overlapping_pool) == accepted, side
+        answers.append(accepted)
+    assert True in answers and False in answers  # the sides straddle the boundary
+
+
+@pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"variant": "vgg"}, "variant must be one of"),
