@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 
 from gdjax.configs.base import get_field, unset_required_fields
-from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, min_input_size
+from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, min_input_size, takes_side
 from gdjax.models.conv import CONV_IMPLS
 from gdjax.train.parallel import MODES
 from gdjax.train.recipe import AUGMENTS, LR_SCALINGS, OPTIMIZERS, SCHEDULES
@@ -125,11 +125,18 @@ def _check_data(c: ml_collections.ConfigDict) -> None:
     side = c.input.image_size or KNOWN_SIZES.get(kind)
     if c.input.augment == "alexnet":
         side = c.input.crop
-    need = min_input_size(c.model.variant, c.model.overlapping_pool)
-    if side is not None and side < need:
+    variant, overlapping = c.model.variant, c.model.overlapping_pool
+    if side is not None and not takes_side(variant, side, overlapping):  # the model's own rule
+        if variant == "paper":
+            raise ConfigError(
+                f"config.dataset={c.dataset!r} gives {side}x{side} images; the 'paper' AlexNet "
+                f"takes 227 px (its 6x6 last map); add --config.input.image_size=227 to resize "
+                f"them"
+            )
+        need = min_input_size(variant, overlapping)
         raise ConfigError(
             f"config.dataset={c.dataset!r} gives {side}x{side} images, smaller than the "
-            f"{need} px the {c.model.variant!r} AlexNet needs; add --config.input.image_size="
+            f"{need} px the {variant!r} AlexNet needs; add --config.input.image_size="
             f"{max(need, 16)} to resize them"
         )
 

@@ -246,6 +246,10 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
         ({"model.variant": "big"}, r"config.model.variant must be one of"),
         ({"eval_split": "nosuch"}, r"config.eval_split must be one of"),
         ({"dataset": "digits"}, r"8x8 images, smaller than .* --config.input.image_size=16"),
+        (
+            {"model.variant": "paper", "input.image_size": 224},
+            r"224x224 images; the 'paper' AlexNet takes 227 px .* --config.input.image_size=227",
+        ),
         ({"dataset": "cifar10:/no/such/file"}, r"no such file or folder"),
         ({"batch_size": None}, r"config.batch_size must be set"),
         (
