@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import nonnegative_int, positive_int
 
 import gdjax
 from gdjax import data
@@ -92,10 +93,12 @@ def step_rate(batch: int, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=384, help="JPEGs to generate")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=3, help="training steps to time (0: skip)")
+    parser.add_argument("--images", type=positive_int, default=384, help="JPEGs to generate")
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--workers", type=nonnegative_int, nargs="*", default=[0, 1, 2])
+    parser.add_argument(
+        "--steps", type=nonnegative_int, default=3, help="training steps to time (0: skip)"
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     if args.images < 2 * args.batch:

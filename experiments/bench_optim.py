@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from common import positive_float, positive_int
 
 import gdjax
 
@@ -176,16 +177,14 @@ def _format_row(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the fc layers")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating timing rounds")
-    parser.add_argument("--steps", type=int, default=3, help="steps per round")
+    parser.add_argument(
+        "--scale", type=positive_float, default=1.0, help="fraction of the fc layers"
+    )
+    parser.add_argument("--rounds", type=positive_int, default=7, help="alternating timing rounds")
+    parser.add_argument("--steps", type=positive_int, default=3, help="steps per round")
     parser.add_argument("--only", nargs="*", choices=sorted(PAIRS), default=sorted(PAIRS))
     parser.add_argument("--json", help="write the rows (and the machine) to this file")
     args = parser.parse_args(argv)
-    if args.scale <= 0:
-        parser.error(f"--scale must be > 0, got {args.scale}")
-    if args.rounds < 1 or args.steps < 1:
-        parser.error("--rounds and --steps must be >= 1")
 
     n = sum(x.size for x in jax.tree.leaves(alexnet_tree(args.scale)))
     device = jax.devices()[0]

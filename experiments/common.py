@@ -19,18 +19,37 @@ def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     here = pathlib.Path(__file__).resolve().parent
     p.add_argument("--out", default=str(here / "results" / default_out), help="output folder")
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke tests, CI)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per comparison")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per comparison")
     return p
+
+
+def _at_least(text: str, convert: type, least: float, name: str, strict: bool = False):
+    """``convert(text)`` if it is >= ``least`` (> with ``strict``), else argparse's error."""
+    expected = f"expected {name} {'>' if strict else '>='} {least:g}"
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+    if not (value > least if strict else value >= least):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{expected}, got {value}")
+    return value
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (so that a typo is one line from argparse, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return _at_least(text, int, 1, "an integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (a count where 0 means "skip")."""
+    return _at_least(text, int, 0, "an integer")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = _at_least(text, float, 0, "a number", strict=True)
+    if value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
 
 

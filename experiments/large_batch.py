@@ -18,7 +18,16 @@ from __future__ import annotations
 import pathlib
 import time
 
-from common import curve, mean_std, parser, pyplot, small_alexnet_config, train_run, write_results
+from common import (
+    curve,
+    mean_std,
+    parser,
+    positive_float,
+    pyplot,
+    small_alexnet_config,
+    train_run,
+    write_results,
+)
 
 TRAIN_EXAMPLES = 4000
 BATCHES = (32, 128, 512, 1000, 4000)
@@ -73,7 +82,9 @@ def config_for(method: str, batch: int, epochs: float, seed: int, quick: bool):
 
 def main(argv=None):
     p = parser(__doc__.splitlines()[0], "large_batch")
-    p.add_argument("--epochs", type=float, default=EPOCHS, help="epochs for every batch size")
+    p.add_argument(
+        "--epochs", type=positive_float, default=EPOCHS, help="epochs for every batch size"
+    )
     args = p.parse_args(argv)
     started = time.perf_counter()
     out = pathlib.Path(args.out)

@@ -22,6 +22,8 @@ import platform
 import subprocess
 import sys
 
+from common import case_spec, positive_int
+
 MARK = "gdjax-onednn-profile-mark"
 
 
@@ -67,10 +69,10 @@ def parse(lines: list[str], steps: int) -> tuple[dict[tuple[str, str, str, str],
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--framework", choices=("gdjax", "torch"), default="gdjax")
-    parser.add_argument("--case", default="torchvision:224:32")
+    parser.add_argument("--case", type=case_spec, default="torchvision:224:32")
     parser.add_argument("--mode", choices=("train", "infer"), default="train")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--top", type=int, default=40, help="rows to print")
+    parser.add_argument("--steps", type=positive_int, default=4)
+    parser.add_argument("--top", type=positive_int, default=40, help="rows to print")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

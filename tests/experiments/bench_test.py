@@ -62,6 +62,16 @@ def test_harness_times_both_and_writes_json(bench, tmp_path, capsys):
         ("bench", ["--optimizer-scale", "2"], "--optimizer-scale must be in (0, 1], got 2.0"),
         ("levers", ["--cases", "tv:224:32"], "unknown variant 'tv'"),
         ("levers", ["--rounds", "-1"], "argument --rounds: expected an integer >= 1"),
+        ("bench_optim", ["--rounds", "0"], "argument --rounds: expected an integer >= 1, got 0"),
+        ("bench_optim", ["--scale", "nan"], "argument --scale: expected a number > 0, got nan"),
+        ("bench_data", ["--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+        ("bench_data", ["--workers", "1", "-1"], "argument --workers: expected an integer >= 0"),
+        ("bench_data", ["--steps", "-2"], "argument --steps: expected an integer >= 0, got -2"),
+        ("onednn_profile", ["--case", "small:32"], "argument --case: expected variant:pixels"),
+        ("onednn_profile", ["--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
+        ("large_batch", ["--epochs", "0"], "argument --epochs: expected a number > 0, got 0.0"),
+        ("large_batch", ["--epochs", "inf"], "expected a finite number > 0, got 'inf'"),
+        ("gd_variants", ["--seeds", "0"], "argument --seeds: expected an integer >= 1, got 0"),
     ],
 )
 def test_a_bad_argument_is_one_line_and_exit_2(script, argv, says, capsys):
