@@ -1,0 +1,79 @@
+"""The metrics writer: metrics.jsonl and TensorBoard event files, without importing PyTorch."""
+
+import json
+import os
+import pathlib
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from gdjax.train.metrics_writer import MetricsWriter, read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _scalars(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of the event files under ``logdir``, read from their TFRecord frames
+    (u64 length, u32 crc, the Event proto, u32 crc) with tensorboardX's own protos."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    found: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return found
+
+
+def test_event_files_hold_the_scalars_and_torch_is_not_imported(tmp_path):
+    """tensorboardX imports torch when it is installed (3-4 s a run); the writer hides it for
+    that import, and a later ``import torch`` still works."""
+    pytest.importorskip("torch")  # what is tested: torch installed, yet not imported
+    code = (
+        "import sys\n"
+        "from gdjax.train.metrics_writer import MetricsWriter\n"
+        f"w = MetricsWriter({str(tmp_path)!r})\n"
+        "w.write(10, 'train', {'loss': 0.5, 'error': 0.25})\n"
+        "w.write(20, 'train', {'loss': 0.125})\n"
+        "w.close()\n"
+        "print('torch' in sys.modules)\n"
+        "import torch\n"
+        "print(torch.ones(2).sum().item())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "2.0"]
+    assert _scalars(tmp_path / "tensorboard") == {
+        "train/loss": [(10, 0.5), (20, 0.125)],
+        "train/error": [(10, 0.25)],
+    }
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20]
+
+
+def test_writes_when_torch_is_already_imported(tmp_path):
+    torch = pytest.importorskip("torch")
+    w = MetricsWriter(tmp_path)
+    w.write(3, "test", {"loss": 1.5})
+    w.close()
+    assert sys.modules["torch"] is torch
+    assert _scalars(tmp_path / "tensorboard") == {"test/loss": [(3, 1.5)]}
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {
+        "step": 3,
+        "split": "test",
+        "loss": 1.5,
+    }
+
+
+def test_a_disabled_writer_writes_nothing(tmp_path):
+    w = MetricsWriter(tmp_path / "w", enabled=False)
+    w.write(1, "train", {"loss": 1.0})
+    w.close()
+    assert not (tmp_path / "w").exists()
