@@ -52,15 +52,13 @@ def _summary_writer() -> type:
     (``sys.modules[name] = None`` makes ``import name`` raise ImportError, which tensorboardX
     expects) and then unhidden: a later ``import torch`` works as usual.
     """
-    if "tensorboardX" in sys.modules or "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter
-    sys.modules["torch"] = None  # type: ignore[assignment]
+    hide = "tensorboardX" not in sys.modules and "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # type: ignore[assignment]
     try:
         from tensorboardX import SummaryWriter
     finally:
-        if sys.modules.get("torch", 0) is None:
+        if hide and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
     return SummaryWriter
 
