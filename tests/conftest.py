@@ -24,11 +24,17 @@ _OWN_CACHE: list[str] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One persistent XLA compilation cache for the session (``GDJAX_TEST_XLA_CACHE=0`` turns
-    it off): the xdist workers and the processes tests start inherit it through the
-    environment, so a program compiled once (the default run's step, the eval step) is read
-    back by every later test. JAX keys entries by program, compile options, XLA flags and
-    versions."""
+    """One gdjax cache and one persistent XLA compilation cache for the session, inherited by
+    the xdist workers and the processes tests start through the environment.
+
+    gdjax's cache (``GDJAX_CACHE_DIR``, unless set) holds the oneDNN kernels, compiled once for
+    the session instead of once per test process, and never in the user's home. The XLA cache
+    (``GDJAX_TEST_XLA_CACHE=0`` turns it off) means a program compiled once (the default run's
+    step, the eval step) is read back by every later test. JAX keys entries by program, compile
+    options, XLA flags and versions."""
+    if not os.environ.get("GDJAX_CACHE_DIR"):
+        os.environ["GDJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="gdjax-cache-")
+        _OWN_CACHE.append(os.environ["GDJAX_CACHE_DIR"])
     if os.environ.get("GDJAX_TEST_XLA_CACHE") == "0":
         return
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):

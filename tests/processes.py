@@ -18,12 +18,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_env(tmp_path: pathlib.Path, **extra: str) -> dict[str, str]:
+def worker_env(**extra: str) -> dict[str, str]:
     """The environment of a worker: this checkout importable with pytest's paths (tests/,
-    experiments/), its own cache, no inherited fake device count (the worker sets its own)."""
+    experiments/), the session's caches (conftest), no inherited fake device count (the worker
+    sets its own)."""
     path = os.pathsep.join(str(p) for p in (ROOT, ROOT / "tests", ROOT / "experiments"))
-    env = {**os.environ, "PYTHONPATH": path, "GDJAX_TESTS": str(ROOT / "tests"),
-           "GDJAX_CACHE_DIR": str(tmp_path / "cache"), **extra}  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": path, "GDJAX_TESTS": str(ROOT / "tests"), **extra}
     if "XLA_FLAGS" not in extra:
         env.pop("XLA_FLAGS", None)
     return env
@@ -49,9 +49,9 @@ def run_together(commands: list[tuple[list[str], dict]], timeout: float = 300) -
     return logs
 
 
-def run_workers(n: int, script: str, args: list[str], tmp_path, timeout: float = 300) -> list[str]:
+def run_workers(n: int, script: str, args: list[str], timeout: float = 300) -> list[str]:
     """``n`` processes running ``python -c script ADDRESS PID *args`` (one coordinator)."""
     address = f"127.0.0.1:{free_port()}"
-    env = worker_env(tmp_path)
+    env = worker_env()
     argv = [sys.executable, "-c", script, address]
     return run_together([([*argv, str(pid), *args], env) for pid in range(n)], timeout)

@@ -89,6 +89,8 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
 
 def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     """Compile the kernels (once per source, compiler, headers and library), return the path."""
+    import fcntl  # POSIX only, like the kernels (Linux x86-64)
+
     cxx = shutil.which(os.environ.get("CXX", "c++"))
     if cxx is None:
         raise RuntimeError(f"no C++ compiler found (CXX={os.environ.get('CXX', 'c++')!r})")
@@ -121,18 +123,26 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Compile to a private name and rename: concurrent builders never see a half-written file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        logger.info("gdjax: compiling the oneDNN kernels into %s", target.parent)
-        done = subprocess.run([*command, "-o", tmp], capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # One builder at a time: the processes of a multi-process run on one host start together,
+    # and all but the first wait for its library instead of each compiling its own.
+    with open(target.parent.with_name(target.parent.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file():
+            return target
+        # Compile to a private name and rename: a reader never sees a half-written file.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            logger.info("gdjax: compiling the oneDNN kernels into %s", target.parent)
+            done = subprocess.run(
+                [*command, "-o", tmp], capture_output=True, text=True, timeout=600
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return target
 
 

@@ -3,6 +3,7 @@ must."""
 
 import contextlib
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -532,6 +533,32 @@ def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
     assert _onednn._build(include, lib) == first
     assert first.stat().st_mtime_ns == stamp  # not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left behind
+
+
+@needs_onednn
+def test_processes_that_start_together_compile_once(tmp_path):
+    """The processes of a multi-process run start at once on a cold cache: one compiles the
+    kernels, the others wait for its library (a stand-in compiler logs each call)."""
+    from processes import run_together, worker_env
+
+    calls = tmp_path / "calls"
+    compiler = tmp_path / "c++"
+    compiler.write_text(
+        f'#!/bin/sh\necho called >> "{calls}"\nsleep 3\n'
+        'for a in "$@"; do out="$a"; done\necho library > "$out"\n'
+    )
+    compiler.chmod(0o755)
+    include, lib = _onednn._find_onednn()
+    script = (
+        "import pathlib, sys; from gdjax.models import _onednn; "
+        "print(_onednn._build(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])))"
+    )
+    env = worker_env(CXX=str(compiler), GDJAX_CACHE_DIR=str(tmp_path / "cache"))
+    argv = [sys.executable, "-c", script, str(include), str(lib)]
+    built = {log.strip().splitlines()[-1] for log in run_together([(argv, env)] * 4, timeout=120)}
+    assert calls.read_text().splitlines() == ["called"]
+    (target,) = built
+    assert pathlib.Path(target).read_text() == "library\n"
 
 
 def test_without_onednn_everything_runs_on_xla(tmp_path):

@@ -216,7 +216,7 @@ def test_four_processes_on_a_4x2_mesh_match_one(tmp_path):
     from processes import run_workers
 
     out = tmp_path / "params.npz"
-    logs = run_workers(4, MESH_WORKER, [str(out)], tmp_path, timeout=400)
+    logs = run_workers(4, MESH_WORKER, [str(out)], timeout=400)
     assert all(f"done {pid}" in log for pid, log in enumerate(logs))
     got, want = dict(np.load(out)), train_on_mesh("none")
     assert got.keys() == want.keys()

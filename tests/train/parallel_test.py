@@ -193,7 +193,7 @@ def train_on_process_slices(mode, steps=3, batch_size=16):
 @pytest.mark.parametrize("mode", ["sharded", "pmap"])
 def test_two_processes_match_one(tmp_path, mode):
     out = tmp_path / "params.npz"
-    run_workers(2, WORKER, [mode, str(out)], tmp_path, timeout=240)
+    run_workers(2, WORKER, [mode, str(out)], timeout=240)
     got = dict(np.load(out))
     want = {"/".join(map(str, k)): v for k, v in train_on_process_slices("none")}
     assert got.keys() == want.keys()
@@ -232,7 +232,7 @@ def test_two_process_evaluation_counts_every_example_once(tmp_path, mode):
 
     fields = {"dataset": "digits", "input.image_size": 16, "parallel": mode,
               "eval_batch_size": 40, "batch_size": 32}  # fmt: skip
-    run_workers(2, EVAL_WORKER, [str(tmp_path / "out"), json.dumps(fields)], tmp_path, timeout=240)
+    run_workers(2, EVAL_WORKER, [str(tmp_path / "out"), json.dumps(fields)], timeout=240)
     got = [json.loads((tmp_path / f"out.{pid}.json").read_text()) for pid in (0, 1)]
     assert got[0]["steps"] == got[1]["steps"] == 9  # ceil(ceil(359 / 2) / 20)
     one = override(get_config("default"), **{**fields, "parallel": "none"})

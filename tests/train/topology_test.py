@@ -147,7 +147,7 @@ def test_two_slurm_tasks_checkpoint_and_one_process_resumes(
     along."""
     resumed = tmp_path / "resumed"
     job = _free_slurm_job_id()
-    env = worker_env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = worker_env(XLA_FLAGS="--xla_force_host_platform_device_count=2",
                      JAX_PLATFORMS="cpu", SLURM_JOB_ID=str(job), SLURM_NTASKS="2",
                      SLURM_STEP_NODELIST="127.0.0.1", SLURM_STEP_NUM_NODES="1")  # fmt: skip
     fields = {**QUICK, "num_steps": STEPS, "max_steps": STOP, "parallel": "sharded",
