@@ -66,7 +66,7 @@ def pipeline_rate(src, stats, batch: int, workers: int, batches: int) -> float:
 
 def step_rate(batch: int, steps: int) -> float:
     model = AlexNet(num_classes=1000, variant="torchvision")
-    params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
     tx = gdjax.momentum(0.01)
     opt_state = tx.init(params)
 

@@ -71,7 +71,7 @@ def main(argv=None):
     full_train, full_test = data.load("mnist5k", "train"), data.load("mnist5k", "test")
     stats = data.compute_stats(full_train, max_examples=None)
     model = AlexNet(num_classes=5, variant="small", in_channels=1, dropout_rate=0.25)
-    init = lambda key: model.init(key, jnp.zeros((1, 28, 28, 1)))["params"]  # noqa: E731
+    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 28, 28, 1)))["params"])
 
     # 1. Source task: digits 0-4.
     source_task = subset(full_train, range(5))

@@ -53,7 +53,7 @@ def test_the_fast_path_is_what_plain_export_refuses():
     assert onednn_status()[0], onednn_status()[1]
     model = AlexNet(num_classes=10, variant="small")
     x = jnp.zeros((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
 
     def apply(m):
         return jax.export.export(jax.jit(lambda v, i: m.apply(v, i)), platforms=("cpu",))

@@ -2,6 +2,7 @@
 must."""
 
 import contextlib
+import functools
 import os
 import pathlib
 import subprocess
@@ -140,7 +141,7 @@ def test_other_platforms_get_xlas_convolution_and_pooling():
     model = AlexNet(num_classes=10, variant="small")
     fused = AlexNet(num_classes=10, variant="small", fused_relu=True)
     x = jnp.ones((2, 32, 32, 3))
-    params = model.init(jax.random.key(0), x)
+    params = jax.eval_shape(model.init, jax.random.key(0), x)
 
     def loss(p, x):  # both models (the same parameters): every kernel is in the program
         return jnp.sum(model.apply(p, x) ** 2) + jnp.sum(fused.apply(p, x) ** 2)
@@ -261,8 +262,8 @@ def test_alexnet_with_fused_relu_is_the_same_network(variant, size):
     plain = AlexNet(num_classes=10, variant=variant)
     fused = AlexNet(num_classes=10, variant=variant, fused_relu=True)
     x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
-    params = plain.init(jax.random.key(1), x)
-    fused_params = fused.init(jax.random.key(1), x)
+    params = jax.jit(plain.init)(jax.random.key(1), x)
+    fused_params = jax.jit(fused.init)(jax.random.key(1), x)
     assert jax.tree.structure(params) == jax.tree.structure(fused_params)
     jax.tree.map(np.testing.assert_array_equal, params, fused_params)
 
@@ -380,8 +381,9 @@ def test_vmap_pmap_and_sharded_jit_match_xla():
         np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
 
 
-def _well_conditioned(params, seed=5):
-    """He-normal kernels and N(0, 0.1) biases in the network's own shapes.
+def _well_conditioned(shapes, seed=5):
+    """He-normal kernels and N(0, 0.1) biases in the network's own shapes (``shapes``: the
+    parameter tree, arrays or ``jax.ShapeDtypeStruct``), drawn by numpy.
 
     The paper's initialisation (N(0, 0.01) kernels, unit biases) makes every activation a
     small signal on a large constant, so any float32 path loses ~2% of conv1's gradient to
@@ -389,14 +391,14 @@ def _well_conditioned(params, seed=5):
     the accumulation order). With these parameters float64 truth is reached to a few float32
     ulps by both paths on any CPU, so a fixed bound tests the kernels, not rounding luck.
     """
-    keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(params))))
+    rng = np.random.default_rng(seed)
 
     def draw(path, a):
-        if path[-1].key == "kernel":
-            return jax.random.normal(next(keys), a.shape, a.dtype) * np.sqrt(2 / a[..., 0].size)
-        return jax.random.normal(next(keys), a.shape, a.dtype) * 0.1
+        z = rng.standard_normal(a.shape, np.float32)
+        scale = np.sqrt(2 / np.prod(a.shape[:-1])) if path[-1].key == "kernel" else 0.1
+        return jnp.asarray(z * np.float32(scale), a.dtype)
 
-    return jax.tree_util.tree_map_with_path(draw, params)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _windows(z, window, stride):
@@ -467,29 +469,34 @@ def test_alexnet_on_onednn_matches_float64_truth(variant, size, x64, monkeypatch
     """
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3), jnp.float32)
     labels = jnp.array([1, 2])
-    params = AlexNet(num_classes=10, variant=variant).init(jax.random.key(1), x)["params"]
-    params = _well_conditioned(params)
+    shapes = jax.eval_shape(AlexNet(num_classes=10, variant=variant).init, jax.random.key(1), x)
+    params = _well_conditioned(shapes["params"])
     truth_model = AlexNet(
         num_classes=10, variant=variant, dtype=jnp.float64, param_dtype=jnp.float64
     )
-    params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    params64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
 
     def grads(model, p, x):
         def loss(p):
             logits = model.apply({"params": p}, x)
             return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels]), logits
 
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))(p)
+        return jax.value_and_grad(loss, has_aux=True)(p)
+
+    @jax.jit
+    def truth_on(p, x, pieces):  # one program for both paths' pieces (same shapes)
+        with _on_piece(monkeypatch, pieces):
+            return grads(truth_model, p, x)
 
     def relative(a, b):
-        return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+        a, b = np.asarray(a, np.float64), np.asarray(b)
+        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
     for impl in ("onednn", "xla"):
         model = AlexNet(num_classes=10, variant=variant, impl=impl)
         pieces = _pieces(monkeypatch, model, params, x)
-        with _on_piece(monkeypatch, pieces):
-            (_, truth_logits), truth = grads(truth_model, params64, x.astype(jnp.float64))
-        (_, logits), g = grads(model, params, x)
+        (_, truth_logits), truth = truth_on(params64, np.asarray(x, np.float64), pieces)
+        (_, logits), g = jax.jit(functools.partial(grads, model))(params, x)
         errors = {"logits": relative(logits, truth_logits)}
         for layer in truth:
             for name in truth[layer]:

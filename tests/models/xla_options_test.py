@@ -37,7 +37,7 @@ def test_an_option_this_jaxlib_lacks_is_left_out(monkeypatch):
 def test_inference_keeps_dense_layers_off_ynnpack_and_gives_the_same_logits():
     model = AlexNet(num_classes=10, variant="small")
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
-    params = model.init(jax.random.key(1), x[:1])["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
 
     def forward(p):
         return model.apply({"params": p}, x)
@@ -58,7 +58,7 @@ def test_a_donated_step_with_the_training_options_gives_the_same_state():
     model = AlexNet(num_classes=10, variant="small")
     x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
     y = jnp.arange(8) % 10
-    params = model.init(jax.random.key(1), x[:1])["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
     tx = gdjax.momentum(0.1)
 
     def step(p, s):

@@ -27,7 +27,7 @@ def batches(n=3, size=32, seed=0):
 
 def run(mode, dropout_rate=0.0, data=None):
     model = AlexNet(num_classes=10, variant="small", in_channels=1, dropout_rate=dropout_rate)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )
@@ -83,7 +83,7 @@ def test_the_step_updates_donated_parameters_in_place(mode):
     reads (on one device: conv2-5 and fc6-8) before the step; the step that Parallel compiles,
     with compiler_options("train"), copies none, and computes the same thing."""
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )
@@ -104,7 +104,7 @@ def test_the_step_updates_donated_parameters_in_place(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_no_recompilation_after_the_first_step(mode, compile_counter):
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.adam(1e-3), rng=jax.random.key(1)
     )
@@ -174,7 +174,7 @@ def train_on_process_slices(mode, steps=3, batch_size=16):
         global_source(), batch_size=batch_size, transform=data.SmallEval(stats), seed=5
     )
     model = AlexNet(num_classes=10, variant="small", in_channels=1, dropout_rate=0.0)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )

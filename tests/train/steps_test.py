@@ -90,7 +90,7 @@ def mnist_setup():
         )
     )
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     return model, variables, batch
 
 
