@@ -21,6 +21,9 @@ round; the medians and their ratio are printed. Levers:
                        maximises concurrency (compiler option
                        ``xla_cpu_enable_concurrency_optimized_scheduler=False``): less of XLA's
                        own work beside each oneDNN call.
+``onednn_lrn``         local response normalization on oneDNN's LRN (what ``impl="auto"``
+                       gives), against XLA's fusions of the same formula (the window sum as
+                       shifted slices), the rest of the step alike.
 
 Run: ``python experiments/levers.py --cases torchvision:224:32 small:32:128 --rounds 9``
 """
@@ -28,11 +31,13 @@ Run: ``python experiments/levers.py --cases torchvision:224:32 small:32:128 --ro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import time
 from typing import Any
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +45,7 @@ import optax
 from common import case_spec, positive_int
 
 import gdjax
-from gdjax.models import AlexNet, onednn_status
+from gdjax.models import AlexNet, layers, onednn_status
 from gdjax.models.xla_options import CPU_OPTIONS
 
 # lever -> (AlexNet keyword arguments, XLA compiler options) with the lever; without it, none.
@@ -50,10 +55,23 @@ LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "memory_scheduler": ({}, {"xla_cpu_enable_concurrency_optimized_scheduler": False}),
     "region_copies": ({}, CPU_OPTIONS["train"]),
     "plain_dots": ({}, CPU_OPTIONS["infer"]),
+    "onednn_lrn": ({}, {}),  # the default; the step without it has XLA's LRN (below)
 }
 
 
-def _programs(variant: str, size: int, batch: int, model_kwargs: dict, options: dict):
+@contextlib.contextmanager
+def _lrn_on_xla(on: bool):
+    """While tracing: every LRN on XLA's fusions (oneDNN keeps the convolutions, pooling)."""
+    if not on:
+        yield
+        return
+    with mock.patch.object(layers, "_onednn_lrn_kernels", lambda *a: (0, "lever off")):
+        yield
+
+
+def _programs(
+    variant: str, size: int, batch: int, model_kwargs: dict, options: dict, xla_lrn: bool = False
+):
     """Compiled (train step, inference) of one AlexNet, and the training state."""
     model = AlexNet(num_classes=10 if variant == "small" else 1000, variant=variant, **model_kwargs)
     x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
@@ -71,12 +89,13 @@ def _programs(variant: str, size: int, batch: int, model_kwargs: dict, options: 
 
     state = {"p": params, "s": tx.init(params)}
     options = options or None
-    train_c = (
-        jax.jit(train, donate_argnums=(0, 1))
-        .lower(state["p"], state["s"], jax.random.key(2))
-        .compile(options)
-    )
-    infer_c = jax.jit(lambda p: model.apply({"params": p}, x)).lower(params).compile(options)
+    with _lrn_on_xla(xla_lrn):
+        train_c = (
+            jax.jit(train, donate_argnums=(0, 1))
+            .lower(state["p"], state["s"], jax.random.key(2))
+            .compile(options)
+        )
+        infer_c = jax.jit(lambda p: model.apply({"params": p}, x)).lower(params).compile(options)
     return train_c, infer_c, state
 
 
@@ -102,7 +121,8 @@ def measure(lever: str, case: str, rounds: int, steps: int) -> dict:
     variant, size, batch = case.split(":")
     size, batch = int(size), int(batch)
     with_ = _timer(*_programs(variant, size, batch, *LEVERS[lever]), steps)
-    without = _timer(*_programs(variant, size, batch, {}, {}), steps)
+    baseline = _programs(variant, size, batch, {}, {}, xla_lrn=lever == "onednn_lrn")
+    without = _timer(*baseline, steps)
     times: dict[str, list[float]] = {k: [] for k in ("train", "train0", "infer", "infer0")}
     for fn in (*with_, *without):  # warm-up
         fn()

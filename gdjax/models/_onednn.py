@@ -1,5 +1,5 @@
 """Build, load and register the oneDNN kernels: convolutions (alone, or with the bias and ReLU
-fused in) and max-pooling (the optional CPU fast path).
+fused in), max-pooling and local response normalization (the optional CPU fast path).
 
 The kernels (``_onednn_conv.cc``) are XLA FFI handlers. They are compiled on first use with the
 machine's C++ compiler against the oneDNN headers of ``onednn-devel-cpu-gomp`` (the
@@ -18,6 +18,7 @@ Environment:
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -45,6 +46,8 @@ TARGETS = {
     "gdjax_conv_bias_relu_fwd": "GdjaxConvBiasReluFwd",
     "gdjax_max_pool_fwd": "GdjaxMaxPoolFwd",
     "gdjax_max_pool_bwd": "GdjaxMaxPoolBwd",
+    "gdjax_lrn_fwd": "GdjaxLrnFwd",
+    "gdjax_lrn_bwd": "GdjaxLrnBwd",
 }
 
 # XLA's CPU thunk runtime in jaxlib 0.6 computed wrong gradients around these custom calls in
@@ -174,6 +177,8 @@ def _load() -> str:
             name, jax.ffi.pycapsule(getattr(handle, symbol)), platform="cpu"
         )
     handle.GdjaxOnednnVersion.restype = ctypes.c_char_p
+    handle.GdjaxLrnKernels.restype = ctypes.c_int
+    handle.GdjaxLrnKernels.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_double] * 3
     _state["handle"] = handle  # the registered handlers live in this library: keep it loaded
     return f"oneDNN {handle.GdjaxOnednnVersion().decode()} ({path})"
 
@@ -186,7 +191,7 @@ def status() -> tuple[bool, str]:
                 _state["status"] = (True, _load())
             except Exception as e:  # any failure means "use XLA", with the reason
                 _state["status"] = (False, str(e))
-                logger.info("gdjax: convolutions and max-pooling stay on XLA: %s", e)
+                logger.info("gdjax: convolutions, max-pooling and LRN stay on XLA: %s", e)
         return _state["status"]  # type: ignore[return-value]
 
 
@@ -230,6 +235,15 @@ def _varying(x: jax.Array) -> set[str]:
         return set(aval.vma)
     kind = getattr(aval, "manual_axis_type", None)
     return set(getattr(kind, "varying", ()))
+
+
+@functools.lru_cache(maxsize=256)
+def lrn_kernels(rows: int, c: int, size: int, alpha: float, beta: float, k: float) -> int:
+    """Which LRN passes oneDNN runs on a jit kernel here (bit 0: forward, bit 1: backward; 0
+    when only its reference loops, slower than XLA's fusion, would; -1 when it refuses).
+    Needs the kernels loaded (:func:`available`)."""
+    handle = _state["handle"]
+    return handle.GdjaxLrnKernels(rows, c, size, alpha, beta, k)  # type: ignore[attr-defined]
 
 
 def check_impl(caller: str, impl: str) -> None:

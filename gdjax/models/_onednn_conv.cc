@@ -20,6 +20,12 @@
 //   gdjax_max_pool_bwd      dx = scatter of dy to each window's argmax (from the workspace)
 //
 // Attributes: window_h, window_w, stride_h, stride_w (int64).
+//
+//   gdjax_lrn_fwd           y  = lrn(x)   across channels, x: (rows, c) (NHWC flattened)
+//   gdjax_lrn_bwd           dx = lrn'(x)ᵀ dy  (the forward recomputed into scratch first)
+//
+// Attributes: size (int64, odd), alpha, beta, k (float; alpha multiplies the plain sum of
+// squares, as in the paper: oneDNN, which divides by size, is given alpha * size).
 
 #include <algorithm>
 #include <cstdint>
@@ -233,7 +239,7 @@ class Scratch {
 // Reorders get their own scratchpad buffer: on an asynchronous (SYCL) stream a reorder may
 // still be running when the convolution that follows grows `scratchpad_buffer`.
 thread_local Scratch scratchpad_buffer, weights_buffer, reorder_buffer, src_buffer,
-    diff_dst_buffer, padded_buffer;
+    diff_dst_buffer, padded_buffer, lrn_dst_buffer, lrn_workspace_buffer;
 
 dnnl::memory ScratchpadMemory(const dnnl::memory::desc& desc) {
   return dnnl::memory(desc, Engine(), scratchpad_buffer.Get(desc.get_size() + 64));
@@ -546,6 +552,101 @@ ffi::Error MaxPoolBwd(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> workspace,
   });
 }
 
+// ---- Local response normalization across channels on (rows, c): each row (one pixel of one
+// channel group) normalised on its own, as an nhwc tensor of shape (rows, c, 1, 1). ---------
+
+struct LrnGeometry {
+  int64_t rows, c, size;
+  double alpha, beta, k;  // 8-byte fields like the rest: hashed and compared bytewise
+};
+
+struct LrnPlan {
+  dnnl::lrn_forward::primitive_desc infer_pd, train_pd;
+  dnnl::lrn_forward infer, train;
+  dnnl::lrn_backward::primitive_desc bwd_pd;
+  dnnl::lrn_backward bwd;
+
+  explicit LrnPlan(const LrnGeometry& g) {
+    auto& eng = Engine();
+    const dnnl::memory::desc md({g.rows, g.c, 1, 1}, dt::f32, tag::nhwc);
+    const auto algo = dnnl::algorithm::lrn_across_channels;
+    const float alpha = static_cast<float>(g.alpha * g.size), beta = g.beta, k = g.k;
+    auto attr = UserScratchpad();
+    infer_pd = dnnl::lrn_forward::primitive_desc(eng, dnnl::prop_kind::forward_inference, algo,
+                                                 md, md, g.size, alpha, beta, k, attr);
+    infer = dnnl::lrn_forward(infer_pd);
+    train_pd = dnnl::lrn_forward::primitive_desc(eng, dnnl::prop_kind::forward_training, algo,
+                                                 md, md, g.size, alpha, beta, k, attr);
+    train = dnnl::lrn_forward(train_pd);
+    bwd_pd = dnnl::lrn_backward::primitive_desc(eng, algo, md, md, md, g.size, alpha, beta, k,
+                                                train_pd, attr);
+    bwd = dnnl::lrn_backward(bwd_pd);
+  }
+};
+
+ffi::Error MakeLrnGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> y, int64_t size,
+                           float alpha, float beta, float k, LrnGeometry* g) {
+  if (x.size() != 2 || y.size() != 2 || x[0] != y[0] || x[1] != y[1] || size < 1 ||
+      size % 2 == 0) {
+    return ffi::Error::InvalidArgument("gdjax onednn lrn: expected (rows, c) and an odd size");
+  }
+  *g = LrnGeometry{x[0], x[1], size, alpha, beta, k};
+  return ffi::Error::Success();
+}
+
+ffi::Error LrnFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_t size,
+                  float alpha, float beta, float k) {
+  LrnGeometry g;
+  if (auto e = MakeLrnGeometry(x.dimensions(), y->dimensions(), size, alpha, beta, k, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guard([&] {
+    LrnPlan& p = CachedPlan<LrnPlan>(g);
+    auto& eng = Engine();
+    dnnl::stream s(eng, dnnl::stream::flags::in_order);
+    dnnl::memory src(p.infer_pd.src_desc(), eng, x.typed_data());
+    dnnl::memory dst(p.infer_pd.dst_desc(), eng, y->typed_data());
+    p.infer.execute(s, {{DNNL_ARG_SRC, src},
+                        {DNNL_ARG_DST, dst},
+                        {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.infer_pd.scratchpad_desc())}});
+    s.wait();
+  });
+}
+
+ffi::Error LrnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                  ffi::ResultBuffer<ffi::F32> dx, int64_t size, float alpha, float beta,
+                  float k) {
+  LrnGeometry g;
+  if (auto e = MakeLrnGeometry(x.dimensions(), dx->dimensions(), size, alpha, beta, k, &g);
+      e.failure()) {
+    return e;
+  }
+  return Guard([&] {
+    LrnPlan& p = CachedPlan<LrnPlan>(g);
+    auto& eng = Engine();
+    dnnl::stream s(eng, dnnl::stream::flags::in_order);
+    const auto ws_desc = p.train_pd.workspace_desc();
+    dnnl::memory src(p.train_pd.src_desc(), eng, const_cast<float*>(x.typed_data()));
+    // The forward again, for its workspace (the residual is x alone, as on XLA's path).
+    dnnl::memory dst(p.train_pd.dst_desc(), eng,
+                     lrn_dst_buffer.Get(p.train_pd.dst_desc().get_size()));
+    dnnl::memory ws(ws_desc, eng, lrn_workspace_buffer.Get(ws_desc.get_size() + 64));
+    p.train.execute(s, {{DNNL_ARG_SRC, src},
+                        {DNNL_ARG_DST, dst},
+                        {DNNL_ARG_WORKSPACE, ws},
+                        {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.train_pd.scratchpad_desc())}});
+    dnnl::memory diff_dst(p.bwd_pd.diff_dst_desc(), eng, const_cast<float*>(dy.typed_data()));
+    dnnl::memory diff_src(p.bwd_pd.diff_src_desc(), eng, dx->typed_data());
+    p.bwd.execute(s, {{DNNL_ARG_SRC, src},
+                      {DNNL_ARG_DIFF_DST, diff_dst},
+                      {DNNL_ARG_DIFF_SRC, diff_src},
+                      {DNNL_ARG_WORKSPACE, ws},
+                      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.bwd_pd.scratchpad_desc())}});
+    s.wait();
+  });
+}
+
 }  // namespace
 
 #define GDJAX_CONV_ATTRS                                                           \
@@ -590,6 +691,34 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxMaxPoolBwd, MaxPoolBwd,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() GDJAX_POOL_ATTRS);
+
+#define GDJAX_LRN_ATTRS \
+  .Attr<int64_t>("size").Attr<float>("alpha").Attr<float>("beta").Attr<float>("k")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxLrnFwd, LrnFwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() GDJAX_LRN_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GdjaxLrnBwd, LrnBwd,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() GDJAX_LRN_ATTRS);
+
+// Which of oneDNN's LRN passes run a jit kernel (not its slow reference loops) for this
+// geometry on this CPU: bit 0 the forward, bit 1 the backward; -1 when oneDNN refuses it.
+// (oneDNN 3.2 on AVX2: a jit forward for c a multiple of 8, the backward only on AVX-512.)
+extern "C" int GdjaxLrnKernels(int64_t rows, int64_t c, int64_t size, double alpha, double beta,
+                               double k) {
+  try {
+    const LrnPlan& p = CachedPlan<LrnPlan>(LrnGeometry{rows, c, size, alpha, beta, k});
+    const auto jit = [](const char* impl) { return std::strncmp(impl, "ref", 3) != 0; };
+    return (jit(p.infer_pd.impl_info_str()) && jit(p.train_pd.impl_info_str()) ? 1 : 0) |
+           (jit(p.bwd_pd.impl_info_str()) ? 2 : 0);
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
 
 // Creates the CPU engine and the primitives of one small grouped, strided, padded convolution
 // and one max-pooling: returns 0 when oneDNN can serve them, else writes the reason into

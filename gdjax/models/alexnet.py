@@ -310,7 +310,7 @@ class AlexNet(nn.Module):
       overlapping_pool: 3×3 windows with stride 2 (the paper's); ``False`` gives 2×2/2.
       in_channels: channels of the input images (3 for RGB, 1 for MNIST).
       dtype: computation dtype (e.g. ``jnp.bfloat16``); ``param_dtype``: storage dtype.
-      impl: where the convolutions and max-pooling run. ``"auto"``: on oneDNN for float32 on
+      impl: where the convolutions, max-pooling and LRN run. ``"auto"``: on oneDNN for float32 on
         the CPU when the kernels load (:func:`gdjax.models.conv_general_dilated`), else XLA;
         ``"xla"``: always XLA; ``"onednn"``: insist on oneDNN. Same function, same parameters.
         oneDNN's custom calls cannot be serialised: to :func:`jax.export` a model use
@@ -483,8 +483,10 @@ class AlexNet(nn.Module):
                 x = act(place(x, BATCH, None, None, maps))
             if conv.lrn and self.lrn:
                 # Each GPU of the paper normalised its own maps: LRN within the towers of
-                # the layer the maps feed (conv1's maps are split between the GPUs too).
-                x = local_response_norm(x, groups=groups)
+                # the layer the maps feed (conv1's maps are split between the GPUs too);
+                # each device normalises its own towers.
+                lrn = functools.partial(local_response_norm, groups=towers_here, impl=self.impl)
+                x = _per_device(lrn, [(BATCH, None, None, maps)], (BATCH, None, None, maps))(x)
             if conv.pool:
                 pool = functools.partial(max_pool, window=window, stride=stride, impl=self.impl)
                 x = _per_device(pool, [(BATCH, None, None, maps)], (BATCH, None, None, maps))(x)

@@ -24,6 +24,7 @@ def local_response_norm(
     beta: float = 0.75,
     k: float = 2.0,
     groups: int = 1,
+    impl: str = "auto",
 ) -> jax.Array:
     r"""Local response normalization across channels (Krizhevsky et al., 2012, §3.3).
 
@@ -38,17 +39,53 @@ def local_response_norm(
 
     ``groups`` > 1 normalizes each group of channels on its own (the two-GPU AlexNet: each
     GPU normalized its own half). The sum is computed in at least float32.
+
+    On the CPU, for float32 input and ``size`` 5, both passes run on oneDNN's LRN when
+    ``impl`` is ``"auto"`` (and the kernels load, and oneDNN has a jit kernel for the pass on
+    this CPU: on AVX2 only the forward) or ``"onednn"``; otherwise, and on other backends, XLA
+    computes it (the window sum as shifted slices, the gradient by the formula, ``d``
+    recomputed). Both paths keep only ``x`` for the backward.
     """
     if x.ndim < 1 or x.shape[-1] % groups:
         raise ValueError(
             f"local_response_norm: the channel count {x.shape[-1] if x.ndim else None} must be "
             f"divisible by groups={groups}"
         )
+    if size < 1:
+        raise ValueError(f"local_response_norm: size={size}, expected a window of >= 1 channels")
+    _onednn.check_impl("local_response_norm", impl)
     c = x.shape[-1] // groups
+    alpha, beta, k = float(alpha), float(beta), float(k)
+    kernels, why = _onednn_lrn_kernels(impl, x, c, size, alpha, beta, k)
+    if why is None:
+        b = _onednn_lrn(x.reshape(-1, c), size, alpha, beta, k, bool(kernels & 2))
+        return b.reshape(x.shape)
+    if impl == "onednn":
+        raise RuntimeError(f"local_response_norm(impl='onednn'): cannot use oneDNN: {why}")
     compute = jnp.promote_types(x.dtype, jnp.float32)
     a = x.astype(compute).reshape(*x.shape[:-1], groups, c)
-    b = _lrn(a, size, float(alpha), float(beta), float(k))
+    b = _lrn(a, size, alpha, beta, k)
     return b.reshape(x.shape).astype(x.dtype)
+
+
+def _onednn_lrn_kernels(
+    impl: str, x: jax.Array, c: int, size: int, alpha: float, beta: float, k: float
+) -> tuple[int, str | None]:
+    """(oneDNN's jit passes, as :func:`_onednn.lrn_kernels` gives them; why not oneDNN)."""
+    why = _onednn.why_not(impl, x)
+    if why is not None:
+        return 0, why
+    if x.size == 0:
+        return 0, "an empty input"
+    if size != 5:  # oneDNN 3.2 crashes building some other sizes' backward (size 1)
+        return 0, f"size={size}: oneDNN's LRN is used for the paper's size 5 only"
+    f32 = lambda v: float(np.float32(v))  # noqa: E731 - the values the kernel is given
+    kernels = _onednn.lrn_kernels(x.size // c, c, size, f32(alpha), f32(beta), f32(k))
+    if kernels < 0:
+        return 0, f"oneDNN refuses an LRN of {c} channels, size {size}"
+    if not kernels & 1:
+        return 0, f"oneDNN has only its reference LRN for {c} channels on this CPU"
+    return kernels, None
 
 
 def _window_sum(v: jax.Array, lo: int, hi: int) -> jax.Array:
@@ -94,6 +131,46 @@ def _lrn_bwd(size, alpha, beta, k, a, g):
 _lrn.defvjp(_lrn_fwd, _lrn_bwd)
 
 
+def _lrn_attrs(size: int, alpha: float, beta: float, k: float) -> dict[str, np.generic]:
+    f32 = np.float32
+    return dict(size=np.int64(size), alpha=f32(alpha), beta=f32(beta), k=f32(k))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+def _onednn_lrn(
+    a: jax.Array, size: int, alpha: float, beta: float, k: float, onednn_bwd: bool
+) -> jax.Array:
+    """LRN of ``a`` (rows, c) on oneDNN on the CPU (XLA's :func:`_lrn` on other platforms: a
+    function traced on the CPU may be lowered for another)."""
+
+    def cpu(a):
+        out = jax.ShapeDtypeStruct(a.shape, a.dtype)
+        return _onednn.ffi("gdjax_lrn_fwd", out, a, **_lrn_attrs(size, alpha, beta, k))
+
+    return jax.lax.platform_dependent(a, cpu=cpu, default=lambda a: _lrn(a, size, alpha, beta, k))
+
+
+def _onednn_lrn_fwd(a, size, alpha, beta, k, onednn_bwd):
+    return _onednn_lrn(a, size, alpha, beta, k, onednn_bwd), a
+
+
+def _onednn_lrn_bwd(size, alpha, beta, k, onednn_bwd, a, g):
+    def xla(a, g):
+        return _lrn_bwd(size, alpha, beta, k, a, g)[0]
+
+    if not onednn_bwd:  # oneDNN's backward would be its reference loops here
+        return (xla(a, g),)
+
+    def cpu(a, g):
+        out = jax.ShapeDtypeStruct(a.shape, a.dtype)
+        return _onednn.ffi("gdjax_lrn_bwd", out, a, g, **_lrn_attrs(size, alpha, beta, k))
+
+    return (jax.lax.platform_dependent(a, g, cpu=cpu, default=xla),)
+
+
+_onednn_lrn.defvjp(_onednn_lrn_fwd, _onednn_lrn_bwd)
+
+
 class LocalResponseNorm(nn.Module):
     """:func:`local_response_norm` as a (parameter-free) Flax module."""
 
@@ -102,10 +179,13 @@ class LocalResponseNorm(nn.Module):
     beta: float = 0.75
     k: float = 2.0
     groups: int = 1
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return local_response_norm(x, self.size, self.alpha, self.beta, self.k, self.groups)
+        return local_response_norm(
+            x, self.size, self.alpha, self.beta, self.k, self.groups, impl=self.impl
+        )
 
 
 def _averaging_matrix(n_in: int, n_out: int) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The oneDNN path (convolutions, max-pooling): XLA's values and gradients; falls back where it
-must."""
+"""The oneDNN path (convolutions, max-pooling, LRN): XLA's values and gradients; falls back where
+it must."""
 
 import contextlib
 import functools
@@ -23,6 +23,7 @@ from gdjax.models import (
     conv_bias_relu,
     conv_general_dilated,
     layers,
+    local_response_norm,
     max_pool,
     onednn_status,
 )
@@ -151,8 +152,9 @@ def test_other_platforms_get_xlas_convolution_and_pooling():
     both = jax_export.export(grad, platforms=("cpu", "cuda"), disabled_checks=ours)(params, x)
     cuda = jax_export.export(grad, platforms=("cuda",), disabled_checks=ours)(params, x)
     both, cuda = both.mlir_module(), cuda.mlir_module()
-    for target in _onednn.TARGETS:
-        assert target in both, target
+    for target in _onednn.TARGETS:  # LRN's backward stays XLA's where oneDNN has no jit one
+        if target != "gdjax_lrn_bwd" or _lrn_passes_on_onednn() & 2:
+            assert target in both, target
     assert "convolution" in both
     assert "gdjax_" not in cuda and "convolution" in cuda
 
@@ -588,3 +590,92 @@ def test_without_onednn_everything_runs_on_xla(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "xla-ok" in done.stdout
+
+
+def _lrn_passes_on_onednn(c=32, alpha=1e-4, beta=0.75, k=2.0):
+    """Which LRN passes oneDNN runs here on a jit kernel (bit 0 forward, bit 1 backward).
+    oneDNN 3.2 on AVX2: the forward for beta 0.75 and maps a multiple of 8, no backward (it
+    stays XLA's formula); on AVX-512 both, for any maps."""
+    x = jnp.zeros((2, 3, 3, c), jnp.float32)
+    kernels, why = layers._onednn_lrn_kernels("auto", x, c, 5, alpha, beta, k)
+    assert why is None or "reference LRN" in why, why
+    return kernels
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "shape, groups, alpha, beta, k",
+    [
+        ((4, 9, 9, 32), 1, 1e-4, 0.75, 2.0),  # the paper's constants (small's conv1)
+        ((3, 7, 6, 96), 2, 2e-2, 0.75, 2.0),  # two towers, LRN halving the activations
+        ((2, 5, 5, 48), 3, 1.0, 1.0, 1.0),  # 16 maps per group, beta 1
+        ((2, 4, 3, 40), 1, 5e-2, 0.75, 0.5),  # 40 maps: not a multiple of 16
+    ],
+)
+def test_lrn_on_onednn_matches_float64_truth(shape, groups, alpha, beta, k, x64):
+    """oneDNN's LRN (where it has a jit kernel for the pass on this CPU; XLA's otherwise)
+    against the formula in float64 (XLA's path, itself checked against the paper's formula in
+    layers_test)."""
+    c = shape[-1] // groups
+    passes = _lrn_passes_on_onednn(c, alpha, beta, k)
+    if beta == 0.75 and c % 8 == 0:  # AlexNet's LRNs: the forward is oneDNN's on any x86-64
+        assert passes & 1
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(np.float32) * 4
+    w = rng.standard_normal(shape).astype(np.float32)
+    kw = dict(size=5, alpha=alpha, beta=beta, k=k, groups=groups)
+
+    def loss(x, impl):
+        y = local_response_norm(x, impl=impl, **kw)
+        return jnp.sum(y * w), y
+
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    g, y = grad(jnp.asarray(x), "auto")
+    g64, y64 = grad(jnp.asarray(x, jnp.float64), "xla")
+    assert float(jnp.max(jnp.abs(y64 - x))) > 0.1 * float(jnp.max(jnp.abs(x))), "LRN must act"
+    _close(y, y64, rtol=2e-6)
+    _close(g, g64, rtol=5e-6)
+    hlo = grad.lower(jnp.asarray(x), "auto").as_text()
+    assert ("gdjax_lrn_fwd" in hlo) == bool(passes & 1)
+    assert ("gdjax_lrn_bwd" in hlo) == bool(passes & 2)
+    if passes & 2:
+        assert passes & 1
+
+
+@needs_onednn
+def test_lrn_falls_back_or_raises():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 32))
+    ref = local_response_norm(x, impl="xla")
+    cases = [
+        (dict(x=x.astype(jnp.bfloat16)), "bfloat16"),
+        (dict(x=x, size=3), "size=3: oneDNN's LRN is used for the paper's size 5 only"),
+        (dict(x=x[:0]), "empty input"),
+    ]
+    for kwargs, reason in cases:
+        f = functools.partial(local_response_norm, **kwargs)
+        assert "gdjax_" not in jax.jit(lambda: f()).lower().as_text()
+        with pytest.raises(RuntimeError, match=reason):
+            f(impl="onednn")
+    np.testing.assert_allclose(local_response_norm(x), ref, rtol=2e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="local_response_norm: impl='fast'"):
+        local_response_norm(x, impl="fast")
+    with pytest.raises(ValueError, match="size=0, expected a window of >= 1"):
+        local_response_norm(x, size=0)
+
+
+@needs_onednn
+def test_lrn_under_vmap_pmap_and_a_sharded_jit_matches_xla():
+    x = jax.random.normal(jax.random.key(0), (8, 5, 5, 32)) * 4
+    w = jax.random.normal(jax.random.key(1), x.shape)
+
+    def grad(impl):
+        return jax.grad(lambda v, w: jnp.sum(local_response_norm(v, alpha=1e-2, impl=impl) * w))
+
+    g_ref = grad("xla")(x, w)
+    g_vmap = jax.vmap(lambda xi, wi: grad("onednn")(xi[None], wi[None])[0])(x, w)
+    g_pmap = jax.pmap(grad("onednn"))(x[:, None], w[:, None])[:, 0]
+    mesh = Mesh(np.array(jax.devices()[:8]), ("batch",))
+    xs, ws = (jax.device_put(a, NamedSharding(mesh, PartitionSpec("batch"))) for a in (x, w))
+    g_mesh = jax.jit(grad("onednn"))(xs, ws)
+    for g in (g_vmap, g_pmap, g_mesh):
+        _close(g, g_ref, rtol=2e-6)
