@@ -245,6 +245,20 @@ dnnl::memory ScratchpadMemory(const dnnl::memory::desc& desc) {
   return dnnl::memory(desc, Engine(), scratchpad_buffer.Get(desc.get_size() + 64));
 }
 
+// `desc` over memory XLA (or a Scratch buffer) owns.
+dnnl::memory Wrap(const dnnl::memory::desc& desc, const void* data) {
+  return dnnl::memory(desc, Engine(), const_cast<void*>(data));
+}
+
+// Runs one primitive on `args` and its scratchpad (from `pd`), to completion.
+void Run(const dnnl::primitive& p, const dnnl::primitive_desc_base& pd,
+         std::unordered_map<int, dnnl::memory> args) {
+  dnnl::stream s(Engine(), dnnl::stream::flags::in_order);
+  args.emplace(DNNL_ARG_SCRATCHPAD, ScratchpadMemory(pd.scratchpad_desc()));
+  p.execute(s, args);
+  s.wait();
+}
+
 ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                         ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt,
                         int64_t pb, int64_t pl, int64_t pr, int64_t groups, Geometry* g) {
@@ -515,16 +529,10 @@ ffi::Error MaxPoolFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y,
     if (p.fwd_pd.workspace_desc().get_size() > workspace->size_bytes()) {
       throw std::runtime_error("max_pool workspace larger than one byte per output element");
     }
-    auto& eng = Engine();
-    dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    dnnl::memory src(p.fwd_pd.src_desc(), eng, x.typed_data());
-    dnnl::memory dst(p.fwd_pd.dst_desc(), eng, y->typed_data());
-    dnnl::memory ws(p.fwd_pd.workspace_desc(), eng, workspace->untyped_data());
-    p.fwd.execute(s, {{DNNL_ARG_SRC, src},
-                      {DNNL_ARG_DST, dst},
-                      {DNNL_ARG_WORKSPACE, ws},
-                      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.fwd_pd.scratchpad_desc())}});
-    s.wait();
+    Run(p.fwd, p.fwd_pd,
+        {{DNNL_ARG_SRC, Wrap(p.fwd_pd.src_desc(), x.typed_data())},
+         {DNNL_ARG_DST, Wrap(p.fwd_pd.dst_desc(), y->typed_data())},
+         {DNNL_ARG_WORKSPACE, Wrap(p.fwd_pd.workspace_desc(), workspace->untyped_data())}});
   });
 }
 
@@ -539,16 +547,10 @@ ffi::Error MaxPoolBwd(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::U8> workspace,
   }
   return Guard([&] {
     PoolPlan& p = CachedPlan<PoolPlan>(g);
-    auto& eng = Engine();
-    dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    dnnl::memory diff_dst(p.bwd_pd.diff_dst_desc(), eng, dy.typed_data());
-    dnnl::memory diff_src(p.bwd_pd.diff_src_desc(), eng, dx->typed_data());
-    dnnl::memory ws(p.fwd_pd.workspace_desc(), eng, const_cast<void*>(workspace.untyped_data()));
-    p.bwd.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst},
-                      {DNNL_ARG_DIFF_SRC, diff_src},
-                      {DNNL_ARG_WORKSPACE, ws},
-                      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.bwd_pd.scratchpad_desc())}});
-    s.wait();
+    Run(p.bwd, p.bwd_pd,
+        {{DNNL_ARG_DIFF_DST, Wrap(p.bwd_pd.diff_dst_desc(), dy.typed_data())},
+         {DNNL_ARG_DIFF_SRC, Wrap(p.bwd_pd.diff_src_desc(), dx->typed_data())},
+         {DNNL_ARG_WORKSPACE, Wrap(p.fwd_pd.workspace_desc(), workspace.untyped_data())}});
   });
 }
 
@@ -603,14 +605,9 @@ ffi::Error LrnFwd(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y, int64_
   }
   return Guard([&] {
     LrnPlan& p = CachedPlan<LrnPlan>(g);
-    auto& eng = Engine();
-    dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    dnnl::memory src(p.infer_pd.src_desc(), eng, x.typed_data());
-    dnnl::memory dst(p.infer_pd.dst_desc(), eng, y->typed_data());
-    p.infer.execute(s, {{DNNL_ARG_SRC, src},
-                        {DNNL_ARG_DST, dst},
-                        {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.infer_pd.scratchpad_desc())}});
-    s.wait();
+    Run(p.infer, p.infer_pd,
+        {{DNNL_ARG_SRC, Wrap(p.infer_pd.src_desc(), x.typed_data())},
+         {DNNL_ARG_DST, Wrap(p.infer_pd.dst_desc(), y->typed_data())}});
   });
 }
 
@@ -624,26 +621,20 @@ ffi::Error LrnBwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
   }
   return Guard([&] {
     LrnPlan& p = CachedPlan<LrnPlan>(g);
-    auto& eng = Engine();
-    dnnl::stream s(eng, dnnl::stream::flags::in_order);
     const auto ws_desc = p.train_pd.workspace_desc();
-    dnnl::memory src(p.train_pd.src_desc(), eng, const_cast<float*>(x.typed_data()));
+    const dnnl::memory src = Wrap(p.train_pd.src_desc(), x.typed_data());
+    const dnnl::memory ws = Wrap(ws_desc, lrn_workspace_buffer.Get(ws_desc.get_size() + 64));
     // The forward again, for its workspace (the residual is x alone, as on XLA's path).
-    dnnl::memory dst(p.train_pd.dst_desc(), eng,
-                     lrn_dst_buffer.Get(p.train_pd.dst_desc().get_size()));
-    dnnl::memory ws(ws_desc, eng, lrn_workspace_buffer.Get(ws_desc.get_size() + 64));
-    p.train.execute(s, {{DNNL_ARG_SRC, src},
-                        {DNNL_ARG_DST, dst},
-                        {DNNL_ARG_WORKSPACE, ws},
-                        {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.train_pd.scratchpad_desc())}});
-    dnnl::memory diff_dst(p.bwd_pd.diff_dst_desc(), eng, const_cast<float*>(dy.typed_data()));
-    dnnl::memory diff_src(p.bwd_pd.diff_src_desc(), eng, dx->typed_data());
-    p.bwd.execute(s, {{DNNL_ARG_SRC, src},
-                      {DNNL_ARG_DIFF_DST, diff_dst},
-                      {DNNL_ARG_DIFF_SRC, diff_src},
-                      {DNNL_ARG_WORKSPACE, ws},
-                      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.bwd_pd.scratchpad_desc())}});
-    s.wait();
+    const auto dst_desc = p.train_pd.dst_desc();
+    Run(p.train, p.train_pd,
+        {{DNNL_ARG_SRC, src},
+         {DNNL_ARG_DST, Wrap(dst_desc, lrn_dst_buffer.Get(dst_desc.get_size()))},
+         {DNNL_ARG_WORKSPACE, ws}});
+    Run(p.bwd, p.bwd_pd,
+        {{DNNL_ARG_SRC, src},
+         {DNNL_ARG_DIFF_DST, Wrap(p.bwd_pd.diff_dst_desc(), dy.typed_data())},
+         {DNNL_ARG_DIFF_SRC, Wrap(p.bwd_pd.diff_src_desc(), dx->typed_data())},
+         {DNNL_ARG_WORKSPACE, ws}});
   });
 }
 
