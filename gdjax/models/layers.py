@@ -79,8 +79,9 @@ def _onednn_lrn_kernels(
         return 0, "an empty input"
     if size != 5:  # oneDNN 3.2 crashes building some other sizes' backward (size 1)
         return 0, f"size={size}: oneDNN's LRN is used for the paper's size 5 only"
-    f32 = lambda v: float(np.float32(v))  # noqa: E731 - the values the kernel is given
-    kernels = _onednn.lrn_kernels(x.size // c, c, size, f32(alpha), f32(beta), f32(k))
+    given = _lrn_attrs(size, alpha, beta, k)  # what the kernel is given: the same plan
+    constants = (float(given[name]) for name in ("alpha", "beta", "k"))
+    kernels = _onednn.lrn_kernels(x.size // c, c, size, *constants)
     if kernels < 0:
         return 0, f"oneDNN refuses an LRN of {c} channels, size {size}"
     if not kernels & 1:

@@ -376,11 +376,20 @@ def test_vmap_pmap_and_sharded_jit_match_xla():
         return lambda v: jnp.sum(jnp.sin(max_pool(v, 3, 2, impl=impl)))
 
     g_ref = jax.grad(pool_loss("xla"))(x)
-    g_vmap = jax.vmap(lambda xi: jax.grad(pool_loss("onednn"))(xi[None])[0])(x)
-    g_pmap = jax.pmap(jax.grad(pool_loss("onednn")))(x[:, None])[:, 0]
-    g_mesh = jax.jit(jax.grad(pool_loss("onednn")))(xs)
-    for g in (g_vmap, g_pmap, g_mesh):
+    for g in _three_ways(jax.grad(pool_loss("onednn")), x):
         np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def _three_ways(f, *batches):
+    """``f`` (arrays whose leading axis is a batch of 8 -> one such array) run per example under
+    vmap, per fake device under pmap, and under a jit over a batch-sharded mesh."""
+
+    def one(*parts):
+        return f(*(p[None] for p in parts))[0]
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("batch",))
+    sharded = [jax.device_put(b, NamedSharding(mesh, PartitionSpec("batch"))) for b in batches]
+    return jax.vmap(one)(*batches), jax.pmap(one)(*batches), jax.jit(f)(*sharded)
 
 
 def _well_conditioned(shapes, seed=5):
@@ -672,10 +681,5 @@ def test_lrn_under_vmap_pmap_and_a_sharded_jit_matches_xla():
         return jax.grad(lambda v, w: jnp.sum(local_response_norm(v, alpha=1e-2, impl=impl) * w))
 
     g_ref = grad("xla")(x, w)
-    g_vmap = jax.vmap(lambda xi, wi: grad("onednn")(xi[None], wi[None])[0])(x, w)
-    g_pmap = jax.pmap(grad("onednn"))(x[:, None], w[:, None])[:, 0]
-    mesh = Mesh(np.array(jax.devices()[:8]), ("batch",))
-    xs, ws = (jax.device_put(a, NamedSharding(mesh, PartitionSpec("batch"))) for a in (x, w))
-    g_mesh = jax.jit(grad("onednn"))(xs, ws)
-    for g in (g_vmap, g_pmap, g_mesh):
+    for g in _three_ways(grad("onednn"), x, w):
         _close(g, g_ref, rtol=2e-6)
