@@ -48,7 +48,7 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["train", "--config.model.dropout_rate=1.5"], "dropout_rate must be in [0, 1)"),
         (
             ["train", "--config.model.fused_relu=True", "--config.model.activation=tanh"],
-            "config.model.fused_relu must be False with model.activation='tanh', got True",
+            "config.model.fused_relu must be False or unset with model.activation='tanh', got True",
         ),
         (["train", "--config.model.fused_relu=maybe"], "--config.model.fused_relu=maybe"),
         (["train", "--config.dataset=folder:/no/such"], "folder:/no/such: no such folder"),

@@ -31,8 +31,9 @@ FIELDS: list[tuple[str, Any, str]] = [
     ("model.overlapping_pool", True, "3/2 max-pooling (the paper's); False: 2/2"),
     ("model.impl", "auto", "where convolutions and pooling run: auto (oneDNN for float32 on "
      "the CPU when its kernels load, else XLA) | onednn | xla"),
-    ("model.fused_relu", False, "each convolution's bias and ReLU as post-ops of oneDNN's call "
-     "(needs activation relu; measured no faster on a 2-core AVX2 CPU)"),
+    ("model.fused_relu", placeholder(bool), "each convolution's bias and ReLU as post-ops of "
+     "oneDNN's call (needs activation relu); unset: on for the variants with LRN (paper, "
+     "small), off for torchvision, as measured fastest"),
     ("input.augment", "small", "training augmentation: small (pad and crop) | alexnet (the "
      "paper's crops, flips and PCA colour shift) | none"),
     ("input.image_size", 0, "resize every image to this side before augmentation; 0 keeps the "

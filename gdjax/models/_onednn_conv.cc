@@ -130,6 +130,68 @@ struct Conversion {
   dnnl::memory Into(dnnl::stream& s, const dnnl::memory& from, Scratch& buffer) const;
 };
 
+dnnl::memory::desc BiasDesc(const Geometry& g) { return {{g.o}, dt::f32, tag::a}; }
+
+// The forward primitive of one geometry on `src` (unpadded when `pad` is false), with or
+// without a bias (the fused layer's post-ops come in `attr`).
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g,
+                                                      const dnnl::memory::desc& src, bool pad,
+                                                      bool bias,
+                                                      const dnnl::primitive_attr& attr) {
+  const dims strides = {g.sh, g.sw}, dil = {0, 0};
+  const dims pad_l = pad ? dims{g.pt, g.pl} : dims{0, 0};
+  const dims pad_r = pad ? dims{g.pb, g.pr} : dims{0, 0};
+  const auto prop = dnnl::prop_kind::forward_training;
+  const auto alg = dnnl::algorithm::convolution_direct;
+  if (bias) {
+    return {Engine(), prop, alg, src, AnyWeightDesc(g), BiasDesc(g), DstDesc(g), strides,
+            dil, pad_l, pad_r, attr};
+  }
+  return {Engine(), prop, alg, src, AnyWeightDesc(g), DstDesc(g), strides, dil, pad_l, pad_r,
+          attr};
+}
+
+bool Gemm(const dnnl::convolution_forward::primitive_desc& pd) {
+  return std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
+}
+
+// A padded convolution that oneDNN would run as im2col + GEMM (3.2 does so for few input
+// maps, e.g. AlexNet's conv1) runs on a direct kernel when the padding is in the input: x is
+// copied into a zero-bordered buffer of ph x pw and convolved unpadded (torchvision conv1 at
+// 224 px, batch 32, AVX2: 66 ms as GEMM, 28 ms direct). The plain and the fused (bias + ReLU)
+// forward both take this route.
+struct PrePadding {
+  bool on = false;
+  int64_t ph = 0, pw = 0, rows = 0, cols = 0;  // padded extent; rows/cols of x that are read
+  dnnl::convolution_forward::primitive_desc pd;
+  dnnl::convolution_forward fwd;
+  Conversion copy_in, weights;  // x into the buffer's interior; the kernel
+
+  PrePadding() = default;
+  PrePadding(const Geometry& g, const dnnl::convolution_forward::primitive_desc& padded_gemm,
+             bool bias, const dnnl::primitive_attr& attr) {
+    if (!Gemm(padded_gemm) || !(g.pt || g.pb || g.pl || g.pr)) return;
+    ph = (g.oh - 1) * g.sh + g.kh;
+    pw = (g.ow - 1) * g.sw + g.kw;
+    rows = std::min(g.h, ph - g.pt);
+    cols = std::min(g.w, pw - g.pl);
+    if (rows <= 0 || cols <= 0) return;
+    const dnnl::memory::desc padded_src({g.n, g.c, ph, pw}, dt::f32, tag::nhwc);
+    auto direct = ForwardDesc(g, padded_src, /*pad=*/false, bias, attr);
+    if (Gemm(direct)) return;  // no direct kernel either way: keep the padded GEMM
+    on = true;
+    pd = direct;
+    fwd = dnnl::convolution_forward(pd);
+    const dims part = {g.n, g.c, rows, cols};
+    copy_in = Conversion(SrcDesc(g).submemory_desc(part, {0, 0, 0, 0}),
+                         padded_src.submemory_desc(part, {0, 0, g.pt, g.pl}));
+    weights = Conversion(UserWeightDesc(g), pd.weights_desc());
+  }
+
+  // x copied into the zero-bordered per-thread buffer, as the memory `fwd` reads.
+  dnnl::memory Source(const Geometry& g, dnnl::stream& s, const float* x) const;
+};
+
 // Everything one convolution needs, built once per geometry.
 struct Plan {
   dnnl::convolution_forward::primitive_desc fwd_pd;
@@ -141,52 +203,16 @@ struct Plan {
   Conversion weights_fwd, weights_bwd, weights_out;  // kernel in (HWIO to oneDNN's), dw out
   // The weight gradient may read x and dy in oneDNN's blocked layouts, reordered in.
   Conversion src_in, diff_dst_in;
-  // A padded convolution that oneDNN would run as im2col + GEMM (3.2 does so for few input
-  // maps, e.g. AlexNet's conv1) runs on a direct kernel when the padding is in the input: x is
-  // copied into a zero-bordered buffer of ph x pw and convolved unpadded (torchvision conv1 at
-  // 224 px, batch 32, AVX2: 66 ms as GEMM, 28 ms direct).
-  bool pre_pad = false;
-  int64_t ph = 0, pw = 0, rows = 0, cols = 0;  // padded extent; rows/cols of x that are read
-  dnnl::convolution_forward::primitive_desc padded_pd;
-  dnnl::convolution_forward padded;
-  Conversion copy_in, weights_padded;  // x into the buffer's interior; the kernel
-
-  static bool Gemm(const dnnl::convolution_forward::primitive_desc& pd) {
-    return std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
-  }
-
-  void PlanPrePadding(const Geometry& g, const dnnl::primitive_attr& attr) {
-    if (!Gemm(fwd_pd) || !(g.pt || g.pb || g.pl || g.pr)) return;
-    ph = (g.oh - 1) * g.sh + g.kh;
-    pw = (g.ow - 1) * g.sw + g.kw;
-    rows = std::min(g.h, ph - g.pt);
-    cols = std::min(g.w, pw - g.pl);
-    if (rows <= 0 || cols <= 0) return;
-    auto& eng = Engine();
-    const dnnl::memory::desc padded_src({g.n, g.c, ph, pw}, dt::f32, tag::nhwc);
-    auto pd = dnnl::convolution_forward::primitive_desc(
-        eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, padded_src,
-        AnyWeightDesc(g), DstDesc(g), {g.sh, g.sw}, {0, 0}, {0, 0}, {0, 0}, attr);
-    if (Gemm(pd)) return;  // no direct kernel either way: keep the padded GEMM
-    pre_pad = true;
-    padded_pd = pd;
-    padded = dnnl::convolution_forward(padded_pd);
-    const dims part = {g.n, g.c, rows, cols};
-    copy_in = Conversion(SrcDesc(g).submemory_desc(part, {0, 0, 0, 0}),
-                         padded_src.submemory_desc(part, {0, 0, g.pt, g.pl}));
-    weights_padded = Conversion(UserWeightDesc(g), padded_pd.weights_desc());
-  }
+  PrePadding pre;  // the forward's route to a direct kernel, when it has one
 
   explicit Plan(const Geometry& g) {
     auto& eng = Engine();
     const dims strides = {g.sh, g.sw}, pad_l = {g.pt, g.pl}, pad_r = {g.pb, g.pr};
     const dims dil = {0, 0};
     auto attr = UserScratchpad();
-    fwd_pd = dnnl::convolution_forward::primitive_desc(
-        eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-        SrcDesc(g), AnyWeightDesc(g), DstDesc(g), strides, dil, pad_l, pad_r, attr);
+    fwd_pd = ForwardDesc(g, SrcDesc(g), /*pad=*/true, /*bias=*/false, attr);
     fwd = dnnl::convolution_forward(fwd_pd);
-    PlanPrePadding(g, attr);
+    pre = PrePadding(g, fwd_pd, /*bias=*/false, attr);
     bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
         eng, dnnl::algorithm::convolution_direct, SrcDesc(g), AnyWeightDesc(g), DstDesc(g),
         strides, dil, pad_l, pad_r, fwd_pd, attr);
@@ -308,7 +334,7 @@ dnnl::memory WeightsIn(const Geometry& g, const float* w, const Conversion& c, d
 
 // Zeroes what the copy of x leaves alone in the n x ph x pw x c (NHWC) buffer: the rows above
 // and below x's and the columns left and right of them.
-void ZeroBorder(const Geometry& g, const Plan& p, float* buffer) {
+void ZeroBorder(const Geometry& g, const PrePadding& p, float* buffer) {
   const size_t row = static_cast<size_t>(p.pw * g.c);
   for (int64_t n = 0; n < g.n; ++n) {
     float* image = buffer + n * p.ph * row;
@@ -322,6 +348,32 @@ void ZeroBorder(const Geometry& g, const Plan& p, float* buffer) {
   }
 }
 
+dnnl::memory PrePadding::Source(const Geometry& g, dnnl::stream& s, const float* x) const {
+  const auto& d = pd.src_desc();
+  float* buffer = static_cast<float*>(padded_buffer.Get(d.get_size()));
+  ZeroBorder(g, *this, buffer);
+  dnnl::memory interior(copy_in.pd.dst_desc(), Engine(), buffer);
+  copy_in.Run(s, Wrap(copy_in.pd.src_desc(), x), interior);
+  return dnnl::memory(d, Engine(), buffer);
+}
+
+// One forward convolution (plain, or fused with `bias`) of x into y, through the pre-padded
+// direct kernel where the plan has one.
+void Forward(const Geometry& g, const dnnl::convolution_forward::primitive_desc& pd,
+             const dnnl::convolution_forward& fwd, const Conversion& weights_in,
+             const PrePadding& pre, const float* x, const float* w, const float* bias, float* y) {
+  dnnl::stream s(Engine(), dnnl::stream::flags::in_order);
+  const auto& used = pre.on ? pre.pd : pd;
+  std::unordered_map<int, dnnl::memory> args = {
+      {DNNL_ARG_SRC, pre.on ? pre.Source(g, s, x) : Wrap(SrcDesc(g), x)},
+      {DNNL_ARG_WEIGHTS, WeightsIn(g, w, pre.on ? pre.weights : weights_in, s)},
+      {DNNL_ARG_DST, Wrap(DstDesc(g), y)},
+      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(used.scratchpad_desc())}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, Wrap(BiasDesc(g), bias));
+  (pre.on ? pre.fwd : fwd).execute(s, args);
+  s.wait();
+}
+
 ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                    int64_t pl, int64_t pr, int64_t groups) {
@@ -332,27 +384,9 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     return e;
   }
   return Guard([&] {
-    Plan& p = CachedPlan<Plan>(g);
-    auto& eng = Engine();
-    dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    dnnl::memory src(SrcDesc(g), eng, x.typed_data());
-    if (p.pre_pad) {  // x into the zero-bordered buffer, convolved there without padding
-      const auto& d = p.padded_pd.src_desc();
-      float* buffer = static_cast<float*>(padded_buffer.Get(d.get_size()));
-      ZeroBorder(g, p, buffer);
-      dnnl::memory interior(p.copy_in.pd.dst_desc(), eng, buffer);
-      p.copy_in.Run(s, dnnl::memory(p.copy_in.pd.src_desc(), eng, x.typed_data()), interior);
-      src = dnnl::memory(d, eng, buffer);
-    }
-    const auto& pd = p.pre_pad ? p.padded_pd : p.fwd_pd;
-    auto wm = WeightsIn(g, w.typed_data(), p.pre_pad ? p.weights_padded : p.weights_fwd, s);
-    dnnl::memory dst(DstDesc(g), eng, y->typed_data());
-    (p.pre_pad ? p.padded : p.fwd)
-        .execute(s, {{DNNL_ARG_SRC, src},
-                     {DNNL_ARG_WEIGHTS, wm},
-                     {DNNL_ARG_DST, dst},
-                     {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(pd.scratchpad_desc())}});
-    s.wait();
+    const Plan& p = CachedPlan<Plan>(g);
+    Forward(g, p.fwd_pd, p.fwd, p.weights_fwd, p.pre, x.typed_data(), w.typed_data(), nullptr,
+            y->typed_data());
   });
 }
 
@@ -417,26 +451,21 @@ ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 // ---- Convolution + bias + ReLU in one primitive (post-ops). Its gradients are the plain
 // convolution's, of dy masked by [y > 0]. ----------------------------------------------------
 
-dnnl::memory::desc BiasDesc(const Geometry& g) { return {{g.o}, dt::f32, tag::a}; }
-
 struct FusedPlan {
   dnnl::convolution_forward::primitive_desc fwd_pd;
   dnnl::convolution_forward fwd;
   Conversion weights_in;
+  PrePadding pre;
 
   explicit FusedPlan(const Geometry& g) {
-    auto& eng = Engine();
-    const dims strides = {g.sh, g.sw}, pad_l = {g.pt, g.pl}, pad_r = {g.pb, g.pr};
-    const dims dil = {0, 0};
     dnnl::post_ops ops;
     ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
     auto attr = UserScratchpad();
     attr.set_post_ops(ops);
-    fwd_pd = dnnl::convolution_forward::primitive_desc(
-        eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-        SrcDesc(g), AnyWeightDesc(g), BiasDesc(g), DstDesc(g), strides, dil, pad_l, pad_r, attr);
+    fwd_pd = ForwardDesc(g, SrcDesc(g), /*pad=*/true, /*bias=*/true, attr);
     fwd = dnnl::convolution_forward(fwd_pd);
     weights_in = Conversion(UserWeightDesc(g), fwd_pd.weights_desc());
+    pre = PrePadding(g, fwd_pd, /*bias=*/true, attr);
   }
 };
 
@@ -459,19 +488,9 @@ ffi::Error ConvBiasReluFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   }
   if (auto e = CheckBias(b.dimensions(), g); e.failure()) return e;
   return Guard([&] {
-    FusedPlan& p = CachedPlan<FusedPlan>(g);
-    auto& eng = Engine();
-    dnnl::stream s(eng, dnnl::stream::flags::in_order);
-    auto wm = WeightsIn(g, w.typed_data(), p.weights_in, s);
-    dnnl::memory src(SrcDesc(g), eng, x.typed_data());
-    dnnl::memory bias(BiasDesc(g), eng, b.typed_data());
-    dnnl::memory dst(DstDesc(g), eng, y->typed_data());
-    p.fwd.execute(s, {{DNNL_ARG_SRC, src},
-                      {DNNL_ARG_WEIGHTS, wm},
-                      {DNNL_ARG_BIAS, bias},
-                      {DNNL_ARG_DST, dst},
-                      {DNNL_ARG_SCRATCHPAD, ScratchpadMemory(p.fwd_pd.scratchpad_desc())}});
-    s.wait();
+    const FusedPlan& p = CachedPlan<FusedPlan>(g);
+    Forward(g, p.fwd_pd, p.fwd, p.weights_in, p.pre, x.typed_data(), w.typed_data(),
+            b.typed_data(), y->typed_data());
   });
 }
 

@@ -146,7 +146,9 @@ def _check_model(c: ml_collections.ConfigDict) -> None:
     _one_of(c, "model.activation", sorted(ACTIVATIONS))
     _one_of(c, "model.impl", CONV_IMPLS)
     if c.model.fused_relu and c.model.activation != "relu":
-        fail("model.fused_relu", True, f"False with model.activation={c.model.activation!r}")
+        fail(
+            "model.fused_relu", True, f"False or unset with model.activation={c.model.activation!r}"
+        )
     _unit(c, "model.dropout_rate")
     _at_least(c, "model.groups", 0)
 

@@ -39,9 +39,11 @@ def test_a_lever_changes_the_compiled_program(levers):
     """Each lever's variant is another program (the A/B compares something)."""
     if not onednn_status()[0]:
         pytest.skip(onednn_status()[1])
-    fused = levers._programs("small", 32, 2, {"fused_relu": True}, {})[0].as_text()
-    plain = levers._programs("small", 32, 2, {}, {})[0].as_text()
-    assert "gdjax_conv_bias_relu_fwd" in fused and "gdjax_conv_bias_relu_fwd" not in plain
+    fused = levers._programs("small", 32, 2, *levers.LEVERS["fused_relu"])[0].as_text()
+    unfused = levers._programs("small", 32, 2, levers.BASELINES["fused_relu"], {})[0].as_text()
+    assert "gdjax_conv_bias_relu_fwd" in fused and "gdjax_conv_bias_relu_fwd" not in unfused
+    plain = levers._programs("small", 32, 2, {}, {})[0].as_text()  # small fuses by default
+    assert "gdjax_conv_bias_relu_fwd" in plain
     single = levers._programs("small", 32, 2, {}, {"xla_cpu_multi_thread_eigen": False})[0]
     assert single.as_text() != plain
     region = {"xla_cpu_copy_insertion_use_region_analysis": True}

@@ -139,7 +139,7 @@ def test_auto_uses_onednn_on_cpu_and_xla_opts_out():
 @needs_onednn
 def test_other_platforms_get_xlas_convolution_and_pooling():
     """Traced on the CPU, lowered for a GPU: the oneDNN branches are not in the module."""
-    model = AlexNet(num_classes=10, variant="small")
+    model = AlexNet(num_classes=10, variant="small", fused_relu=False)
     fused = AlexNet(num_classes=10, variant="small", fused_relu=True)
     x = jnp.ones((2, 32, 32, 3))
     params = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -258,10 +258,37 @@ def test_fused_bias_relu_checks_its_inputs():
 
 
 @needs_onednn
+@pytest.mark.parametrize(
+    "kwargs, fused",
+    [
+        ({"variant": "small"}, True),
+        ({"variant": "paper"}, True),
+        ({"variant": "torchvision"}, False),
+        ({"variant": "small", "fused_relu": False}, False),
+        ({"variant": "torchvision", "fused_relu": True}, True),
+        ({"variant": "small", "activation": "tanh"}, False),
+    ],
+    ids=str,
+)
+def test_fused_relu_defaults_to_the_variants_with_lrn(kwargs, fused):
+    """fused_relu=None: the bias and ReLU are post-ops in the paper and small variants (with
+    ReLU), not in torchvision's; True and False force it."""
+    model = AlexNet(num_classes=10, **kwargs)
+    side = 227 if kwargs["variant"] == "paper" else 64
+    x = jnp.ones((1, side, side, 3))
+    params = jax.eval_shape(model.init, jax.random.key(0), x)
+    hlo = jax.jit(model.apply).lower(params, x).as_text()
+    assert ("gdjax_conv_bias_relu_fwd" in hlo) == fused
+    assert "gdjax_conv_fwd" in hlo or fused  # the unfused layers are still oneDNN's
+    with pytest.raises(ValueError, match="fused_relu must be None, True or False, got 'yes'"):
+        AlexNet(variant="small", fused_relu="yes").init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+
+
+@needs_onednn
 @pytest.mark.parametrize("variant, size", [("small", 32), ("torchvision", 64)])
 def test_alexnet_with_fused_relu_is_the_same_network(variant, size):
     """Same parameter tree and initialisation, same outputs and gradients (dropout on)."""
-    plain = AlexNet(num_classes=10, variant=variant)
+    plain = AlexNet(num_classes=10, variant=variant, fused_relu=False)
     fused = AlexNet(num_classes=10, variant=variant, fused_relu=True)
     x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
     params = jax.jit(plain.init)(jax.random.key(1), x)
@@ -599,6 +626,48 @@ def test_without_onednn_everything_runs_on_xla(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "xla-ok" in done.stdout
+
+
+@needs_onednn
+@pytest.mark.parametrize("isa", ["AVX2", None], ids=["avx2", "native"])
+def test_a_padded_first_layer_runs_on_a_direct_kernel_fused_or_not(isa):
+    """On AVX2 oneDNN 3.2 runs a padded convolution of 3 input maps (torchvision's conv1) as
+    im2col + GEMM; the kernels copy x into a zero-bordered buffer and run it unpadded on a
+    direct kernel instead, for the plain forward and for the bias + ReLU one alike (oneDNN's
+    own verbose log names the kernel each call ran; ONEDNN_MAX_CPU_ISA=AVX2 gives AVX2's
+    kernels on a newer CPU)."""
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp
+        from gdjax.models import conv_bias_relu, conv_general_dilated
+        x = jnp.ones((2, 36, 33, 3)); w = jnp.ones((11, 11, 3, 8)); b = jnp.ones((8,))
+        pad = [(2, 2), (2, 2)]
+        nhwc = ("NHWC", "HWIO", "NHWC")
+        plain = jax.jit(lambda x, w: conv_general_dilated(
+            x, w, (4, 4), pad, dimension_numbers=nhwc, impl="onednn"))
+        fused = jax.jit(lambda x, w, b: conv_bias_relu(x, w, b, (4, 4), pad, impl="onednn"))
+        jax.block_until_ready(plain(x, w)); print("MARK", flush=True)
+        jax.block_until_ready(fused(x, w, b)); print("MARK", flush=True)
+        """
+    )
+    env = dict(os.environ, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1", JAX_PLATFORMS="cpu")
+    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    if isa:
+        env["ONEDNN_MAX_CPU_ISA"] = isa
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = done.stdout.split("MARK")[:2]
+    for name, log in zip(("plain", "fused"), calls, strict=True):
+        runs = [
+            line.split(",")
+            for line in log.splitlines()
+            if ",exec," in line and ",convolution," in line
+        ]
+        assert runs, (name, log[-2000:])
+        for fields in runs:
+            kernel = fields[fields.index("convolution") + 1]
+            assert "gemm" not in kernel, (name, ",".join(fields))
+        assert any("post-ops:eltwise_relu" in ",".join(f) for f in runs) == (name == "fused")
 
 
 def _lrn_passes_on_onednn(c=32, alpha=1e-4, beta=0.75, k=2.0):
