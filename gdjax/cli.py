@@ -144,9 +144,10 @@ def _parse_value(field: str, text: str, current: object) -> object:
             return tuple(value) if isinstance(value, (tuple, list)) else (value,)
         return text
     except (ValueError, SyntaxError):
-        raise UsageError(
-            f"--config.{field}={text}: expected {kind.__name__}, like {current!r}"
-        ) from None
+        hint = f"like {current!r}" if current is not None else "or none (unset)"
+        if kind is bool:
+            hint = f"true or false{' or none (unset)' if field in nullable_fields() else ''}"
+        raise UsageError(f"--config.{field}={text}: expected {kind.__name__}, {hint}") from None
 
 
 def _apply_overrides(config: object, overrides: list[str]) -> None:

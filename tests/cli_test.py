@@ -39,7 +39,7 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["train", "--config.batchsize=8"], "'batchsize' (did you mean batch_size or"),
         (["train", "--config=imagenet21k"], "not a preset (default, cifar10, paper) nor a file"),
         (["train", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
-        (["train", "--config.seed=abc"], "--config.seed=abc: expected int"),
+        (["train", "--config.seed=abc"], "--config.seed=abc: expected int, like 0"),
         (["train", "--config.optimizer.name=lbfgs"], "config.optimizer.name must be one of"),
         (["train", "--config.optimizer.learning_rate=-1"], "learning_rate must be >= 0"),
         (["train", "--config.optimizer.hparams.momentum=1.5"], "must be in [0, 1), got 1.5"),
@@ -50,7 +50,18 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
             ["train", "--config.model.fused_relu=True", "--config.model.activation=tanh"],
             "config.model.fused_relu must be False or unset with model.activation='tanh', got True",
         ),
-        (["train", "--config.model.fused_relu=maybe"], "--config.model.fused_relu=maybe"),
+        (
+            ["train", "--config.model.fused_relu=maybe"],
+            "--config.model.fused_relu=maybe: expected bool, true or false or none (unset)",
+        ),
+        (
+            ["train", "--config.progress=maybe"],
+            "--config.progress=maybe: expected bool, true or false",
+        ),
+        (
+            ["train", "--config.optimizer.hparams.momentum=fast"],
+            "--config.optimizer.hparams.momentum=fast: expected float, or none (unset)",
+        ),
         (["train", "--config.dataset=folder:/no/such"], "folder:/no/such: no such folder"),
         (["train", "--config.dataset=cifar10:/no/such.tar.gz"], "no such file or folder"),
         (["train", "--config.eval_split=nosuch"], "config.eval_split must be one of"),
