@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import time
 from typing import Any
 
@@ -73,6 +74,21 @@ def case_spec(text: str) -> str:
         need = "227" if variant == "paper" else f"at least {min_input_size(variant)}"
         raise argparse.ArgumentTypeError(f"{variant} takes {need} pixels, got {text!r}")
     return text
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its widest vector extensions (AVX2, AVX-512, AMX), for a result's
+    first line."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = re.search(r"model name\s*:\s*(.*)", info)
+    flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split()) if "flags" in info else set()
+    isa = [n for n, f in (("AVX-512", "avx512f"), ("AMX", "amx_tile")) if f in flags]
+    isa = isa or (["AVX2"] if "avx2" in flags else [])
+    return f"{model.group(1).strip() if model else platform.machine()} ({', '.join(isa) or '?'})"
 
 
 def machine() -> dict[str, Any]:

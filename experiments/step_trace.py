@@ -25,7 +25,6 @@ import glob
 import gzip
 import json
 import os
-import platform
 import re
 import tempfile
 from dataclasses import dataclass
@@ -151,21 +150,8 @@ def summarise(events: list[dict], ops: dict[str, Op], steps: int) -> dict:
     }
 
 
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return platform.processor() or platform.machine()
-    model = re.search(r"model name\s*:\s*(.*)", info)
-    flags = set(re.search(r"flags\s*:\s*(.*)", info).group(1).split()) if "flags" in info else set()
-    isa = [n for n, f in (("AVX-512", "avx512f"), ("AMX", "amx_tile")) if f in flags]
-    isa = isa or (["AVX2"] if "avx2" in flags else [])
-    return f"{model.group(1).strip() if model else platform.machine()} ({', '.join(isa) or '?'})"
-
-
 def main(argv: list[str] | None = None) -> dict:
-    from common import case_spec, positive_int
+    from common import case_spec, cpu_name, positive_int
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -194,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
             events = json.load(f)["traceEvents"]
     out = summarise(events, ops, args.steps)
     out["step"] = seconds * 1e3
-    print(f"{_cpu()}; gdjax {args.case} {args.mode}: {out['step']:.1f} ms per step, traced")
+    print(f"{cpu_name()}; gdjax {args.case} {args.mode}: {out['step']:.1f} ms per step, traced")
     print(
         f"  ops running {out['busy']:.1f} ms, two or more at once {out['overlap']:.1f} ms,"
         f" no op traced {out['idle']:.1f} ms (of {out['window']:.1f} ms per step from first op"

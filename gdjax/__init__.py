@@ -1,8 +1,9 @@
 """gdjax: the gradient-descent family as optax transformations, and AlexNet trained the 2012 way.
 
 The public API is exactly ``__all__``: the optimizers (also under :mod:`gdjax.optim`, with
-their building blocks), the AlexNet model, ``train_and_evaluate`` and the subpackages
-(``data``, ``models``, ``optim``, ``train``).
+their building blocks), the AlexNet model, ``train_and_evaluate``, the subpackages
+(``data``, ``models``, ``optim``, ``train``) and ``host_memory`` (standard library only: a
+malloc setting to make before numpy and jax are imported).
 
 Names are imported on first use (PEP 562), so ``import gdjax.optim`` loads the optimizers and
 the core (jax, optax, chex, numpy) and nothing else; ``gdjax.models`` adds flax; ``gdjax.data``
@@ -16,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names resolve to, for type checkers and editors
-    from gdjax import data, models, optim, train
+    from gdjax import data, host_memory, models, optim, train
     from gdjax.models import AlexNet
     from gdjax.optim import adagrad, adam, adamw, alexnet_sgd, lamb, lars, momentum, rmsprop, sgd
     from gdjax.train import train_and_evaluate
@@ -30,6 +31,7 @@ __all__ = [
     "adamw",
     "alexnet_sgd",
     "data",
+    "host_memory",
     "lamb",
     "lars",
     "models",
@@ -41,7 +43,7 @@ __all__ = [
     "train_and_evaluate",
 ]
 
-_SUBPACKAGES = ("data", "models", "optim", "train")
+_SUBPACKAGES = ("data", "host_memory", "models", "optim", "train")
 # Where the other public names live; the rest of __all__ are the optimizers of gdjax.optim.
 _HOME = {"AlexNet": "gdjax.models", "train_and_evaluate": "gdjax.train"}
 

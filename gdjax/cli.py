@@ -17,11 +17,16 @@ get_config() returns a ConfigDict; --config.FIELD=VALUE overrides one field (an 
 is an error; VALUE None unsets an optimizer hyperparameter). --workdir holds checkpoints and
 logs; running again with the same workdir resumes. Errors print one line (exit status 2 for
 usage and config errors); --verbose shows the traceback.
+
+Before numpy or jax load, the command makes glibc's malloc keep freed memory for reuse
+(gdjax.host_memory: XLA's per-step buffers are then not faulted in afresh each step);
+GDJAX_RETAIN_HOST_MEMORY=0 leaves malloc alone.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -30,9 +35,10 @@ import warnings
 
 from gdjax._extras import MissingExtraError
 
-__all__ = ["UsageError", "entry_point", "main"]
+__all__ = ["UsageError", "entry_point", "host_memory_setting", "main"]
 
 COMMANDS = ("train", "eval")
+HOST_MEMORY_VARIABLE = "GDJAX_RETAIN_HOST_MEMORY"
 FLAG_HELP = {
     "train": {
         "config": "A preset name (default, cifar10, paper) or a config file path.",
@@ -332,9 +338,31 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = formatwarning
 
 
-def entry_point() -> None:  # pragma: no cover - the console script
+def host_memory_setting() -> bool:
+    """Make ``gdjax.host_memory.retain_host_memory()`` unless ``$GDJAX_RETAIN_HOST_MEMORY`` is
+    ``0``; whether it is now in effect. Runs before anything imports numpy or jax."""
+    value = os.environ.get(HOST_MEMORY_VARIABLE, "1").strip()
+    if value not in ("0", "1"):
+        raise UsageError(
+            f"{HOST_MEMORY_VARIABLE}={value!r}: expected 1 (keep freed memory for reuse, the "
+            "default) or 0 (leave malloc alone)"
+        )
+    if value == "0":
+        return False
+    from gdjax.host_memory import retain_host_memory
+
+    return retain_host_memory(warn=False)
+
+
+def entry_point() -> None:
+    """The console script: the process's malloc setting first, then :func:`main`."""
+    try:
+        host_memory_setting()
+    except UsageError as e:
+        print(f"gdjax: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -30,6 +30,7 @@ PACKAGES = [
     "gdjax.train.steps",
     "gdjax.configs",
     "gdjax.cli",
+    "gdjax.host_memory",
 ]
 
 
@@ -53,7 +54,7 @@ def test_all_names_import_and_nothing_else_is_advertised(name):
         if not n.startswith("_") and not isinstance(v, types.ModuleType) and ours(v)
     }
     modules = {n for n, v in vars(module).items() if isinstance(v, types.ModuleType)}
-    assert modules & exported <= {"optim", "models", "data", "train"}
+    assert modules & exported <= {"optim", "models", "data", "train", "host_memory"}
     assert public - exported == set(), f"public but not in __all__: {sorted(public - exported)}"
 
 
