@@ -37,6 +37,9 @@ import resource
 import statistics
 import subprocess
 
+import gdjax  # the standard library only (its subpackages load on first use)
+
+GDJAX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(gdjax.__file__)))
 STATES = ("default", "retained", "thp")
 FRAMEWORKS = ("gdjax", "torch")
 MODES = ("train", "infer")
@@ -72,10 +75,8 @@ def _spawn(state: str, case: str, steps: int, repeats: int) -> dict:
         tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
         env["GLIBC_TUNABLES"] = ":".join([*tunables, "glibc.malloc.hugetlb=1"])
     here = os.path.dirname(os.path.abspath(__file__))
-    import gdjax  # the children import the gdjax this process imports (a checkout, say)
-
-    paths = [os.path.dirname(os.path.dirname(os.path.abspath(gdjax.__file__)))]
-    env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
+    # The children import the gdjax this process imports (a checkout, say).
+    env["PYTHONPATH"] = os.pathsep.join([GDJAX_ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     args = [sys.executable, __file__, "--child", state, case, str(steps), str(repeats)]
     done = subprocess.run(args, env=env, cwd=here, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -35,7 +35,7 @@ import warnings
 
 from gdjax._extras import MissingExtraError
 
-__all__ = ["UsageError", "entry_point", "host_memory_setting", "main"]
+__all__ = ["UsageError", "entry_point", "main"]
 
 COMMANDS = ("train", "eval")
 HOST_MEMORY_VARIABLE = "GDJAX_RETAIN_HOST_MEMORY"
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = formatwarning
 
 
-def host_memory_setting() -> bool:
+def _host_memory_setting() -> bool:
     """Make ``gdjax.host_memory.retain_host_memory()`` unless ``$GDJAX_RETAIN_HOST_MEMORY`` is
     ``0``; whether it is now in effect. Runs before anything imports numpy or jax."""
     value = os.environ.get(HOST_MEMORY_VARIABLE, "1").strip()
@@ -357,7 +357,7 @@ def host_memory_setting() -> bool:
 def entry_point() -> None:
     """The console script: the process's malloc setting first, then :func:`main`."""
     try:
-        host_memory_setting()
+        _host_memory_setting()
     except UsageError as e:
         print(f"gdjax: {e}", file=sys.stderr)
         sys.exit(2)

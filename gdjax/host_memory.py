@@ -28,7 +28,6 @@ the process's, not gdjax's.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import sys
@@ -85,15 +84,16 @@ def retain_host_memory(*, warn: bool = True) -> bool:
                 stacklevel=2,
             )
         return False
-    if warn and _threads() > 1:
+    others = _threads() - 1
+    if warn and others:
         warnings.warn(
-            f"retain_host_memory(): {_threads() - 1} other thread(s) already run (numpy's import "
+            f"retain_host_memory(): {others} other thread(s) already run (numpy's import "
             "starts one); those that have allocated keep their own malloc arenas, so some of "
             "XLA's buffers may still be faulted in afresh. Call it before importing numpy or jax.",
             RuntimeWarning,
             stacklevel=2,
         )
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL("libc.so.6")  # glibc's soname (find_library would run ldconfig)
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     _retained = all(libc.mallopt(param, value) == 1 for param, value in settings)
     return _retained
