@@ -15,7 +15,10 @@ optimizer rows time one update of 61.1 M parameters for gdjax, optax and ``torch
 (foreach and fused), with the implied memory traffic as a fraction of the machine's measured
 copy bandwidth. On a GPU or TPU the model-FLOPs utilisation is printed too (training FLOPs
 per image, 3 × the forward count of ``gdjax.models.count_flops``, times images/s over the
-chip's peak). PyTorch rows are skipped, with a note, when torch is not installed.
+chip's peak). PyTorch runs on the device JAX runs on (:func:`torch_device`): on an NVIDIA GPU
+it runs on CUDA, with TF32 allowed in its matrix products and cuDNN autotuning on, as XLA does
+by default, and its timers wait for the GPU. PyTorch rows are skipped, with a note, when torch
+is not installed or cannot reach JAX's device.
 """
 
 from __future__ import annotations
@@ -40,6 +43,24 @@ try:
     import torch
 except ImportError:  # pragma: no cover - the note is printed instead
     torch = None
+
+
+def torch_device(jax_platform: str, cuda_available: bool) -> str | None:
+    """The PyTorch device to race on JAX's platform: ``"cpu"`` beside JAX's CPU, ``"cuda"``
+    beside its GPU when PyTorch has CUDA, ``None`` when PyTorch cannot run where JAX does
+    (a CPU PyTorch beside a JAX GPU, or a TPU) — there its rows would compare two machines."""
+    if jax_platform == "cpu":
+        return "cpu"
+    if jax_platform == "gpu" and cuda_available:
+        return "cuda"
+    return None
+
+
+def _synchronize(device: str) -> None:
+    """Wait for PyTorch's queued work on ``device`` (a no-op on the CPU, which runs eagerly)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
 
 # Dense bf16 peak FLOP/s of common accelerators, matched against jax's device_kind.
 PEAK_FLOPS = {
@@ -135,13 +156,19 @@ def _torch_case(
     compiled: bool,
     channels: int = 3,
     backend: Any = "inductor",
+    device: str = "cpu",
 ):
     from torch_reference import torch_alexnet
 
+    if device == "cuda":  # XLA's defaults on the GPU: TF32 products, autotuned convolutions
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     model = torch_alexnet(variant, 1000 if variant != "small" else 10, channels, size)
-    model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, channels, size, size).to(memory_format=torch.channels_last)
-    y = torch.zeros(batch, dtype=torch.long)
+    model = model.to(device=device, memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, size, size, device=device)
+    x = x.to(memory_format=torch.channels_last)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
     if compiled:
         # Every case compiles afresh, for its own shapes. Dynamo caches compiled frames per code
@@ -162,23 +189,28 @@ def _torch_case(
     t0 = time.perf_counter()
     model.train()
     step()
+    _synchronize(device)
     compile_train = time.perf_counter() - t0
 
     def time_train():
         model.train()
         step()  # untimed, as in gdjax's timers
+        _synchronize(device)
         t = time.perf_counter()
         for _ in range(steps):
             step()
+        _synchronize(device)
         return (time.perf_counter() - t) / steps
 
     def time_infer():
         model.eval()
         with torch.no_grad():
             forward(x)  # untimed
+            _synchronize(device)
             t = time.perf_counter()
             for _ in range(steps):
                 forward(x)
+            _synchronize(device)
             return (time.perf_counter() - t) / steps
 
     return time_train, time_infer, {"train": compile_train}
@@ -190,16 +222,19 @@ def copy_bandwidth(gigabytes: float = 0.5) -> float:
     x = jnp.ones(int(gigabytes * 2**30 / 4), jnp.float32)
     f = jax.jit(lambda a: a + 1.0, donate_argnums=0)
     x = f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(5):
+    best, calls = float("inf"), 10  # back to back: a GPU copies 0.5 GB in about the time of
+    for _ in range(5):  # one dispatch and wait
         t = time.perf_counter()
-        x = f(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
+        for _ in range(calls):
+            x = f(x)
+        x.block_until_ready()
+        best = min(best, (time.perf_counter() - t) / calls)
     return 2 * x.nbytes / best / 1e9
 
 
-def optimizer_rows(rounds: int, steps: int, scale: float) -> list[dict]:
-    """One update of an AlexNet-sized pytree: gdjax vs optax vs torch.optim."""
+def optimizer_rows(rounds: int, steps: int, scale: float, device: str | None = "cpu") -> list[dict]:
+    """One update of an AlexNet-sized pytree: gdjax vs optax vs torch.optim on ``device``
+    (``None``: no torch.optim rows)."""
     import bench_optim
 
     params = bench_optim.alexnet_tree(scale)
@@ -210,10 +245,10 @@ def optimizer_rows(rounds: int, steps: int, scale: float) -> list[dict]:
         ours = bench_optim.Contender(ours_f(), params, grads)
         theirs = bench_optim.Contender(theirs_f(), params, grads)
         fns = {"gdjax": lambda o=ours: o.run(steps), "optax": lambda t=theirs: t.run(steps)}
-        if torch is not None:
-            tensors = [torch.from_numpy(np.array(p)) for p in jax.tree.leaves(params)]
+        if torch is not None and device is not None:
+            tensors = [torch.from_numpy(np.array(p)).to(device) for p in jax.tree.leaves(params)]
             for p, g in zip(tensors, jax.tree.leaves(grads), strict=True):
-                p.grad = torch.from_numpy(np.array(g))
+                p.grad = torch.from_numpy(np.array(g)).to(device)
             for impl in ("foreach", "fused"):
                 try:
                     opt = getattr(torch.optim, torch_cls)(
@@ -224,9 +259,11 @@ def optimizer_rows(rounds: int, steps: int, scale: float) -> list[dict]:
                     continue
 
                 def run(o=opt):
+                    _synchronize(device)
                     t = time.perf_counter()
                     for _ in range(steps):
                         o.step()
+                    _synchronize(device)
                     return (time.perf_counter() - t) / steps
 
                 fns[f"torch {impl}"] = run
@@ -336,13 +373,18 @@ def main(argv: list[str] | None = None) -> dict:
     device = jax.devices()[0]
     peak = next((v for k, v in PEAK_FLOPS.items() if k.lower() in device.device_kind.lower()), None)
     torch_version = torch.__version__ if torch else "absent"
+    race_on = torch_device(device.platform, torch.cuda.is_available()) if torch else None
     print(
         f"jax {jax.__version__} on {device.platform} ({device.device_kind}); torch {torch_version}"
+        + (f" on {race_on}" if race_on else "")
     )
     if torch is None:
         print("note: PyTorch is not installed; its rows are skipped")
+    elif race_on is None:
+        print(f"note: PyTorch cannot run on JAX's {device.platform}; its rows are skipped")
     results: dict = {
         "device": f"{device.platform} {device.device_kind}",
+        "torch_device": race_on,
         "cases": [],
         "optimizers": [],
     }
@@ -364,15 +406,15 @@ def main(argv: list[str] | None = None) -> dict:
         g_train, g_infer, g_compile, flops = _gdjax_case(variant, size, batch, args.steps, channels)
         fns_train, fns_infer = {"gdjax": g_train}, {"gdjax": g_infer}
         torch_compile_s = {}
-        if torch is not None:
+        if race_on:
             t_train, t_infer, t_compile = _torch_case(
-                variant, size, batch, args.steps, False, channels
+                variant, size, batch, args.steps, False, channels, device=race_on
             )
             fns_train["torch"], fns_infer["torch"] = t_train, t_infer
             if args.torch_compile:
                 try:
                     c_train, c_infer, c_compile = _torch_case(
-                        variant, size, batch, args.steps, True, channels
+                        variant, size, batch, args.steps, True, channels, device=race_on
                     )
                     fns_train["torch.compile"], fns_infer["torch.compile"] = c_train, c_infer
                     torch_compile_s = c_compile
@@ -411,7 +453,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"\noptimizer update, {args.optimizer_scale:g} x 61.1 M params; "
             f"copy bandwidth {bandwidth:.1f} GB/s"
         )
-        for row in optimizer_rows(args.rounds, args.steps, args.optimizer_scale):
+        rows = optimizer_rows(args.rounds, args.steps, args.optimizer_scale, race_on)
+        for row in rows:
             frac = row["traffic_bytes"] / (row["ms"]["gdjax"] / 1e3) / 1e9 / bandwidth
             row["gdjax_traffic_fraction_of_copy_bandwidth"] = frac
             timings = "  ".join(f"{k} {v:.1f} ms" for k, v in row["ms"].items())

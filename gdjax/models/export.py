@@ -10,6 +10,12 @@ one platform or several at once (``platforms=("cpu", "tpu", "cuda")``)::
     blob = exported.serialize()                  # bytes, to a file or a model server
     logits = jax.export.deserialize(blob).call(variables, x)
 
+The artefact keeps the precision its products were traced with. By default that is each
+platform's own default for float32 convolutions and matrix products: float32 on the CPU,
+TensorFloat-32 on recent NVIDIA GPUs, bfloat16 passes on TPUs. ``precision="highest"`` pins
+full float32 on every platform (slower on the accelerators), so that the artefact computes the
+same logits, to float32 round-off, wherever it runs.
+
 To export something else (a training step, a function of your own), build it from
 ``portable(model)`` (or ``AlexNet(..., impl="xla")``, ``config.model.impl="xla"`` in the
 trainer) before calling :func:`jax.export.export`.
@@ -17,6 +23,7 @@ trainer) before calling :func:`jax.export.export`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +33,9 @@ import jax
 from gdjax._extras import require
 
 __all__ = ["export", "portable"]
+
+# The names jax.default_matmul_precision takes for float32 products, fastest to most exact.
+_PRECISIONS = ("bfloat16", "tensorfloat32", "float32", "default", "high", "highest")
 
 
 def portable(model: nn.Module) -> nn.Module:
@@ -53,6 +63,7 @@ def export(
     *,
     platforms: Sequence[str] = ("cpu",),
     polymorphic_batch: bool = False,
+    precision: str | None = None,
 ) -> jax.export.Exported:
     """Export ``model.apply(variables, x, train=False)`` with :func:`jax.export.export`.
 
@@ -67,6 +78,11 @@ def export(
         ``"tpu"``; several give one artefact for all of them.
       polymorphic_batch: export with a symbolic batch size, so that one artefact serves any
         batch.
+      precision: the precision of the float32 convolutions and matrix products, as
+        :func:`jax.default_matmul_precision` names it (``"bfloat16"``, ``"tensorfloat32"``,
+        ``"float32"``, ``"default"``, ``"high"``, ``"highest"``): ``None`` leaves
+        each platform its default (TF32 on recent NVIDIA GPUs, bfloat16 passes on TPUs);
+        ``"highest"`` (or ``"float32"``) computes in full float32 everywhere.
 
     Returns:
       A :class:`jax.export.Exported`: ``.call(variables, x)`` runs it, ``.serialize()``
@@ -78,6 +94,10 @@ def export(
     if not platforms or any(p not in known for p in platforms):
         raise ValueError(
             f"export: platforms must be a non-empty subset of {known}, got {platforms}"
+        )
+    if precision is not None and precision not in _PRECISIONS:
+        raise ValueError(
+            f"export: precision must be None or one of {_PRECISIONS}, got {precision!r}"
         )
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"export: x must be an NHWC batch (4 dimensions), got shape {x.shape}")
@@ -92,4 +112,6 @@ def export(
     def infer(v, images):
         return net.apply(v, images, train=False)
 
-    return jax.export.export(jax.jit(infer), platforms=platforms)(var_spec, x_spec)
+    pinned = jax.default_matmul_precision(precision) if precision else contextlib.nullcontext()
+    with pinned:  # read when the products are lowered, inside jax.export.export
+        return jax.export.export(jax.jit(infer), platforms=platforms)(var_spec, x_spec)

@@ -45,8 +45,39 @@ def test_harness_times_both_and_writes_json(bench, tmp_path, capsys):
     assert set(names) == {"momentum", "adam"}
     assert {"gdjax", "optax", "torch foreach"} <= set(names["adam"])
     assert results["copy_bandwidth_GBps"] > 0
-    assert json.loads(out.read_text())["device"].startswith("cpu")
+    written = json.loads(out.read_text())
+    assert written["device"].startswith("cpu") and written["torch_device"] == "cpu"
     assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "platform, cuda, expected",
+    [
+        ("cpu", False, "cpu"),
+        ("cpu", True, "cpu"),  # JAX on the CPU: PyTorch on the CPU, whatever GPU it sees
+        ("gpu", True, "cuda"),
+        ("gpu", False, None),  # a CPU PyTorch beside a JAX GPU would race two machines
+        ("tpu", True, None),
+    ],
+)
+def test_torch_races_on_the_device_jax_runs_on(bench, platform, cuda, expected):
+    assert bench.torch_device(platform, cuda) == expected
+
+
+def test_torch_rows_are_skipped_with_a_note_where_torch_cannot_follow_jax(
+    bench, monkeypatch, capsys
+):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(bench, "torch_device", lambda platform, cuda: None)
+    results = bench.main(
+        ["--cases", "small:32:8", "--rounds", "1", "--steps", "1", "--optimizer-scale", "0.001"]
+    )
+    assert "note: PyTorch cannot run on JAX's cpu; its rows are skipped" in capsys.readouterr().out
+    assert results["torch_device"] is None
+    for row in results["cases"]:
+        assert set(row["images_per_second"]) == {"gdjax"} and row["ratio_vs_fastest_torch"] is None
+    for row in results["optimizers"]:
+        assert set(row["ms"]) == {"gdjax", "optax"}
 
 
 @pytest.mark.parametrize(

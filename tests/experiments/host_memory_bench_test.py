@@ -11,6 +11,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_each_state_runs_in_its_own_process_and_is_compared(capsys):
+    pytest.importorskip("torch")  # every child times PyTorch beside gdjax
     host_memory = importlib.import_module("host_memory")
     host_memory.main(["--cases", "small:32:4", "--rounds", "1", "--steps", "1", "--repeats", "1"])
     lines = capsys.readouterr().out.strip().splitlines()

@@ -19,16 +19,26 @@ def _live(variant):
     return model, variables, x, np.asarray(jax.jit(model.apply)(variables, x))
 
 
+def _device_for(platforms):
+    """Where this process runs an artefact for ``platforms``, and the live model beside it:
+    JAX's default device where the artefact covers it (the CPU in the suite, CUDA when run on
+    a GPU machine with JAX_PLATFORMS=cuda,cpu), else the CPU."""
+    default = jax.devices()[0]
+    name = {"gpu": "cuda"}.get(default.platform, default.platform)
+    return default if name in platforms else jax.devices("cpu")[0]
+
+
 @pytest.mark.parametrize(
     "variant, platforms", [("small", ("cpu",)), ("paper", ("cpu", "tpu", "cuda"))]
 )
 def test_exported_model_round_trips_and_matches_the_live_model(variant, platforms):
-    model, variables, x, logits = _live(variant)
-    exported = export(model, variables, x, platforms=platforms)
-    assert exported.platforms == platforms
-    assert "gdjax_" not in exported.mlir_module()  # no oneDNN custom call inside
-    restored = jax.export.deserialize(exported.serialize())
-    out = np.asarray(restored.call(variables, x))
+    with jax.default_device(_device_for(platforms)):
+        model, variables, x, logits = _live(variant)
+        exported = export(model, variables, x, platforms=platforms)
+        assert exported.platforms == platforms
+        assert "gdjax_" not in exported.mlir_module()  # no oneDNN custom call inside
+        restored = jax.export.deserialize(exported.serialize())
+        out = np.asarray(restored.call(variables, x))
     scale = np.abs(logits).max()
     # oneDNN (live) and XLA (exported) sum in different orders: float32 round-off only.
     np.testing.assert_allclose(out, logits, rtol=0, atol=1e-4 * scale)
@@ -36,14 +46,15 @@ def test_exported_model_round_trips_and_matches_the_live_model(variant, platform
 
 
 def test_polymorphic_batch_serves_any_batch():
-    model, variables, x, logits = _live("small")
-    restored = jax.export.deserialize(
-        export(model, variables, x, polymorphic_batch=True).serialize()
-    )
+    with jax.default_device(_device_for(("cpu",))):
+        model, variables, x, logits = _live("small")
+        restored = jax.export.deserialize(
+            export(model, variables, x, polymorphic_batch=True).serialize()
+        )
+        outs = [np.asarray(restored.call(variables, x[:n])) for n in (1, 3)]
     scale = np.abs(logits).max()
-    for n in (1, 3):
-        out = np.asarray(restored.call(variables, x[:n]))
-        np.testing.assert_allclose(out, logits[:n], rtol=0, atol=1e-4 * scale)
+    for out in outs:
+        np.testing.assert_allclose(out, logits[: len(out)], rtol=0, atol=1e-4 * scale)
 
 
 @pytest.mark.onednn
@@ -64,6 +75,25 @@ def test_the_fast_path_is_what_plain_export_refuses():
     assert portable(model).impl == "xla" and model.impl == "auto"
 
 
+def test_precision_is_pinned_in_the_artefact():
+    """Without ``precision`` the products keep each platform's default (TF32 on NVIDIA GPUs,
+    bfloat16 passes on TPUs); "highest" writes full float32 into every convolution and dot."""
+    model = AlexNet(num_classes=10, variant="small")
+    x = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    platforms = ("cpu", "cuda", "tpu")
+
+    def products(**kw):
+        text = export(model, variables, x, platforms=platforms, **kw).mlir_module()
+        ops = ("stablehlo.convolution", "stablehlo.dot_general")
+        return [line for line in text.splitlines() if any(op in line for op in ops)]
+
+    plain, pinned = products(), products(precision="highest")
+    assert len(pinned) == len(plain) >= 8  # 5 convolutions, 3 dense layers
+    assert not any("HIGHEST" in line for line in plain)
+    assert all("HIGHEST" in line for line in pinned)
+
+
 def test_bad_arguments_are_named():
     model = AlexNet(num_classes=10, variant="small")
     x = jnp.zeros((2, 32, 32, 3))
@@ -72,5 +102,7 @@ def test_bad_arguments_are_named():
         export(model, variables, x, platforms=("gpu",))
     with pytest.raises(ValueError, match=r"x must be an NHWC batch .* \(32, 32, 3\)"):
         export(model, variables, x[0])
+    with pytest.raises(ValueError, match=r"precision must be None or one of .*, got 'fp32'"):
+        export(model, variables, x, precision="fp32")
     with pytest.raises(TypeError, match=r"model must be a flax\.linen\.Module, got function"):
         portable(lambda v, x: x)
