@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
         for row in rows:
             frac = row["traffic_bytes"] / (row["ms"]["gdjax"] / 1e3) / 1e9 / bandwidth
             row["gdjax_traffic_fraction_of_copy_bandwidth"] = frac
-            timings = "  ".join(f"{k} {v:.1f} ms" for k, v in row["ms"].items())
+            timings = "  ".join(f"{k} {v:.3g} ms" for k, v in row["ms"].items())
             print(
                 f"{row['optimizer']:<10}{timings}  (gdjax at {frac:.0%} of copy bandwidth)",
                 flush=True,
