@@ -26,6 +26,13 @@ def mixed_tree(seed: int = 0, dtype: Any = np.float32) -> dict:
     )
 
 
+def complex_tree(seed: int = 0) -> dict:
+    """:func:`mixed_tree`'s shapes with complex64 entries, N(0, 1) real and imaginary parts."""
+    return jax.tree.map(
+        lambda re, im: (re + 1j * im).astype(np.complex64), mixed_tree(seed), mixed_tree(seed + 7)
+    )
+
+
 def noises(steps: int, seed: int = 1, dtype: Any = np.float32) -> list[dict]:
     """Per-step gradient noise, one mixed tree per step."""
     return [mixed_tree(seed + 1000 * t, dtype) for t in range(steps)]
@@ -54,14 +61,15 @@ def trajectory(tx: optax.GradientTransformation, params: Any, noise_list: list) 
 
 
 def max_rel_diff(a: Any, b: Any) -> float:
-    """max |a - b| / (1 + |b|) over all leaves of two trees (or lists of trees)."""
-    diffs = jax.tree.map(
-        lambda x, y: float(
-            np.max(np.abs(np.asarray(x, np.float64) - y) / (1 + np.abs(y)), initial=0)
-        ),
-        a,
-        b,
-    )
+    """max |a - b| / (1 + |b|) over all leaves of two trees (or lists of trees); moduli for
+    complex leaves."""
+
+    def leaf(x, y):
+        wide = np.complex128 if np.iscomplexobj(x) or np.iscomplexobj(y) else np.float64
+        x, y = np.asarray(x, wide), np.asarray(y, wide)
+        return float(np.max(np.abs(x - y) / (1 + np.abs(y)), initial=0))
+
+    diffs = jax.tree.map(leaf, a, b)
     return max(jax.tree.leaves(diffs), default=0.0)
 
 

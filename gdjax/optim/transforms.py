@@ -14,6 +14,10 @@ Conventions shared by every block:
   (optax's schedules are the intended source); a schedule is evaluated at the 0-based step.
 * Each leaf is computed in at least float32 and cast back: updates keep the gradients'
   dtype, state keeps its own (``None`` leaves and empty pytrees pass through).
+* Complex leaves: every square is the squared modulus :math:`|g|^2 = g\bar g` and every norm
+  :math:`\sqrt{\sum |x|^2}`, as in optax, so second moments stay real (stored in the
+  parameter's complex dtype, as optax stores them). ``torch.optim`` instead treats the real
+  and imaginary parts as two real parameters, each with its own second moment.
 * ``update`` accepts and ignores unknown keyword arguments (``value=`` for
   ``reduce_on_plateau`` and the like).
 """
@@ -58,6 +62,19 @@ def _zeros(count_dtype: Any = jnp.int32) -> jax.Array:
 def _increment(count: jax.Array) -> jax.Array:
     """``count + 1``, saturating at the int32 maximum instead of wrapping to negative."""
     return jnp.where(count < jnp.iinfo(jnp.int32).max, count + 1, count)
+
+
+def _abs_sq(x: jax.Array) -> jax.Array:
+    """:math:`|x|^2` elementwise, real: ``x * x`` for real ``x``, ``x * conj(x)`` for complex."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x * jnp.conj(x))
+    return x * x
+
+
+def _real_part(x: jax.Array, dtype: Any) -> jax.Array:
+    """A real-valued state leaf (stored complex for complex parameters) as ``dtype``'s real type."""
+    real = jnp.finfo(dtype).dtype
+    return (jnp.real(x) if jnp.iscomplexobj(x) else x).astype(real)
 
 
 def _tree_zeros(params: Any, dtype: Any = None, fill: ScalarOrSchedule = 0.0) -> Any:
@@ -264,8 +281,8 @@ def scale_by_adagrad(
 
         def leaf(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
             dt = _hparams.compute_dtype(g, s)
-            g32, e32 = g.astype(dt), jnp.asarray(e, dt)
-            s_new = s.astype(dt) + g32 * g32
+            g32, e32 = g.astype(dt), jnp.asarray(e, jnp.finfo(dt).dtype)
+            s_new = _real_part(s, dt) + _abs_sq(g32)
             u = g32 * jax.lax.rsqrt(s_new + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s_new) + e32)
             return u.astype(g.dtype), s_new.astype(s.dtype)
 
@@ -301,12 +318,13 @@ def _check_rms(owner: str, decay: Any, eps: Any, initial_scale: Any) -> None:
 def _rms_leaf(g, n, m, rho, e, eps_in_sqrt: bool):
     """One leaf of RMSProp: new update, new ``nu`` and, centered (``m`` given), new ``mu``."""
     dt = _hparams.compute_dtype(g, n, *(() if m is None else (m,)))
-    g32, r, e32 = g.astype(dt), jnp.asarray(rho, dt), jnp.asarray(e, dt)
-    n_new = r * n.astype(dt) + (1 - r) * g32 * g32
+    real = jnp.finfo(dt).dtype
+    g32, r, e32 = g.astype(dt), jnp.asarray(rho, real), jnp.asarray(e, real)
+    n_new = r * _real_part(n, dt) + (1 - r) * _abs_sq(g32)
     s, m_new = n_new, None
     if m is not None:
         m_new = r * m.astype(dt) + (1 - r) * g32
-        s = jnp.maximum(n_new - m_new * m_new, 0)  # clip round-off below zero
+        s = jnp.maximum(n_new - _abs_sq(m_new), 0)  # clip round-off below zero
     u = g32 * jax.lax.rsqrt(s + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s) + e32)
     return u.astype(g.dtype), n_new.astype(n.dtype), None if m is None else m_new.astype(m.dtype)
 
@@ -434,11 +452,12 @@ def _check_adam(owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
 def _adam_leaf(g, m, v, vmax, hp, t):
     """One leaf of Adam (``vmax`` None) or AMSGrad: update, new ``mu``, ``nu``, ``nu_max``."""
     dt = _hparams.compute_dtype(g, m, v)
-    beta1, beta2, e, e_root = (jnp.asarray(h, dt) for h in hp)
-    g32, step = g.astype(dt), t.astype(dt)
+    real = jnp.finfo(dt).dtype
+    beta1, beta2, e, e_root = (jnp.asarray(h, real) for h in hp)
+    g32, step = g.astype(dt), t.astype(real)
     m_new = beta1 * m.astype(dt) + (1 - beta1) * g32
-    v_new = beta2 * v.astype(dt) + (1 - beta2) * g32 * g32
-    vmax_new = v_new if vmax is None else jnp.maximum(vmax.astype(dt), v_new)
+    v_new = beta2 * _real_part(v, dt) + (1 - beta2) * _abs_sq(g32)
+    vmax_new = v_new if vmax is None else jnp.maximum(_real_part(vmax, dt), v_new)
     m_hat = m_new / (1 - beta1**step)
     v_hat = vmax_new / (1 - beta2**step)
     u = m_hat / (jnp.sqrt(v_hat + e_root) + e)
@@ -555,8 +574,8 @@ class ScaleByTrustRatioState(NamedTuple):
 
 
 def _norm(x: jax.Array) -> jax.Array:
-    """Euclidean norm of all entries, with a gradient of 0 (not NaN) at 0."""
-    sq = jnp.sum(x * x)
+    """Euclidean norm of all entries (moduli for complex), with a gradient of 0 (not NaN) at 0."""
+    sq = jnp.sum(_abs_sq(x))
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1)), 0)
 
@@ -607,7 +626,7 @@ def scale_by_trust_ratio(
 
         def leaf(g: jax.Array, p: jax.Array) -> jax.Array:
             dt = _hparams.compute_dtype(g, p)
-            floor, c, e = (jnp.asarray(h, dt) for h in hp)
+            floor, c, e = (jnp.asarray(h, jnp.finfo(dt).dtype) for h in hp)
             g32 = g.astype(dt)
             p_norm = jnp.maximum(_norm(p.astype(dt)), floor)
             g_norm = jnp.maximum(_norm(g32), floor)

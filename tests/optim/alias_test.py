@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from optim_testing import max_rel_diff, mixed_tree, noises, trajectory
+from optim_testing import all_optimizers, complex_tree, max_rel_diff, mixed_tree, noises, trajectory
 
 import gdjax
 
@@ -113,6 +113,34 @@ def test_matches_optax(name, schedule):
     moved = max_rel_diff(want[-1], params)
     assert moved > 1e-2, "the reference did not move; the comparison would prove nothing"
     assert max_rel_diff(got, want) < OPTAX_TOL
+
+
+@pytest.mark.parametrize("name", sorted(OPTAX_CASES))
+def test_matches_optax_on_complex_parameters(name):
+    """Complex leaves: squares are squared moduli and norms sum them, optax's convention (a
+    real square of a complex gradient would make Adam's root imaginary and its step wrong)."""
+    ours, theirs = OPTAX_CASES[name]
+    params, noise = complex_tree(0), [complex_tree(1 + 1000 * t) for t in range(STEPS)]
+    got = trajectory(ours(SCHEDULE), params, noise)
+    want = trajectory(theirs(SCHEDULE), params, noise)
+    assert all(leaf.dtype == np.complex64 for leaf in jax.tree.leaves(got[-1]))
+    assert max_rel_diff(want[-1], params) > 1e-2, "the reference did not move"
+    assert max_rel_diff(got, want) < OPTAX_TOL
+
+
+@pytest.mark.parametrize("name", sorted(all_optimizers()))
+def test_complex_parameters_with_real_values_step_as_real_ones(name):
+    """A complex leaf whose values are all real follows the real leaf's trajectory (to float32
+    round-off: XLA's complex products round differently from real ones)."""
+    factory, kwargs = all_optimizers()[name]
+    params, noise = mixed_tree(0), noises(20)
+    as_complex = lambda tree: jax.tree.map(lambda x: x.astype(np.complex64), tree)  # noqa: E731
+    want = trajectory(factory(0.03, **kwargs), params, noise)
+    got = trajectory(factory(0.03, **kwargs), as_complex(params), [as_complex(n) for n in noise])
+    assert max_rel_diff(want[-1], params) > 1e-3, "the reference did not move"
+    for g in jax.tree.leaves(got):
+        np.testing.assert_array_equal(np.imag(g), 0)
+    assert max_rel_diff(jax.tree.map(np.real, got), want) < OPTAX_TOL
 
 
 def test_adam_bf16_first_moment_is_at_least_as_accurate_as_optax():
