@@ -320,6 +320,9 @@ class AlexNet(nn.Module):
         ``"xla"``: always XLA; ``"onednn"``: insist on oneDNN. Same function, same parameters.
         oneDNN's custom calls cannot be serialised: to :func:`jax.export` a model use
         :func:`gdjax.models.export` or :func:`gdjax.models.portable` (``impl="xla"``).
+        oneDNN's kernels have first-order reverse-mode derivatives only (``grad``, ``vjp``);
+        the XLA path (``impl="xla"``, and every non-CPU backend) supports every JAX
+        transformation: ``jvp``, ``jacfwd``, ``jax.hessian``, Hessian-vector products.
       fused_relu: compute each convolution layer and its ReLU as one oneDNN call with the
         bias and ReLU as post-ops (:func:`gdjax.models.conv_bias_relu`; needs
         ``activation="relu"``). Same parameters and function. ``None`` (the default) fuses

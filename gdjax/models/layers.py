@@ -42,9 +42,10 @@ def local_response_norm(
 
     On the CPU, for float32 input and ``size`` 5, both passes run on oneDNN's LRN when
     ``impl`` is ``"auto"`` (and the kernels load, and oneDNN has a jit kernel for the pass on
-    this CPU: on AVX2 only the forward) or ``"onednn"``; otherwise, and on other backends, XLA
-    computes it (the window sum as shifted slices, the gradient by the formula, ``d``
-    recomputed). Both paths keep only ``x`` for the backward.
+    this CPU: on AVX2 only the forward) or ``"onednn"`` (first-order reverse mode only);
+    otherwise, and on other backends, XLA computes it: the window sum as shifted slices, and
+    derivatives from a hand-written tangent (a custom JVP) that JAX transposes into the
+    gradient, so ``jvp``, ``jax.hessian`` and Hessian-vector products work too.
     """
     if x.ndim < 1 or x.shape[-1] % groups:
         raise ValueError(
@@ -108,28 +109,47 @@ def _negative_power(d: jax.Array, beta: float) -> jax.Array:
     return jnp.power(d, -beta)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
 def _lrn(a: jax.Array, size: int, alpha: float, beta: float, k: float) -> jax.Array:
     d = k + alpha * _window_sum(jnp.square(a), size // 2, (size - 1) // 2)
     return a * _negative_power(d, beta)
 
 
-def _lrn_fwd(a, size, alpha, beta, k):
-    return _lrn(a, size, alpha, beta, k), a
+@_lrn.defjvp
+def _lrn_jvp(size, alpha, beta, k, primals, tangents):
+    # b_i = a_i d_i^-β with d_i = k + α Σ_{j ∈ W(i)} a_j², so the tangent is
+    # db_i = da_i d_i^-β − 2αβ a_i d_i^(−β−1) Σ_{j ∈ W(i)} a_j da_j: linear in da and made of
+    # products, pads and slices, which JAX transposes into the gradient
+    # ∂L/∂a_i = g_i d_i^-β − 2αβ a_i Σ_{j : i ∈ W(j)} g_j a_j d_j^(−β−1) (the mirrored window)
+    # and differentiates again, so jvp, vmap, jax.hessian and Hessian-vector products work.
+    (a,), (da,) = primals, tangents
+    lo, hi = size // 2, (size - 1) // 2
+
+    d = k + alpha * _window_sum(jnp.square(a), lo, hi)
+    p = _negative_power(d, beta)
+    scale = (-2.0 * alpha * beta) * a * p / d
+    return a * p, da * p + scale * _window_sum_by_pads(a * da, lo, hi)
+
+
+def _window_sum_by_pads(v: jax.Array, lo: int, hi: int) -> jax.Array:
+    """:func:`_window_sum` as a sum of shifted pads, cropped: the same linear map, written so
+    that its transpose (what the gradient runs) is one pad and shifted slices, the mirrored
+    :func:`_window_sum` — not a pad per shift."""
+    c, n = v.shape[-1], lo + hi
+    lead = [(0, 0)] * (v.ndim - 1)
+    total = sum(jnp.pad(v, [*lead, (i, n - i)]) for i in range(n + 1))
+    return total[..., hi : hi + c]
 
 
 def _lrn_bwd(size, alpha, beta, k, a, g):
-    # b_i = a_i d_i^-β with d_i = k + α Σ_{j ∈ W(i)} a_j², so
-    # ∂L/∂a_i = g_i d_i^-β − 2αβ a_i Σ_{j : i ∈ W(j)} g_j a_j d_j^(−β−1);
-    # i ∈ W(j) is the window mirrored (lo and hi swapped). d is recomputed, not stored.
+    # The gradient in one pass, for the oneDNN path where oneDNN has no jit backward (AVX2):
+    # ∂L/∂a_i = g_i d_i^-β − 2αβ a_i Σ_{j : i ∈ W(j)} g_j a_j d_j^(−β−1), the mirrored
+    # window; d is recomputed from a, the only residual.
     lo, hi = size // 2, (size - 1) // 2
     d = k + alpha * _window_sum(jnp.square(a), lo, hi)
     p = _negative_power(d, beta)
     t = g * a * p / d
     return (g * p - (2.0 * alpha * beta) * a * _window_sum(t, hi, lo),)
-
-
-_lrn.defvjp(_lrn_fwd, _lrn_bwd)
 
 
 def _lrn_attrs(size: int, alpha: float, beta: float, k: float) -> dict[str, np.generic]:
@@ -238,7 +258,9 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, impl: str = "auto")
     for float32 rank-4 input, both passes run on oneDNN when ``impl`` is ``"auto"`` (and the
     kernels load; see :func:`gdjax.models.conv_general_dilated`) or ``"onednn"``; otherwise,
     and on other backends, the argmax is scattered back per stride phase in plain JAX —
-    several times faster on the CPU than XLA's select-and-scatter, and the same function.
+    several times faster on the CPU than XLA's select-and-scatter, and the same function —
+    as the transpose of a custom JVP (the tangent gathered at the argmax), so forward mode
+    and higher derivatives work on this path; oneDNN's has first-order reverse mode only.
     """
     if window < 1 or stride < 1:
         raise ValueError(f"max_pool: window={window} and stride={stride} must be >= 1")
@@ -253,10 +275,55 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, impl: str = "auto")
     return _xla_max_pool(x, window, stride)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def _xla_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
     views, _, _ = _windows(x, window, stride)
     return functools.reduce(jnp.maximum, views)
+
+
+@_xla_max_pool.defjvp
+def _xla_max_pool_jvp(window, stride, primals, tangents):
+    (x,), (dx,) = primals, tangents
+    out, (arg, _) = _max_pool_fwd(x, window, stride)
+    return out, _max_pool_gather(arg, dx, window, stride)
+
+
+def _max_pool_gather(arg: jax.Array, dx: jax.Array, window: int, stride: int) -> jax.Array:
+    """The tangent of max-pooling: ``dx`` at each window's first maximum (``arg`` indexes the
+    window row-major), linear in ``dx``.
+
+    Written as the exact transpose of the per-stride-phase scatter, so that JAX's transpose of
+    it, the gradient, is that scatter: ``dx`` is split into its stride² phases (input row
+    ``h = p + stride*q``) by a reshape, and window offset ``di = p + stride*m`` reads phase
+    ``p`` at rows ``q = o + m`` — edge slices at the output's size, never strided ones (whose
+    transposes are interior pads). About window²/stride² output-sized terms instead of
+    window² input-sized ones: several times faster on the CPU than XLA's select-and-scatter.
+    Plain JAX, so forward mode, vmap and higher derivatives work through it.
+    """
+    h, w = dx.shape[-3], dx.shape[-2]
+    oh, ow = arg.shape[-3], arg.shape[-2]
+    hq, wq = -(-h // stride), -(-w // stride)  # rows/cols of the largest phase
+    lead = dx.shape[:-3]
+    pads = [(0, 0, 0)] * len(lead) + [(0, hq * stride - h, 0), (0, wq * stride - w, 0), (0, 0, 0)]
+    zero = jnp.zeros((), dx.dtype)
+    grid = jax.lax.pad(dx, zero, pads).reshape(*lead, hq, stride, wq, stride, dx.shape[-1])
+    # Each phase is cut out once (its transpose: the phases stacked back), then read by its
+    # offsets (transpose: edge pads summed at the phase's size, as in the scatter).
+    rows = [r.squeeze(-4) for r in jnp.split(grid, stride, axis=-4)]  # split: transpose concat
+    phases = {
+        (pr, pc): part.squeeze(-2)
+        for pr, row in enumerate(rows)
+        for pc, part in enumerate(jnp.split(row, stride, axis=-2))
+    }
+    total = None
+    for (pr, pc), phase in phases.items():
+        for di in range(pr, window, stride):
+            for dj in range(pc, window, stride):
+                m, n = (di - pr) // stride, (dj - pc) // stride
+                part = phase[..., m : m + oh, n : n + ow, :]
+                part = jnp.where(arg == di * window + dj, part, zero)
+                total = part if total is None else total + part
+    return total
 
 
 def _max_pool_fwd(x, window, stride):
@@ -300,9 +367,6 @@ def _max_pool_bwd(window, stride, residuals, g):
     grid = jnp.stack(phases, axis=-4)  # (..., hq, stride, wq, stride, c)
     grid = grid.reshape(*g.shape[:-3], hq * stride, wq * stride, g.shape[-1])
     return (grid[..., :h, :w, :],)
-
-
-_xla_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def _pool_attrs(window: int, stride: int) -> dict[str, np.int64]:

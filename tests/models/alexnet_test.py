@@ -232,3 +232,66 @@ def test_takes_side_is_the_rule_the_model_checks(variant, overlapping_pool, side
 def test_bad_configuration_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AlexNet(**{"variant": "small", **kwargs}).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def _tree_vdot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _tree_norm(a):
+    return jnp.sqrt(_tree_vdot(a, a))
+
+
+@pytest.mark.parametrize(
+    "variant, shape",
+    [("small", (2, 28, 28, 1)), ("torchvision", (1, 63, 63, 3)), ("paper", (1, 227, 227, 3))],
+)
+def test_every_autodiff_mode_on_the_xla_path(variant, shape):
+    """Forward mode through the whole network on the XLA path, checked against reverse mode:
+    <J v, u> = <v, Jᵀ u>. For the small network also both Hessian-vector products
+    (forward-over-reverse = reverse-over-reverse) and per-example gradients (vmap of grad).
+    The layers' derivatives are checked exactly in layers_test.py."""
+    model = AlexNet(num_classes=5, variant=variant, in_channels=shape[-1], impl="xla")
+    x = jax.random.normal(jax.random.key(0), shape)
+    params = init(model, shape)["params"]
+    keys = iter(jax.random.split(jax.random.key(1), 64))
+    v = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape) * jnp.std(p), params)
+    u = jax.random.normal(jax.random.key(2), (shape[0], 5))
+
+    def logits(p):
+        return model.apply({"params": p}, x)
+
+    @jax.jit
+    def both_ways(p, t, c):
+        jv = jax.jvp(logits, (p,), (t,))[1]
+        (jtc,) = jax.vjp(logits, p)[1](c)
+        return jnp.vdot(jv, c), _tree_vdot(t, jtc), _tree_norm(jtc)
+
+    lhs, rhs, jtu_norm = (float(r) for r in both_ways(params, v, u))
+    assert abs(lhs) > 1e-3, "the directional derivative must be non-trivial to be tested"
+    assert abs(lhs - rhs) <= 1e-4 * (abs(lhs) + float(_tree_norm(v)) * jtu_norm)
+    if variant != "small":
+        return
+
+    def loss(p):
+        return jnp.sum(jnp.sin(logits(p) * 3.0))  # curved, so H v is not 0
+
+    @jax.jit
+    def checks(p, t):
+        forward = jax.jvp(jax.grad(loss), (p,), (t,))[1]
+        reverse = jax.grad(lambda q: _tree_vdot(jax.grad(loss)(q), t))(p)
+        per_example = jax.vmap(
+            lambda xi: jax.grad(lambda q: jnp.sum(model.apply({"params": q}, xi[None])))(p)
+        )(x)
+        whole = jax.grad(lambda q: jnp.sum(logits(q)))(p)
+        summed = jax.tree.map(lambda g: g.sum(0), per_example)
+        return (
+            _tree_norm(forward),
+            _tree_norm(jax.tree.map(jnp.subtract, forward, reverse)),
+            _tree_norm(whole),
+            _tree_norm(jax.tree.map(jnp.subtract, summed, whole)),
+        )
+
+    hv, hv_diff, g, g_diff = (float(r) for r in checks(params, v))
+    assert hv > 1e-3 and hv_diff <= 1e-4 * hv
+    assert g > 1e-3 and g_diff <= 1e-4 * g

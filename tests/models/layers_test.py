@@ -163,3 +163,97 @@ def test_lrn_gradient_equals_autodiff_of_the_formula(beta, size, groups, x64):
     g = jax.grad(lambda x: jnp.sum(ours(x) * w))(a)
     g_ref = jax.grad(lambda x: jnp.sum(formula(x) * w))(a)
     np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def _hvp_both_ways(f, x, v):
+    """H v by forward-over-reverse (jvp of grad) and by reverse-over-reverse (grad of <grad, v>)."""
+    forward = jax.jvp(jax.grad(f), (x,), (v,))[1]
+    reverse = jax.grad(lambda y: jnp.vdot(jax.grad(f)(y), v))(x)
+    return forward, reverse
+
+
+@pytest.mark.parametrize("beta", [0.75, 0.6])
+@pytest.mark.parametrize("size, groups", [(5, 1), (4, 2)])
+def test_lrn_forward_mode_and_second_derivatives_equal_autodiff_of_the_formula(
+    beta, size, groups, x64
+):
+    """jvp, jax.hessian's forward-over-reverse and reverse-over-reverse Hessian-vector
+    products of the XLA path against JAX's own derivatives of the float64 formula."""
+    rng = np.random.default_rng(4)
+    a = jnp.asarray(rng.standard_normal((2, 3, 4, 12)) * 5, jnp.float64)
+    v = jnp.asarray(rng.standard_normal(a.shape), jnp.float64)
+    w = jnp.asarray(rng.standard_normal(a.shape), jnp.float64)
+    alpha, k = 1e-2, 2.0
+
+    def formula(x):
+        c = x.shape[-1] // groups
+        xg = x.reshape(*x.shape[:-1], groups, c)
+        sq = jnp.pad(xg**2, [(0, 0)] * (xg.ndim - 1) + [(size // 2, (size - 1) // 2)])
+        s = sum(sq[..., i : i + c] for i in range(size))
+        return (xg / (k + alpha * s) ** beta).reshape(x.shape)
+
+    def ours(x):
+        return local_response_norm(x, size, alpha, beta, k, groups, impl="xla")
+
+    np.testing.assert_allclose(ours(a), formula(a), rtol=1e-12)
+    tangent, tangent_ref = jax.jvp(ours, (a,), (v,))[1], jax.jvp(formula, (a,), (v,))[1]
+    np.testing.assert_allclose(tangent, tangent_ref, rtol=1e-10, atol=1e-12)
+    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)) * w)  # noqa: E731  (curved: H != 0)
+    want = _hvp_both_ways(loss(formula), a, v)[0]
+    assert float(jnp.max(jnp.abs(want))) > 1e-3, "the Hessian must act to be tested"
+    for got in _hvp_both_ways(loss(ours), a, v):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
+    small = a[:1, :1, :2]  # jax.hessian (jacfwd of jacrev) on a small input
+    h = jax.hessian(loss(ours) if small.shape == a.shape else lambda x: jnp.sum(ours(x) ** 3))
+    h_ref = jax.hessian(lambda x: jnp.sum(formula(x) ** 3))
+    np.testing.assert_allclose(h(small), h_ref(small), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("window, stride", [(3, 2), (2, 2), (3, 1)])
+def test_max_pool_forward_mode_and_second_derivatives_equal_flax(window, stride, x64):
+    """The XLA path's max-pooling under jvp and both Hessian-vector products, against
+    ``flax.linen.max_pool`` (XLA's reduce_window and JAX's own derivatives of it)."""
+    import flax.linen as nn
+
+    from gdjax.models.layers import max_pool
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_normal((2, 9, 10, 3)), jnp.float64)  # no ties
+    v = jnp.asarray(rng.standard_normal(x.shape), jnp.float64)
+
+    def ref(y):
+        return nn.max_pool(y, (window, window), strides=(stride, stride), padding="VALID")
+
+    def ours(y):
+        return max_pool(y, window, stride, impl="xla")
+
+    w = jnp.asarray(rng.standard_normal(ref(x).shape), jnp.float64)
+    np.testing.assert_array_equal(jax.jvp(ours, (x,), (v,))[1], jax.jvp(ref, (x,), (v,))[1])
+    loss = lambda f: lambda y: jnp.sum(f(y) ** 3 * w)  # noqa: E731
+    want = _hvp_both_ways(loss(ref), x, v)[1]
+    assert float(jnp.max(jnp.abs(want))) > 1e-3
+    for got in _hvp_both_ways(loss(ours), x, v):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_lrn_backward_of_the_onednn_path_without_onednns_backward(x64):
+    """Where oneDNN has no jit LRN backward (AVX2), the oneDNN path's gradient is the formula's
+    one-pass transcription: checked here on any CPU against JAX's derivative of the formula."""
+    from gdjax.models import layers
+
+    rng = np.random.default_rng(6)
+    a = jnp.asarray(rng.standard_normal((7, 12)) * 5, jnp.float64)
+    g = jnp.asarray(rng.standard_normal(a.shape), jnp.float64)
+    (got,) = layers._onednn_lrn_bwd(5, 1e-2, 0.75, 2.0, False, a, g)
+    want = jax.vjp(lambda x: paper_lrn_jax(x, 5, 1e-2, 0.75, 2.0), a)[1](g)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def paper_lrn_jax(a, n, alpha, beta, k):
+    """:func:`paper_lrn` in jax.numpy, for JAX's own derivatives."""
+    channels = a.shape[-1]
+    cols = []
+    for i in range(channels):
+        lo, hi = max(0, i - n // 2), min(channels - 1, i + (n - 1) // 2)
+        cols.append(a[..., i] / (k + alpha * jnp.sum(a[..., lo : hi + 1] ** 2, -1)) ** beta)
+    return jnp.stack(cols, -1)
