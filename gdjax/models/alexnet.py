@@ -43,6 +43,7 @@ Variants (``variant=``):
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -516,7 +517,7 @@ class AlexNet(nn.Module):
         if spec.adaptive_pool is not None:
             x = adaptive_avg_pool(x, spec.adaptive_pool)
         x = place(x, BATCH, None, None, None)  # the fully connected layers read every map
-        x = x.reshape(x.shape[0], -1)
+        x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: a batch may be empty
         for j, width in enumerate(spec.hidden, start=6):
             if spec.dropout_before_fc:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

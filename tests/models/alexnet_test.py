@@ -295,3 +295,15 @@ def test_every_autodiff_mode_on_the_xla_path(variant, shape):
     hv, hv_diff, g, g_diff = (float(r) for r in checks(params, v))
     assert hv > 1e-3 and hv_diff <= 1e-4 * hv
     assert g > 1e-3 and g_diff <= 1e-4 * g
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+def test_an_empty_batch_gives_empty_logits_and_zero_gradients(impl):
+    """A batch of 0 images (an empty last batch, a filtered one) flows through like any other
+    (it used to raise ZeroDivisionError in the flatten before the fc layers)."""
+    model = AlexNet(num_classes=7, variant="small", in_channels=1, impl=impl)
+    params = init(model, (1, 28, 28, 1))["params"]
+    empty = jnp.zeros((0, 28, 28, 1))
+    assert model.apply({"params": params}, empty).shape == (0, 7)
+    grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, empty)))(params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
