@@ -205,6 +205,21 @@ def test_unknown_specs_list_the_valid_forms(spec):
         data.load(spec)
 
 
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("cifar10", r"'cifar10' needs a path: cifar10:PATH \(the python-pickle tarball"),
+        ("cifar100:", r"'cifar100:' needs a path: cifar100:PATH"),
+        ("folder", r"'folder' needs a path: folder:PATH \(a folder\)"),
+        ("tfds", r"give the TFDS dataset name, tfds:NAME"),
+    ],
+)
+def test_a_kind_without_its_argument_says_what_to_add(spec, message):
+    """Not "unknown dataset spec 'cifar10' (did you mean cifar10?)": the kind is known."""
+    with pytest.raises(ValueError, match=message):
+        data.load(spec)
+
+
 def test_split_errors():
     with pytest.raises(ValueError, match="split must be"):
         data.load("mnist5k", "validation")
