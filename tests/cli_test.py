@@ -42,6 +42,11 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["train", "--config.seed=abc"], "--config.seed=abc: expected int, like 0"),
         (["train", "--config.optimizer.name=lbfgs"], "config.optimizer.name must be one of"),
         (["train", "--config.optimizer.learning_rate=-1"], "learning_rate must be >= 0"),
+        (
+            ["train", "--config.optimizer.learning_rate=inf"],
+            "config.optimizer.learning_rate: momentum: learning_rate must be a finite number >= 0",
+        ),
+        (["train", "--config.dataset=cifar10"], "'cifar10' needs a path: cifar10:PATH"),
         (["train", "--config.optimizer.hparams.momentum=1.5"], "must be in [0, 1), got 1.5"),
         (["train", "--config.model.variant=big"], "config.model.variant must be one of"),
         (["train", "--config.model.activation=gelu"], "config.model.activation must be one of"),

@@ -10,6 +10,7 @@ arrays, which is what ``optax.inject_hyperparams`` passes when its ``init`` runs
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, TypeAlias
 
@@ -61,7 +62,8 @@ def check_range(
     low_inclusive: bool = True,
     high: float | None = None,
 ) -> None:
-    """Raise ``ValueError`` unless ``low <= value`` (``<`` if exclusive) and ``value < high``.
+    """Raise ``ValueError`` unless ``low <= value`` (``<`` if exclusive), ``value < high`` and
+    ``value`` is finite (an infinite rate or decay is never meant, and turns into NaN).
 
     Numbers and concrete arrays are checked; traced values and schedules pass through.
     """
@@ -70,7 +72,8 @@ def check_range(
         return
     ok_low = number >= low if low_inclusive else number > low
     ok_high = high is None or number < high
-    if not (ok_low and ok_high):  # NaN fails both comparisons and lands here too.
+    finite = math.isfinite(number)
+    if not (ok_low and ok_high and finite):  # NaN fails every comparison
         left = "[" if low_inclusive else "("
         expected = (
             f"in {left}{low:g}, {high:g})"
@@ -78,6 +81,8 @@ def check_range(
             else (f"{'>=' if low_inclusive else '>'} {low:g}")
         )
         shown = number if isinstance(value, jax.Array) else value  # not "Array(-1., ...)"
+        if not finite:
+            expected = f"a finite number {expected}"
         raise ValueError(f"{owner}: {name} must be {expected}, got {shown!r}")
 
 

@@ -149,7 +149,22 @@ BAD = [
     (optim.scale_by_adam, {"b1": 2.0}, "b1"),
     (optim.scale_by_learning_rate, {"learning_rate": -1.0}, "learning_rate"),
     (optim.add_decayed_weights, {"weight_decay": -1.0}, "weight_decay"),
+    # Infinite values pass every ">= 0" but are never meant (a warm-up from 0 makes them NaN).
+    (gdjax.sgd, {"learning_rate": float("inf")}, "learning_rate"),
+    (gdjax.adamw, {"learning_rate": 1e-3, "weight_decay": float("inf")}, "weight_decay"),
+    (gdjax.lars, {"learning_rate": 0.1, "trust_coefficient": float("inf")}, "trust_coefficient"),
+    (optim.scale_by_adam, {"eps": np.float32("inf")}, "eps"),
 ]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_hyperparameter_says_finite(value):
+    with pytest.raises(
+        ValueError, match=r"learning_rate must be a finite number >= 0, got (inf|nan)"
+    ):
+        gdjax.momentum(value)
+    with pytest.raises(ValueError, match=r"b2 must be a finite number in \[0, 1\)"):
+        optax.inject_hyperparams(gdjax.adam)(learning_rate=0.1, b2=value).init({"w": jnp.ones(2)})
 
 
 @pytest.mark.parametrize("factory, kwargs, arg", BAD, ids=lambda x: getattr(x, "__name__", None))
