@@ -242,6 +242,11 @@ def _run(command: str, args: list[str], start: float) -> int:
         if not workdir:
             raise UsageError("gdjax eval needs --workdir (the run to evaluate)")
         run_dir = pathlib.Path(str(workdir))
+        if not run_dir.is_dir():
+            what = "a file, not a folder" if run_dir.exists() else "no such folder"
+            raise FileNotFoundError(
+                f"--workdir {run_dir}: {what} (the workdir of a gdjax train run)"
+            )
         if not (run_dir / "checkpoints").is_dir():
             raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}")
         if "config" not in flags and (run_dir / "config.json").is_file():

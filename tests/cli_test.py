@@ -47,6 +47,7 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
             "config.optimizer.learning_rate: momentum: learning_rate must be a finite number >= 0",
         ),
         (["train", "--config.dataset=cifar10"], "'cifar10' needs a path: cifar10:PATH"),
+        (["eval", "--workdir=/nonexistent/run"], "--workdir /nonexistent/run: no such folder"),
         (["train", "--config.optimizer.hparams.momentum=1.5"], "must be in [0, 1), got 1.5"),
         (["train", "--config.model.variant=big"], "config.model.variant must be one of"),
         (["train", "--config.model.activation=gelu"], "config.model.activation must be one of"),
