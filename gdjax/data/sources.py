@@ -523,18 +523,14 @@ def check_spec(spec: str) -> None:
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
     kind, colon, arg = spec.partition(":")
-    if kind in ("cifar10", "cifar100", "folder") and not colon:
-        what = "the python-pickle tarball or its folder" if kind != "folder" else "a folder"
-        raise ValueError(f"dataset spec {spec!r} needs a path: {kind}:PATH ({what})")
-    if kind == "tfds" and not colon:
-        raise ValueError(f"{spec!r}: give the TFDS dataset name, tfds:NAME")
-    if kind not in KINDS or (kind in ("mnist5k", "digits")) == bool(colon):
+    if kind not in KINDS or (kind in ("mnist5k", "digits") and colon):
         close = difflib.get_close_matches(kind, KINDS, n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ValueError(f"unknown dataset spec {spec!r}{hint}; expected one of: {_SPEC_FORMS}")
     if kind in ("cifar10", "cifar100", "folder"):
-        if not arg:
-            raise ValueError(f"dataset spec {spec!r} needs a path: {kind}:PATH")
+        if not arg:  # with or without the colon
+            what = "a folder" if kind == "folder" else "the python-pickle tarball or its folder"
+            raise ValueError(f"dataset spec {spec!r} needs a path: {kind}:PATH ({what})")
         path = pathlib.Path(arg).expanduser()
         if kind == "folder" and not path.exists():
             raise FileNotFoundError(f"folder:{path}: no such folder")
