@@ -17,19 +17,16 @@ SHAPES = {
 
 
 def mixed_tree(seed: int = 0, dtype: Any = np.float32) -> dict:
-    """A pytree of mixed shapes (4-D, 2-D, 1-D and scalar leaves) with N(0, 1) entries."""
+    """A pytree of mixed shapes (4-D, 2-D, 1-D and scalar leaves) with N(0, 1) entries; for a
+    complex ``dtype`` the imaginary parts are N(0, 1) too (those of ``seed + 7``)."""
+    if np.issubdtype(dtype, np.complexfloating):
+        re, im = mixed_tree(seed), mixed_tree(seed + 7)
+        return jax.tree.map(lambda r, i: (r + 1j * i).astype(dtype), re, im)
     rng = np.random.default_rng(seed)
     return jax.tree.map(
         lambda shape: rng.standard_normal(shape).astype(dtype),
         SHAPES,
         is_leaf=lambda x: isinstance(x, tuple),
-    )
-
-
-def complex_tree(seed: int = 0) -> dict:
-    """:func:`mixed_tree`'s shapes with complex64 entries, N(0, 1) real and imaginary parts."""
-    return jax.tree.map(
-        lambda re, im: (re + 1j * im).astype(np.complex64), mixed_tree(seed), mixed_tree(seed + 7)
     )
 
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from optim_testing import all_optimizers, complex_tree, max_rel_diff, mixed_tree, noises, trajectory
+from optim_testing import all_optimizers, max_rel_diff, mixed_tree, noises, trajectory
 
 import gdjax
 
@@ -120,7 +120,7 @@ def test_matches_optax_on_complex_parameters(name):
     """Complex leaves: squares are squared moduli and norms sum them, optax's convention (a
     real square of a complex gradient would make Adam's root imaginary and its step wrong)."""
     ours, theirs = OPTAX_CASES[name]
-    params, noise = complex_tree(0), [complex_tree(1 + 1000 * t) for t in range(STEPS)]
+    params, noise = mixed_tree(0, np.complex64), noises(STEPS, dtype=np.complex64)
     got = trajectory(ours(SCHEDULE), params, noise)
     want = trajectory(theirs(SCHEDULE), params, noise)
     assert all(leaf.dtype == np.complex64 for leaf in jax.tree.leaves(got[-1]))
