@@ -33,23 +33,21 @@ def _as_python_number(owner: str, name: str, value: Any) -> float | None:
     traced or a schedule."""
     if callable(value) or isinstance(value, jax.core.Tracer):
         return None
-    if isinstance(value, jax.Array):
-        if value.ndim != 0:
-            raise ValueError(
-                f"{owner}: {name} must be a scalar, got an array of shape {value.shape}"
-            )
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray)):
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray, jax.Array)):
         raise TypeError(
             f"{owner}: {name} must be a number, a JAX array or a schedule (step -> value), "
             f"got {value!r} of type {type(value).__name__}"
         )
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (jax.Array, np.ndarray)):
         if value.ndim != 0:
             raise ValueError(
                 f"{owner}: {name} must be a scalar, got an array of shape {value.shape}"
             )
-        return float(value)
+        if np.iscomplexobj(value):  # inject_hyperparams casts to complex parameters' dtype
+            z = complex(value)
+            if z.imag:
+                raise ValueError(f"{owner}: {name} must be real, got {z:g}")
+            return z.real
     return float(value)
 
 

@@ -77,6 +77,12 @@ def _real_part(x: jax.Array, dtype: Any) -> jax.Array:
     return (jnp.real(x) if jnp.iscomplexobj(x) else x).astype(real)
 
 
+def _real_hparam(h: Any, dtype: Any) -> jax.Array:
+    """A hyperparameter's value in ``dtype``'s real type (``inject_hyperparams`` hands it over in
+    the parameters' dtype, so complex for complex parameters: its real part is the value)."""
+    return jnp.asarray(jnp.real(h) if jnp.iscomplexobj(h) else h, jnp.finfo(dtype).dtype)
+
+
 def _tree_zeros(params: Any, dtype: Any = None, fill: ScalarOrSchedule = 0.0) -> Any:
     fill = _hparams.value_at(fill, _zeros())  # a schedule is read at step 0
 
@@ -281,7 +287,7 @@ def scale_by_adagrad(
 
         def leaf(g: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
             dt = _hparams.compute_dtype(g, s)
-            g32, e32 = g.astype(dt), jnp.asarray(e, jnp.finfo(dt).dtype)
+            g32, e32 = g.astype(dt), _real_hparam(e, dt)
             s_new = _real_part(s, dt) + _abs_sq(g32)
             u = g32 * jax.lax.rsqrt(s_new + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s_new) + e32)
             return u.astype(g.dtype), s_new.astype(s.dtype)
@@ -318,8 +324,7 @@ def _check_rms(owner: str, decay: Any, eps: Any, initial_scale: Any) -> None:
 def _rms_leaf(g, n, m, rho, e, eps_in_sqrt: bool):
     """One leaf of RMSProp: new update, new ``nu`` and, centered (``m`` given), new ``mu``."""
     dt = _hparams.compute_dtype(g, n, *(() if m is None else (m,)))
-    real = jnp.finfo(dt).dtype
-    g32, r, e32 = g.astype(dt), jnp.asarray(rho, real), jnp.asarray(e, real)
+    g32, r, e32 = g.astype(dt), _real_hparam(rho, dt), _real_hparam(e, dt)
     n_new = r * _real_part(n, dt) + (1 - r) * _abs_sq(g32)
     s, m_new = n_new, None
     if m is not None:
@@ -452,9 +457,8 @@ def _check_adam(owner: str, b1: Any, b2: Any, eps: Any, eps_root: Any) -> None:
 def _adam_leaf(g, m, v, vmax, hp, t):
     """One leaf of Adam (``vmax`` None) or AMSGrad: update, new ``mu``, ``nu``, ``nu_max``."""
     dt = _hparams.compute_dtype(g, m, v)
-    real = jnp.finfo(dt).dtype
-    beta1, beta2, e, e_root = (jnp.asarray(h, real) for h in hp)
-    g32, step = g.astype(dt), t.astype(real)
+    beta1, beta2, e, e_root = (_real_hparam(h, dt) for h in hp)
+    g32, step = g.astype(dt), t.astype(jnp.finfo(dt).dtype)
     m_new = beta1 * m.astype(dt) + (1 - beta1) * g32
     v_new = beta2 * _real_part(v, dt) + (1 - beta2) * _abs_sq(g32)
     vmax_new = v_new if vmax is None else jnp.maximum(_real_part(vmax, dt), v_new)
@@ -626,7 +630,7 @@ def scale_by_trust_ratio(
 
         def leaf(g: jax.Array, p: jax.Array) -> jax.Array:
             dt = _hparams.compute_dtype(g, p)
-            floor, c, e = (jnp.asarray(h, jnp.finfo(dt).dtype) for h in hp)
+            floor, c, e = (_real_hparam(h, dt) for h in hp)
             g32 = g.astype(dt)
             p_norm = jnp.maximum(_norm(p.astype(dt)), floor)
             g_norm = jnp.maximum(_norm(g32), floor)

@@ -209,3 +209,22 @@ def _defaults(factory):
     import inspect
 
     return {k for k, p in inspect.signature(factory).parameters.items() if p.default is not p.empty}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_on_complex_parameters(name):
+    """inject_hyperparams hands the hyperparameters over in the parameters' dtype, complex64
+    here: they are checked by their real part (a negative one still refused), used without a
+    complex-to-real warning, and the steps equal the plain optimizer's."""
+    import warnings
+
+    factory, kwargs = OPTIMIZERS[name]
+    params, noise = mixed_tree(0, np.complex64), noises(10, dtype=np.complex64)
+    with pytest.raises(ValueError, match=r"learning_rate must be >= 0, got -1\.0"):
+        optax.inject_hyperparams(factory)(-1.0, **kwargs).init(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", np.exceptions.ComplexWarning)
+        got = trajectory(optax.inject_hyperparams(factory)(LR, **kwargs), params, noise)
+    want = trajectory(make(name), params, noise)
+    assert max_rel_diff(want[-1], params) > 1e-3, "the reference did not move"
+    assert max_rel_diff(got, want) < 1e-6

@@ -207,3 +207,9 @@ def test_add_decayed_weights_without_params_says_so():
     tx = optim.add_decayed_weights(1e-2)
     with pytest.raises(ValueError, match="needs params"):
         tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+
+
+def test_complex_hyperparameter_with_an_imaginary_part_is_refused():
+    with pytest.raises(ValueError, match=r"adam: learning_rate must be real, got 0\.1\+0\.5j$"):
+        gdjax.adam(jnp.asarray(0.1 + 0.5j, jnp.complex64))
+    gdjax.adam(jnp.asarray(0.1 + 0j, jnp.complex64))  # a real value in a complex dtype is fine
