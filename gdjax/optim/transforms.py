@@ -14,6 +14,9 @@ Conventions shared by every block:
   (optax's schedules are the intended source); a schedule is evaluated at the 0-based step.
 * Each leaf is computed in at least float32 and cast back: updates keep the gradients'
   dtype, state keeps its own (``None`` leaves and empty pytrees pass through).
+* A block that keeps parameter-shaped state refuses integer and boolean parameters at
+  ``init`` (``TypeError`` naming the leaf): their state would round every step. Leave such
+  leaves out with ``optax.masked``.
 * Complex leaves: every square is the squared modulus :math:`|g|^2 = g\bar g` and every norm
   :math:`\sqrt{\sum |x|^2}`, as in optax, so second moments stay real (stored in the
   parameter's complex dtype, as optax stores them). ``torch.optim`` instead treats the real
@@ -83,13 +86,26 @@ def _real_hparam(h: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(jnp.real(h) if jnp.iscomplexobj(h) else h, jnp.finfo(dtype).dtype)
 
 
-def _tree_zeros(params: Any, dtype: Any = None, fill: ScalarOrSchedule = 0.0) -> Any:
+def _tree_zeros(owner: str, params: Any, dtype: Any = None, fill: ScalarOrSchedule = 0.0) -> Any:
+    """Parameter-shaped state filled with ``fill``, in each parameter's dtype or ``dtype``.
+
+    An integer or boolean state leaf is refused: it would round every accumulated step to
+    an integer (a velocity of 0.5 stored as 0), silently.
+    """
     fill = _hparams.value_at(fill, _zeros())  # a schedule is read at step 0
 
-    def make(p: jax.Array) -> jax.Array:
-        return jnp.full(jnp.shape(p), fill, dtype=jnp.result_type(p) if dtype is None else dtype)
+    def make(path: Any, p: Any) -> jax.Array:
+        dt = jnp.result_type(p) if dtype is None else jnp.dtype(dtype)
+        if not jnp.issubdtype(dt, jnp.inexact):
+            raise TypeError(
+                f"{owner}: parameter params{jax.tree_util.keystr(path)} has dtype {dt}, and its "
+                "state would be rounded to integers; gradient descent needs floating-point (or "
+                "complex) parameters. Leave integer leaves out of the optimizer with "
+                "optax.masked or optax.multi_transform (optax.set_to_zero())."
+            )
+        return jnp.full(jnp.shape(p), fill, dtype=dt)
 
-    return jax.tree.map(make, params)
+    return jax.tree_util.tree_map_with_path(make, params)
 
 
 class ScaleByLearningRateState(NamedTuple):
@@ -174,7 +190,7 @@ def add_decayed_weights(
 
         def leaf(g: jax.Array, p: jax.Array) -> jax.Array:
             dt = _hparams.compute_dtype(g, p)
-            return (g.astype(dt) + jnp.asarray(wd, dt) * p.astype(dt)).astype(g.dtype)
+            return (g.astype(dt) + jnp.asarray(wd, dt) * jnp.asarray(p).astype(dt)).astype(g.dtype)
 
         updates = jax.tree.map(leaf, updates, params)
         return updates, AddDecayedWeightsState(count=_increment(state.count))
@@ -220,7 +236,7 @@ def trace(
         raise TypeError(f"trace: nesterov must be a bool, got {nesterov!r}")
 
     def init_fn(params: Any) -> TraceState:
-        return TraceState(count=_zeros(), trace=_tree_zeros(params, accumulator_dtype))
+        return TraceState(count=_zeros(), trace=_tree_zeros("trace", params, accumulator_dtype))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -278,7 +294,8 @@ def scale_by_adagrad(
 
     def init_fn(params: Any) -> ScaleByAdagradState:
         return ScaleByAdagradState(
-            count=_zeros(), sum_of_squares=_tree_zeros(params, fill=initial_accumulator_value)
+            count=_zeros(),
+            sum_of_squares=_tree_zeros("scale_by_adagrad", params, fill=initial_accumulator_value),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -363,7 +380,9 @@ def scale_by_rms(
     _check_rms("scale_by_rms", decay, eps, initial_scale)
 
     def init_fn(params: Any) -> ScaleByRmsState:
-        return ScaleByRmsState(count=_zeros(), nu=_tree_zeros(params, fill=initial_scale))
+        return ScaleByRmsState(
+            count=_zeros(), nu=_tree_zeros("scale_by_rms", params, fill=initial_scale)
+        )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -409,8 +428,9 @@ def scale_by_stddev(
     _check_rms("scale_by_stddev", decay, eps, initial_scale)
 
     def init_fn(params: Any) -> ScaleByStddevState:
-        nu = _tree_zeros(params, fill=initial_scale)
-        return ScaleByStddevState(count=_zeros(), mu=_tree_zeros(params), nu=nu)
+        owner = "scale_by_stddev"
+        nu = _tree_zeros(owner, params, fill=initial_scale)
+        return ScaleByStddevState(count=_zeros(), mu=_tree_zeros(owner, params), nu=nu)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -507,7 +527,9 @@ def scale_by_adam(
 
     def init_fn(params: Any) -> ScaleByAdamState:
         return ScaleByAdamState(
-            count=_zeros(), mu=_tree_zeros(params, mu_dtype), nu=_tree_zeros(params)
+            count=_zeros(),
+            mu=_tree_zeros("scale_by_adam", params, mu_dtype),
+            nu=_tree_zeros("scale_by_adam", params),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -553,8 +575,10 @@ def scale_by_amsgrad(
     _check_adam("scale_by_amsgrad", b1, b2, eps, eps_root)
 
     def init_fn(params: Any) -> ScaleByAmsgradState:
-        mu, nu = _tree_zeros(params, mu_dtype), _tree_zeros(params)
-        return ScaleByAmsgradState(count=_zeros(), mu=mu, nu=nu, nu_max=_tree_zeros(params))
+        owner = "scale_by_amsgrad"
+        mu, nu = _tree_zeros(owner, params, mu_dtype), _tree_zeros(owner, params)
+        nu_max = _tree_zeros(owner, params)
+        return ScaleByAmsgradState(count=_zeros(), mu=mu, nu=nu, nu_max=nu_max)
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -632,7 +656,7 @@ def scale_by_trust_ratio(
             dt = _hparams.compute_dtype(g, p)
             floor, c, e = (_real_hparam(h, dt) for h in hp)
             g32 = g.astype(dt)
-            p_norm = jnp.maximum(_norm(p.astype(dt)), floor)
+            p_norm = jnp.maximum(_norm(jnp.asarray(p).astype(dt)), floor)
             g_norm = jnp.maximum(_norm(g32), floor)
             ratio = jnp.where((p_norm == 0) | (g_norm == 0), 1, c * p_norm / (g_norm + e))
             return (ratio.astype(dt) * g32).astype(g.dtype)

@@ -77,6 +77,40 @@ def test_none_leaves_pass_through(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_integer_parameters_with_state_are_refused_and_masking_them_out_works(name):
+    tx = make(name)
+    w = jnp.array([1.0, -2.0, 3.0])
+    keeps_state = any(jnp.shape(x) == (3,) for x in jax.tree.leaves(tx.init({"w": w})))
+    params = {"w": w, "steps": jnp.arange(3, dtype=jnp.int32)}
+    if keeps_state:
+        # int32 state would round each accumulated step (a velocity of 0.5 kept as 0)
+        with pytest.raises(TypeError, match=r"params\['steps'\] has dtype int32.*optax\.masked"):
+            tx.init(params)
+    # the way out the message names: leave the integer leaf out
+    masked = optax.masked(tx, {"w": True, "steps": False})
+    grads = {"w": jnp.array([0.5, -1.0, 2.0]), "steps": jnp.zeros(3, jnp.int32)}
+    ref_state, state = tx.init({"w": w}), masked.init(params)
+    for _ in range(3):
+        ref, ref_state = tx.update({"w": grads["w"]}, ref_state, {"w": w})
+        updates, state = masked.update(grads, state, params)
+        np.testing.assert_allclose(updates["w"], ref["w"], rtol=1e-6)
+        np.testing.assert_array_equal(updates["steps"], grads["steps"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_python_float_parameters_step_as_arrays_do(name):
+    tx = make(name)
+    as_arrays = {"a": jnp.float32(1.5), "b": jnp.float32(-0.5)}
+    as_floats = {"a": 1.5, "b": -0.5}
+    grads = {"a": jnp.float32(0.25), "b": jnp.float32(-2.0)}
+    s_arr, s_flt = tx.init(as_arrays), tx.init(as_floats)
+    for _ in range(3):
+        u_arr, s_arr = tx.update(grads, s_arr, as_arrays)
+        u_flt, s_flt = tx.update(grads, s_flt, as_floats)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), u_flt, u_arr)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_state_passes_through_lax_cond(name):
     tx = make(name)
     params = jax.tree.map(jnp.asarray, mixed_tree(0))
