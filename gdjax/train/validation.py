@@ -124,6 +124,14 @@ def _check_data(c: ml_collections.ConfigDict) -> None:
     _at_least(c, "input.read_threads", 1)
     side = c.input.image_size or KNOWN_SIZES.get(kind)
     if c.input.augment == "alexnet":
+        if side is not None and c.input.crop > side:
+            fail(
+                "input.crop",
+                c.input.crop,
+                f"at most the {side}x{side} images of config.dataset={c.dataset!r} (the "
+                f"alexnet augmentation crops them; resize first with --config.input.image_size"
+                f"={max(256, c.input.crop)})",
+            )
         side = c.input.crop
     variant, overlapping = c.model.variant, c.model.overlapping_pool
     if side is not None and not takes_side(variant, side, overlapping):  # the model's own rule
@@ -192,6 +200,8 @@ def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _at_least(c, field, 1)
     _at_least(c, "eval_every_epochs", 0, strict=True)
+    if not 0 <= c.seed < 2**32:
+        fail("seed", c.seed, "in [0, 2**32 - 1]")
     for field in ("batch_size", "eval_batch_size"):
         if get_field(c, field) % process_count:
             fail(field, get_field(c, field), f"a multiple of the {process_count} processes")

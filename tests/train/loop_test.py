@@ -277,6 +277,13 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
             {"optimizer.name": "lars", "optimizer.hparams.trust_coefficient": -0.1},
             r"config.optimizer.hparams.trust_coefficient: .* must be >= 0, got -0.1",
         ),
+        ({"seed": -1}, r"config.seed must be in \[0, 2\*\*32 - 1\], got -1"),
+        ({"seed": 2**32}, r"config.seed must be in \[0, 2\*\*32 - 1\], got 4294967296"),
+        (
+            {"input.augment": "alexnet"},
+            r"config.input.crop must be at most the 28x28 images of config.dataset='mnist5k' "
+            r".* --config.input.image_size=256\), got 224",
+        ),
     ],
 )
 def test_config_errors_are_clear_and_early(tmp_path, overrides, message):
