@@ -381,8 +381,24 @@ class AlexNet(nn.Module):
             )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"AlexNet: dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
-        if self.num_classes < 1:
-            raise ValueError(f"AlexNet: num_classes must be >= 1, got {self.num_classes!r}")
+        for name in ("num_classes", "in_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"AlexNet: {name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"AlexNet: {name} must be >= 1, got {value!r}")
+        if self.groups is not None and (
+            not isinstance(self.groups, (int, np.integer))
+            or isinstance(self.groups, (bool, np.bool_))
+            or self.groups < 1
+        ):
+            raise ValueError(
+                f"AlexNet: groups must be None (the variant's own) or an int >= 1, "
+                f"got {self.groups!r}"
+            )
+        for name in ("lrn", "overlapping_pool", "partitioned"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"AlexNet: {name} must be a bool, got {getattr(self, name)!r}")
         spec = VARIANTS[self.variant]
         groups = self._groups()
         for conv in spec.convs:
@@ -407,6 +423,34 @@ class AlexNet(nn.Module):
                 f"AlexNet({self.variant!r}): expected images of shape {expected}, got spatial "
                 f"size {h}x{w}"
             )
+
+    def _check_fc6(self, shape: tuple[int, ...], h_w: tuple[int, int]) -> None:
+        """Parameters made for one image size, applied to another (the small variant takes
+        any size, so its fc6 width follows the images): say so instead of flax's shape error."""
+        fc6 = self.variables.get("params", {}).get("fc6")
+        if fc6 is None:
+            return
+        made_for = jnp.shape(nn.unbox(fc6["kernel"]))[0]
+        given = math.prod(shape[1:])
+        if made_for == given:
+            return
+        sides = [
+            s
+            for s in range(1, 1024)
+            if spatial_sizes(self.variant, s, self.overlapping_pool)[-1] ** 2 * shape[-1]
+            == made_for
+        ]
+        if not sides:
+            size = f"images giving {made_for} features"
+        elif sides[0] == sides[-1]:
+            size = f"{sides[0]}x{sides[0]} images"
+        else:  # several sides give the same last map
+            size = f"images of {sides[0]} to {sides[-1]} px a side"
+        raise ValueError(
+            f"AlexNet({self.variant!r}): these parameters were made for {size} (fc6 takes "
+            f"{made_for} inputs), got {h_w[0]}x{h_w[1]} images ({given}); give images of the "
+            "size the parameters were initialised with"
+        )
 
     def _groups(self) -> int:
         return VARIANTS[self.variant].default_groups if self.groups is None else self.groups
@@ -434,6 +478,7 @@ class AlexNet(nn.Module):
         if dtype is None:
             dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
         x = x.astype(dtype)
+        x_hw = (x.shape[1], x.shape[2])
         in_features = x.shape[-1]
         # Towers (groups > 1) are split between the devices of the "maps" mesh axis when its
         # size divides them; otherwise every device holds whole layers (the fc layers are
@@ -517,6 +562,7 @@ class AlexNet(nn.Module):
         if spec.adaptive_pool is not None:
             x = adaptive_avg_pool(x, spec.adaptive_pool)
         x = place(x, BATCH, None, None, None)  # the fully connected layers read every map
+        self._check_fc6(x.shape, h_w=x_hw)
         x = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: a batch may be empty
         for j, width in enumerate(spec.hidden, start=6):
             if spec.dropout_before_fc:

@@ -227,11 +227,36 @@ def test_takes_side_is_the_rule_the_model_checks(variant, overlapping_pool, side
         ({"dropout_rate": 1.0}, r"dropout_rate must be in \[0, 1\)"),
         ({"num_classes": 0}, "num_classes must be >= 1"),
         ({"groups": 3}, "groups=3 does not divide"),
+        ({"groups": 0}, r"groups must be None \(the variant's own\) or an int >= 1, got 0"),
+        ({"groups": -1}, r"groups must be None .* got -1"),
+        ({"in_channels": 0}, "in_channels must be >= 1, got 0"),
+        ({"num_classes": 2.5}, "num_classes must be an int, got 2.5"),
+        ({"num_classes": True}, "num_classes must be an int, got True"),
+        ({"in_channels": 3.0}, "in_channels must be an int, got 3.0"),
+        ({"lrn": "yes"}, "lrn must be a bool, got 'yes'"),
+        ({"overlapping_pool": 1}, "overlapping_pool must be a bool, got 1"),
     ],
 )
 def test_bad_configuration_is_a_clear_error(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    # Each was a shape error deep in flax or jax (or, for the bools, silently taken as truthy).
+    with pytest.raises((ValueError, TypeError), match=message):
         AlexNet(**{"variant": "small", **kwargs}).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("impl", ["auto", "xla"])
+def test_parameters_applied_to_images_of_another_size_say_so(impl):
+    """The small variant takes any side >= 15, so its fc6 width follows the images it was
+    initialised with; other images used to fail in flax's parameter-shape check of fc6."""
+    model = AlexNet(variant="small", num_classes=10, in_channels=1, impl=impl)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
+    assert model.apply(params, jnp.zeros((2, 30, 30, 1))).shape == (2, 10)  # same last map
+    with pytest.raises(
+        ValueError,
+        match=r"made for images of 23 to 30 px a side \(fc6 takes 256 inputs\), got 32x32 "
+        r"images \(576\)",
+    ):
+        model.apply(params, jnp.zeros((2, 32, 32, 1)))
 
 
 def _tree_vdot(a, b):
