@@ -220,6 +220,18 @@ def test_a_kind_without_its_argument_says_what_to_add(spec, message):
         data.load(spec)
 
 
+@pytest.mark.parametrize("size", [0, -1, 2.5, True, "28"])
+def test_image_size_must_be_a_positive_int(size, image_root):
+    # 2.5 used to pass here and fail in the first read, inside Pillow ("'float' object cannot
+    # be interpreted as an integer")
+    with pytest.raises(ValueError, match=rf"size must be a positive int, got {size!r}"):
+        data.load("mnist5k", image_size=size)
+    with pytest.raises(
+        ValueError, match=rf"image_size must be a positive int or None, got {size!r}"
+    ):
+        data.load(f"folder:{image_root}", image_size=size)
+
+
 def test_split_errors():
     with pytest.raises(ValueError, match="split must be"):
         data.load("mnist5k", "validation")
