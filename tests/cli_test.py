@@ -232,6 +232,11 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     out = capsys.readouterr().out
     on_train = json.loads(out[out.index("{") :])
     assert on_train["accuracy"] != pytest.approx(result["accuracy"])  # the override applied
+    # ... but not one that makes another network of the checkpoint's weights (it used to
+    # evaluate the ReLU-trained weights as a tanh network, silently)
+    assert cli.main(["gdjax", "eval", "--workdir=runs/default", "--config.model.activation=tanh"])
+    err = capsys.readouterr().err
+    assert "another network (changed: model.activation: 'relu' -> 'tanh')" in err
 
 
 def test_none_is_a_value_of_string_fields_and_unsets_the_others():

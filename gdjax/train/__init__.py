@@ -29,7 +29,7 @@ from gdjax.train.steps import (
     top_k_error,
     train_step,
 )
-from gdjax.train.validation import ConfigError, check_config
+from gdjax.train.validation import ConfigError, changed_network, check_config
 
 __all__ = [
     "MESH_AXES",
@@ -47,6 +47,7 @@ __all__ = [
     "TrainState",
     "WorkdirMismatchError",
     "build",
+    "changed_network",
     "check_config",
     "collectives",
     "cross_entropy",

@@ -50,7 +50,13 @@ from gdjax.train.metrics_writer import MetricsWriter, plot_curves
 from gdjax.train.parallel import Parallel
 from gdjax.train.recipe import Plateau, current_learning_rate, make_optimizer, scale_learning_rate
 from gdjax.train.steps import TrainState
-from gdjax.train.validation import ConfigError, check_config, differing_fields, fail
+from gdjax.train.validation import (
+    ConfigError,
+    changed_network,
+    check_config,
+    differing_fields,
+    fail,
+)
 
 __all__ = [
     "Run",
@@ -213,6 +219,14 @@ def _restore(
             multihost_utils.sync_global_devices("gdjax: checkpoints moved aside")
     if not directory.is_dir():
         return None, None
+    changed = changed_network(workdir, c) if any(directory.iterdir()) else []
+    if changed:
+        raise WorkdirMismatchError(
+            f"{workdir} holds checkpoints of another network (changed: {'; '.join(changed)}): "
+            "resuming would go on training their weights as a different network. Rerun with "
+            "the workdir's own model settings, choose a new --workdir, or pass --restart to move "
+            "the old checkpoints aside and start over."
+        )
     checkpointer = Checkpointer(directory, max_to_keep=c.keep_checkpoints)
     try:
         return checkpointer, checkpointer.restore_latest(state, shardings)
@@ -540,6 +554,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     directory = pathlib.Path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints in {directory}")
+    changed = changed_network(workdir, c)
+    if changed:
+        raise ConfigError(
+            f"{workdir} holds checkpoints of another network (changed: {'; '.join(changed)}); "
+            "gdjax eval would score their weights in a different network. Evaluate with the "
+            "workdir's own model settings."
+        )
     if c.input.augment == "alexnet":
         c.input.ten_crop = True
     run = build(c)

@@ -8,7 +8,10 @@ factory is called once with the config's values, as the run will call it.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -19,7 +22,7 @@ from gdjax.models.conv import CONV_IMPLS
 from gdjax.train.parallel import MODES
 from gdjax.train.recipe import AUGMENTS, LR_SCALINGS, OPTIMIZERS, SCHEDULES
 
-__all__ = ["ConfigError", "check_config", "optimizer_kwargs"]
+__all__ = ["ConfigError", "changed_network", "check_config", "optimizer_kwargs"]
 
 SPLITS = ("train", "test", "val")
 # Image sides of the datasets whose size is known before reading them.
@@ -213,6 +216,37 @@ def differing_fields(
     """Dotted names of the fields whose values differ between two configs."""
     a, b = _flat(saved.to_dict()), _flat(current.to_dict())
     return sorted(k for k in a.keys() | b.keys() if _norm(a.get(k)) != _norm(b.get(k)))
+
+
+# Fields that define the function the checkpointed parameters compute. Changing one keeps
+# every shape (so the checkpoint restores) but makes another network of the same weights.
+NETWORK_FIELDS = (
+    "model.variant",
+    "model.activation",
+    "model.groups",
+    "model.lrn",
+    "model.overlapping_pool",
+)
+
+
+def _network(flat: dict[str, Any]) -> dict[str, Any]:
+    net = {k: flat.get(k) for k in NETWORK_FIELDS}
+    if not net["model.groups"] and net["model.variant"] in VARIANTS:  # 0: the variant's own
+        net["model.groups"] = VARIANTS[net["model.variant"]].default_groups
+    return net
+
+
+def changed_network(workdir: str | os.PathLike, c: ml_collections.ConfigDict) -> list[str]:
+    """``field: saved -> given`` for each network-defining field in which ``c`` differs from
+    the workdir's ``config.json`` (none if it has no readable one)."""
+    try:
+        saved = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(saved, dict):
+        return []
+    before, now = _network(_flat(saved)), _network(_flat(c.to_dict()))
+    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in NETWORK_FIELDS if before[k] != now[k]]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -486,6 +486,32 @@ def test_another_config_on_a_workdir_stops_before_writing(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["name"] == "rmsprop"
 
 
+def test_a_changed_network_is_refused_on_resume_and_in_eval(reference, tmp_path):
+    """Same shapes, another function: the checkpoint restores, so this used to resume (or
+    evaluate) the weights as a different network and overwrite config.json."""
+    import shutil
+
+    from gdjax.train import changed_network
+
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    for field, value, shown in [
+        ("model.activation", "tanh", "model.activation: 'relu' -> 'tanh'"),
+        ("model.lrn", False, "model.lrn: True -> False"),
+    ]:
+        c = quick_config(**{field: value, "num_steps": 60})
+        with pytest.raises(ConfigError, match=rf"another network \(changed: {shown}\)"):
+            evaluate_checkpoint(c, str(workdir))
+        with pytest.raises(WorkdirMismatchError, match=rf"changed: {shown}\).*--restart"):
+            train_and_evaluate(c, str(workdir))
+    after = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    assert after == before, "nothing in the workdir may change"
+    # the same network, spelled otherwise or run on other kernels, is not a change
+    same = quick_config(**{"model.groups": 1, "model.impl": "xla", "model.dropout_rate": 0.1})
+    assert changed_network(workdir, same) == []
+
+
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
