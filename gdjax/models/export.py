@@ -24,11 +24,12 @@ trainer) before calling :func:`jax.export.export`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from gdjax._extras import require
 
@@ -75,7 +76,7 @@ def export(
         the same shapes; the exported function takes them as its first argument.
       x: an input batch or its ``jax.ShapeDtypeStruct`` (NHWC).
       platforms: where the artefact may run: any of ``"cpu"``, ``"cuda"``, ``"rocm"``,
-        ``"tpu"``; several give one artefact for all of them.
+        ``"tpu"`` (one name or a sequence); several give one artefact for all of them.
       polymorphic_batch: export with a symbolic batch size, so that one artefact serves any
         batch.
       precision: the precision of the float32 convolutions and matrix products, as
@@ -89,16 +90,24 @@ def export(
       gives bytes that :func:`jax.export.deserialize` reads back.
     """
     require("export", "gdjax.models.export (serialising the artefact)", "flatbuffers")
-    platforms = tuple(platforms)
+    platforms = (platforms,) if isinstance(platforms, str) else tuple(platforms)
     known = ("cpu", "cuda", "rocm", "tpu")
     if not platforms or any(p not in known for p in platforms):
+        hint = " (a GPU is 'cuda' or 'rocm')" if "gpu" in platforms else ""
         raise ValueError(
-            f"export: platforms must be a non-empty subset of {known}, got {platforms}"
+            f"export: platforms must be a non-empty subset of {known}, got {platforms}{hint}"
+        )
+    if isinstance(variables, Mapping) and variables and "params" not in variables:
+        raise ValueError(
+            "export: variables must be the model's variables, {'params': params, ...}; got a "
+            f"mapping with keys {sorted(map(str, variables))[:4]} (pass {{'params': params}})"
         )
     if precision is not None and precision not in _PRECISIONS:
         raise ValueError(
             f"export: precision must be None or one of {_PRECISIONS}, got {precision!r}"
         )
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):  # a nested list of pixels
+        x = np.asarray(x, np.float32)
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"export: x must be an NHWC batch (4 dimensions), got shape {x.shape}")
     shape = tuple(x.shape)

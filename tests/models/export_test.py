@@ -94,12 +94,32 @@ def test_precision_is_pinned_in_the_artefact():
     assert all("HIGHEST" in line for line in pinned)
 
 
+def test_one_platform_name_and_a_nested_list_input_are_taken():
+    """``platforms="cpu"`` was read as the platforms 'c', 'p' and 'u'; a list of pixels had
+    no ``.shape``."""
+    model = AlexNet(num_classes=10, variant="small", in_channels=1)
+    x = np.linspace(0, 1, 2 * 16 * 16).reshape(2, 16, 16, 1)
+    variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+    exported = export(model, variables, x.tolist(), platforms="cpu")
+    assert exported.platforms == ("cpu",)
+    aval = exported.in_avals[-1]
+    assert (aval.shape, aval.dtype) == ((2, 16, 16, 1), jnp.float32)
+    out = exported.call(variables, x.astype(np.float32))
+    live = jax.jit(portable(model).apply)(variables, x.astype(np.float32))
+    np.testing.assert_allclose(out, live, rtol=0, atol=1e-5 * float(np.abs(live).max()))
+
+
 def test_bad_arguments_are_named():
     model = AlexNet(num_classes=10, variant="small")
     x = jnp.zeros((2, 32, 32, 3))
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    with pytest.raises(ValueError, match=r"platforms must be a non-empty subset .* \('gpu',\)"):
+    with pytest.raises(ValueError, match=r"got \('gpu',\) \(a GPU is 'cuda' or 'rocm'\)"):
         export(model, variables, x, platforms=("gpu",))
+    with pytest.raises(ValueError, match=r"got \('tpu', 'npu'\)$"):
+        export(model, variables, x, platforms=("tpu", "npu"))
+    # the parameters alone, the commonest slip (flax said "the collection is empty")
+    with pytest.raises(ValueError, match=r"keys \['conv1', .*\(pass \{'params': params\}\)"):
+        export(model, variables["params"], x)
     with pytest.raises(ValueError, match=r"x must be an NHWC batch .* \(32, 32, 3\)"):
         export(model, variables, x[0])
     with pytest.raises(ValueError, match=r"precision must be None or one of .*, got 'fp32'"):
