@@ -43,19 +43,21 @@ def _validate(
     nonnegative: dict[str, Any] | None = None,
     unit: dict[str, Any] | None = None,
     positive: dict[str, Any] | None = None,
+    optional: tuple[str, ...] = ("weight_decay",),
 ) -> None:
     """Check hyperparameters under the names the user passed them by (the blocks rename).
 
-    ``None`` ("off") passes: only the arguments documented as optional take it.
+    ``None`` ("off") passes for the ``optional`` arguments only; for any other it is the
+    owner's error, not a block's (``trace: decay`` for ``momentum=None``).
     """
     for name, value in (nonnegative or {}).items():
-        if value is not None:
+        if value is not None or name not in optional:
             _hparams.check_range(owner, name, value, low=0.0)
     for name, value in (unit or {}).items():
-        if value is not None:
+        if value is not None or name not in optional:
             _hparams.check_range(owner, name, value, low=0.0, high=1.0)
     for name, value in (positive or {}).items():
-        if value is not None:
+        if value is not None or name not in optional:
             _hparams.check_range(owner, name, value, low=0.0, low_inclusive=False)
 
 
@@ -289,6 +291,7 @@ def adagrad(
         },
         positive={"eps": eps},
     )
+    _check_flag("adagrad", "eps_in_sqrt", eps_in_sqrt)
     return _chain(
         _decay(weight_decay),
         T.scale_by_adagrad(initial_accumulator_value, eps=eps, eps_in_sqrt=eps_in_sqrt),
@@ -361,8 +364,10 @@ def rmsprop(
         },
         unit={"decay": decay, "momentum": momentum},
         positive={"eps": eps},
+        optional=("weight_decay", "momentum"),
     )
     _check_flag("rmsprop", "centered", centered)
+    _check_flag("rmsprop", "eps_in_sqrt", eps_in_sqrt)
     scale = T.scale_by_stddev if centered else T.scale_by_rms
     return _chain(
         _decay(weight_decay),
@@ -529,11 +534,11 @@ def lars(
 
     Args:
       learning_rate: :math:`\eta \ge 0` (the global rate; the paper decays it polynomially).
-      weight_decay: :math:`\lambda \ge 0`.
-      weight_decay_mask: pytree of booleans (or function of the params), or True for all.
+      weight_decay: :math:`\lambda \ge 0`, or None for no decay block.
+      weight_decay_mask: pytree of booleans (or function of the params), or True (or None) for all.
       trust_coefficient: :math:`c \ge 0` (the paper's :math:`\eta`, 0.001).
       eps: :math:`\epsilon \ge 0` in the ratio's denominator.
-      trust_ratio_mask: pytree of booleans (or function of the params), or True for all.
+      trust_ratio_mask: pytree of booleans (or function of the params), or True (or None) for all.
       momentum: :math:`\mu \in [0, 1)`.
       nesterov: use Nesterov's look-ahead.
 
@@ -565,12 +570,10 @@ def lars(
         unit={"momentum": momentum},
     )
     _check_flag("lars", "nesterov", nesterov)
+    trust_ratio = T.scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps)
     return _chain(
-        T.add_decayed_weights(weight_decay, mask=weight_decay_mask),
-        optax.masked(
-            T.scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps),
-            trust_ratio_mask,
-        ),
+        _decay(weight_decay, weight_decay_mask),
+        optax.masked(trust_ratio, True if trust_ratio_mask is None else trust_ratio_mask),
         T.scale_by_learning_rate(learning_rate),
         T.trace(momentum, nesterov=nesterov),
     )
@@ -608,7 +611,8 @@ def lamb(
       b2: :math:`\beta_2 \in [0, 1)`.
       eps: :math:`\epsilon` (1e-6, the paper's); > 0, or >= 0 when ``eps_root`` > 0.
       eps_root: :math:`\epsilon_{root} \ge 0` under the root.
-      weight_decay: :math:`\lambda \ge 0` (decoupled, inside the trust ratio).
+      weight_decay: :math:`\lambda \ge 0` (decoupled, inside the trust ratio), or None for no
+        decay block.
       mask: pytree of booleans (or function of the params) choosing the leaves that decay;
         None decays every leaf.
 
@@ -632,7 +636,7 @@ def lamb(
     _validate_adam("lamb", learning_rate, b1, b2, eps, eps_root, weight_decay)
     return _chain(
         T.scale_by_adam(b1, b2, eps, eps_root),
-        T.add_decayed_weights(weight_decay, mask),
+        _decay(weight_decay, mask),
         T.scale_by_trust_ratio(),
         T.scale_by_learning_rate(learning_rate),
     )

@@ -211,6 +211,40 @@ def test_bad_hyperparameter_names_argument_and_value(factory, kwargs, arg):
     assert factory.__name__ in message
 
 
+ALIASES = ["sgd", "momentum", "alexnet_sgd", "adagrad", "rmsprop", "adam", "adamw", "lars", "lamb"]
+# The arguments documented as taking None: "off" for a number, "every leaf" for a mask.
+TAKES_NONE = {"weight_decay", "mask", "weight_decay_mask", "trust_ratio_mask", "mu_dtype",
+              "accumulator_dtype", "momentum:rmsprop"}  # fmt: skip
+
+
+def _none_cases():
+    import inspect
+
+    for name in ALIASES:
+        for arg in inspect.signature(getattr(gdjax, name)).parameters:
+            yield name, arg
+
+
+@pytest.mark.parametrize("name, arg", list(_none_cases()))
+def test_none_is_off_where_documented_and_else_names_the_optimizers_argument(name, arg):
+    """``momentum(0.1, momentum=None)`` said "trace: decay must be a number"; the name the
+    user wrote, not a block's, is in the message now. ``lars(trust_ratio_mask=None)`` was a
+    pytree-structure error; it means every leaf, as ``mask=None`` does elsewhere."""
+    factory = getattr(gdjax, name)
+    kwargs = {"learning_rate": 0.1, arg: None}
+    params, grads = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([0.5, 0.25])}
+    if arg in TAKES_NONE or f"{arg}:{name}" in TAKES_NONE:
+        tx = factory(**kwargs)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        assert bool(jnp.all(updates["w"] * grads["w"] < 0))  # still a descent step
+        if arg.endswith("mask"):  # None is every leaf: the default's updates
+            default, _ = factory(0.1).update(grads, factory(0.1).init(params), params)
+            np.testing.assert_array_equal(updates["w"], default["w"])
+        return
+    with pytest.raises(TypeError, match=rf"^{name}: {arg} must be .*got None"):
+        factory(**kwargs)
+
+
 def test_non_numeric_hyperparameter_is_a_type_error():
     with pytest.raises(TypeError, match="learning_rate"):
         gdjax.adam("0.001")
