@@ -24,8 +24,21 @@ ScalarOrSchedule: TypeAlias = optax.ScalarOrSchedule
 
 
 def value_at(hyperparam: ScalarOrSchedule, count: jax.Array) -> jax.typing.ArrayLike:
-    """The hyperparameter's value at step ``count`` (0 for the first update)."""
-    return hyperparam(count) if callable(hyperparam) else hyperparam
+    """The hyperparameter's value at step ``count`` (0 for the first update).
+
+    A schedule must return a scalar (a shape is static, so this holds under ``jit`` too):
+    an array would broadcast against each leaf, or fail there with a shape error.
+    """
+    if not callable(hyperparam):
+        return hyperparam
+    value = hyperparam(count)
+    if jnp.ndim(value) != 0:
+        name = getattr(hyperparam, "__name__", type(hyperparam).__name__)
+        raise ValueError(
+            f"the schedule {name} returned an array of shape {jnp.shape(value)}; a "
+            "hyperparameter's schedule must return a scalar"
+        )
+    return value
 
 
 def _as_python_number(owner: str, name: str, value: Any) -> float | None:

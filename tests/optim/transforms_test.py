@@ -245,6 +245,19 @@ def test_none_is_off_where_documented_and_else_names_the_optimizers_argument(nam
         factory(**kwargs)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_schedule_that_returns_an_array_is_refused(name):
+    """A number given as an array of shape (2,) is refused when the optimizer is built; a
+    schedule's value is seen only in update (under jit too: shapes are static). It failed with
+    "mul got incompatible shapes", or broadcast a (1,) value into a scalar leaf's update."""
+    factory, kwargs = OPTIMIZERS[name]
+    params = {"w": jnp.ones(3), "s": jnp.float32(1.0)}
+    for bad in (lambda c: jnp.full((2,), 0.1), lambda c: jnp.full((1,), 0.1)):
+        tx = factory(bad, **kwargs)
+        with pytest.raises(ValueError, match=r"returned an array of shape \([12],\); .* scalar"):
+            jax.jit(tx.update)(params, tx.init(params), params)
+
+
 def test_non_numeric_hyperparameter_is_a_type_error():
     with pytest.raises(TypeError, match="learning_rate"):
         gdjax.adam("0.001")
