@@ -133,6 +133,17 @@ def nullable_fields() -> dict[str, type]:
     return {p: d.get_type() for p, d, _ in FIELDS if isinstance(d, FieldReference)}
 
 
+def missing_fields(c: Any) -> list[str]:
+    """The fields of the full config that ``c`` lacks (a hand-made or partial config)."""
+    missing = []
+    for p, _, _ in FIELDS:
+        try:
+            get_field(c, p)
+        except (KeyError, AttributeError, TypeError):
+            missing.append(p)
+    return missing
+
+
 def unset_required_fields(c: ml_collections.ConfigDict) -> list[str]:
     """Fields set to None that need a value."""
     nullable = nullable_fields()

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import signal
 import time
@@ -176,6 +177,12 @@ def build(c: ml_collections.ConfigDict) -> Run:
 
 # ---------------------------------------------------------------------------------------------
 # The workdir: checked, then restored, before anything is written
+
+
+def _workdir(workdir: Any) -> pathlib.Path:
+    if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+        raise ConfigError(f"workdir must be a folder's path (str or os.PathLike), got {workdir!r}")
+    return pathlib.Path(workdir)
 
 
 def _check_workdir(workdir: pathlib.Path) -> None:
@@ -433,7 +440,7 @@ def train_and_evaluate(
     wall_start = time.perf_counter()
     c = ml_collections.ConfigDict(config)
     check_config(c, jax.process_count())
-    workdir = pathlib.Path(workdir)
+    workdir = _workdir(workdir)
     _check_workdir(workdir)
     is_main = jax.process_index() == 0
 
@@ -551,7 +558,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     config's input pipeline is AlexNet's). Writes nothing."""
     c = ml_collections.ConfigDict(config)
     check_config(c, jax.process_count())
-    directory = pathlib.Path(workdir) / "checkpoints"
+    directory = _workdir(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoints in {directory}")
     changed = changed_network(workdir, c)

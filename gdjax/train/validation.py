@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from gdjax.configs.base import get_field, unset_required_fields
+from gdjax.configs.base import get_field, missing_fields, unset_required_fields
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, min_input_size, takes_side
 from gdjax.models.conv import CONV_IMPLS
 from gdjax.train.parallel import MODES
@@ -170,6 +170,13 @@ def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     ``process_count`` is the number of JAX processes the run will span: ``parallel="none"``
     trains one replica per process, so it is refused when there are several.
     """
+    missing = missing_fields(c)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ConfigError(
+            f"the config lacks {', '.join(missing[:3])}{more}: start from a preset, "
+            "gdjax.configs.get_config('default'), and change fields with override(c, ...)"
+        )
     for field in unset_required_fields(c):
         fail(field, None, "set (only optimizer hyperparameters may be None)")
     _check_model(c)

@@ -512,6 +512,25 @@ def test_a_changed_network_is_refused_on_resume_and_in_eval(reference, tmp_path)
     assert changed_network(workdir, same) == []
 
 
+def test_a_partial_config_or_no_workdir_is_named(tmp_path):
+    """A hand-made dict failed with KeyError: 'dataset'; workdir=None with a TypeError from
+    pathlib."""
+    with pytest.raises(
+        ConfigError, match=r"lacks dataset, eval_split, .*configs.get_config\('default'\)"
+    ):
+        train_and_evaluate({"batch_size": 32}, str(tmp_path))
+    for workdir in (None, "", 3):
+        with pytest.raises(
+            ConfigError, match=rf"workdir must be a folder's path .*got {workdir!r}"
+        ):
+            train_and_evaluate(quick_config(), workdir)
+        with pytest.raises(
+            ConfigError, match=rf"workdir must be a folder's path .*got {workdir!r}"
+        ):
+            evaluate_checkpoint(quick_config(), workdir)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
