@@ -264,11 +264,17 @@ def _run(command: str, args: list[str], start: float) -> int:
     from gdjax.train import check_config
 
     check_config(config)  # before any process group, dataset or model
-    if flags.get("distributed") or flags.get("coordinator_address"):
+    multi_host = ("distributed", "coordinator_address", "num_processes", "process_id")
+    if any(flags.get(name) not in (None, False) for name in multi_host):
         from gdjax.train import initialize_distributed
 
         def number(name):
-            return None if flags.get(name) is None else int(str(flags[name]))
+            if flags.get(name) is None:
+                return None
+            try:
+                return int(str(flags[name]))
+            except ValueError:
+                raise UsageError(f"--{name} must be an integer, got {flags[name]!r}") from None
 
         initialize_distributed(
             flags.get("coordinator_address"), number("num_processes"), number("process_id")

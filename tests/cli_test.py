@@ -2,6 +2,7 @@
 commands, and the no-argument run in smoke mode."""
 
 import json
+import os
 import pathlib
 import re
 import shlex
@@ -77,10 +78,27 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["eval", "--workdir=/"], "no checkpoints in /checkpoints"),
         (["bench"], "unknown command 'bench'; commands are train, eval (the benchmarks live"),
         (["fit"], "unknown command 'fit'; commands are train, eval"),
+        # multi-host flags: each was ignored (a one-process run), an IndexError or JAX's bare
+        # "coordinator_address should be defined"
+        (["train", "--num_processes=2", "--process_id=0"], "no coordinator: JAX detected no"),
+        (["train", "--distributed"], "give --coordinator_address=host:port with --num_proc"),
+        (
+            ["train", "--coordinator_address=nohostport", "--num_processes=2", "--process_id=0"],
+            "coordinator_address must be host:port (where process 0 listens, e.g. 10.0.0.1:1234)",
+        ),
+        (
+            ["train", "--coordinator_address=h:1", "--num_processes=2", "--process_id=5"],
+            "process_id must be >= 0 and < num_processes (2), got 5",
+        ),
+        (["train", "--coordinator_address=h:1", "--num_processes=0"], "num_processes must be >= 1"),
+        (["train", "--num_processes=two"], "--num_processes must be an integer, got 'two'"),
     ],
 )
 def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
+    for var in list(os.environ):  # no cluster for JAX to detect, whatever runs the tests
+        if var.startswith(("SLURM_", "OMPI_", "PMI_", "GDJAX_COORDINATOR", "GDJAX_NUM_PROC")):
+            monkeypatch.delenv(var)
     assert cli.main(["gdjax", *args]) == 2
     err = capsys.readouterr().err
     assert message in err, err

@@ -71,13 +71,38 @@ def initialize_distributed(
         num_processes = int(env["GDJAX_NUM_PROCESSES"])
     if process_id is None and "GDJAX_PROCESS_ID" in env:
         process_id = int(env["GDJAX_PROCESS_ID"])
+    if coordinator_address is not None:
+        host, _, port = str(coordinator_address).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                "coordinator_address must be host:port (where process 0 listens, e.g. "
+                f"10.0.0.1:1234), got {coordinator_address!r}"
+            )
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if process_id is not None and (
+        process_id < 0 or (num_processes is not None and process_id >= num_processes)
+    ):
+        bound = "" if num_processes is None else f" and < num_processes ({num_processes})"
+        raise ValueError(f"process_id must be >= 0{bound}, got {process_id}")
+    collectives = jax.config.jax_cpu_collectives_implementation
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )
+    except ValueError as e:
+        jax.config.update("jax_cpu_collectives_implementation", collectives)
+        if coordinator_address is not None or "coordinator_address" not in str(e):
+            raise
+        raise ValueError(
+            "no coordinator: JAX detected no cluster (SLURM, Open MPI, a TPU pod, ...); give "
+            "--coordinator_address=host:port with --num_processes and --process_id (or "
+            "GDJAX_COORDINATOR, GDJAX_NUM_PROCESSES, GDJAX_PROCESS_ID)"
+        ) from None
 
 
 class Parallel:
