@@ -179,6 +179,13 @@ def build(c: ml_collections.ConfigDict) -> Run:
 # The workdir: checked, then restored, before anything is written
 
 
+def eval_label(split: str) -> str:
+    """The ``split`` of evaluation rows in ``metrics.jsonl`` and their TensorBoard tags: the
+    split evaluated (``test``, ``val``), or ``train_eval`` for the training split, whose
+    ``train`` rows are the running training metrics."""
+    return "train_eval" if split == "train" else split
+
+
 def _workdir(workdir: Any) -> pathlib.Path:
     if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
         raise ConfigError(f"workdir must be a folder's path (str or os.PathLike), got {workdir!r}")
@@ -405,12 +412,14 @@ class _Evaluator:
             run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size, c.eval_split
         )
         lr = current_learning_rate(run.parallel.get_state(state).opt_state)
-        self.writer.write(step, "test", self.last)
+        self.writer.write(step, eval_label(c.eval_split), self.last)
         if c.schedule.name == "plateau":
             new_lr = self.plateau.update(self.last["error"], lr)
             if new_lr is not None:
                 state = state.replace(opt_state=scale_learning_rate(state.opt_state, new_lr / lr))
-                self._print(f"step {step}: test error stopped improving; lr {lr:g} -> {new_lr:g}")
+                self._print(
+                    f"step {step}: {c.eval_split} error stopped improving; lr {lr:g} -> {new_lr:g}"
+                )
         self._print(
             f"epoch {step / run.steps_per_epoch:6.2f}  step {step:6d}  lr {lr:.3g}  "
             f"{c.eval_split} loss {self.last['loss']:.4f}  error {self.last['error']:.4f}  "

@@ -71,31 +71,36 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:
-    """Training and test loss and error against steps, from ``metrics.jsonl``, as a PNG."""
-    require("plots", "plot_curves", "matplotlib")
-    import matplotlib
+    """Training and evaluation loss and error against steps, from ``metrics.jsonl``, as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Draws on its own figure and canvas, not through ``pyplot``: the caller's backend (a
+    notebook's inline one) and open figures are left alone.
+    """
+    require("plots", "plot_curves", "matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     workdir = pathlib.Path(workdir)
     rows = read_metrics(workdir / "metrics.jsonl")
     out = pathlib.Path(out) if out is not None else workdir / "curves.png"
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    evaluated = sorted({r["split"] for r in rows} - {"train"})  # test, val or train_eval
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, name in zip(axes, ("loss", "error"), strict=True):
-        for split, style in (("train", "-"), ("test", "o-")):
+        for split in ("train", *evaluated):
             points = [(r["step"], r[name]) for r in rows if r["split"] == split and name in r]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, style, label=split, markersize=3)
+                ax.plot(xs, ys, "-" if split == "train" else "o-", label=split, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
-        ax.legend()
-    if name == "error":
+        if ax.get_lines():
+            ax.legend()
+    if any(line.get_ydata().size and max(line.get_ydata()) > 0 for line in axes[1].get_lines()):
         axes[1].set_yscale("log")
     fig.suptitle(workdir.name)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

@@ -512,6 +512,20 @@ def test_a_changed_network_is_refused_on_resume_and_in_eval(reference, tmp_path)
     assert changed_network(workdir, same) == []
 
 
+def test_evaluation_rows_are_named_by_the_split_evaluated(tmp_path):
+    """They were all "test" (and "test/..." in TensorBoard), whatever eval_split said; an
+    evaluation of the training split is "train_eval", apart from the running "train" rows."""
+    config = quick_config(num_steps=4, eval_split="train", log_every_steps=2)
+    train_and_evaluate(config, str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in rows] == [
+        (2, "train"),
+        (4, "train"),
+        (4, "train_eval"),
+    ]
+    assert rows[-1]["error"] < 1.0
+
+
 def test_a_partial_config_or_no_workdir_is_named(tmp_path):
     """A hand-made dict failed with KeyError: 'dataset'; workdir=None with a TypeError from
     pathlib."""

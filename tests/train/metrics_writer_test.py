@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gdjax.train.metrics_writer import MetricsWriter, read_metrics
+from gdjax.train.metrics_writer import MetricsWriter, plot_curves, read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -77,3 +77,30 @@ def test_a_disabled_writer_writes_nothing(tmp_path):
     w.write(1, "train", {"loss": 1.0})
     w.close()
     assert not (tmp_path / "w").exists()
+
+
+def test_plot_curves_leaves_the_callers_matplotlib_alone(tmp_path):
+    """plot_curves switched pyplot to Agg (matplotlib.use), which in a notebook turns off the
+    inline backend for every later plot; it now draws on its own canvas."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    writer = MetricsWriter(tmp_path)
+    for step in (10, 20, 30):
+        writer.write(step, "train", {"loss": 2.0 / step, "error": 0.5 / step})
+    writer.write(30, "val", {"loss": 0.1, "error": 0.02})
+    writer.close()
+    previous = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands for a notebook's inline backend
+    try:
+        plt.figure()  # the caller's open figure
+        figures = plt.get_fignums()
+        out = plot_curves(tmp_path)
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+    finally:
+        plt.close("all")
+        matplotlib.use(previous)
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (1000, 400)
