@@ -119,7 +119,15 @@ def _base_config(flags: dict[str, str | bool]) -> tuple[object, str]:
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise UsageError(f"--config={value}: the file defines no get_config()")
-    return module.get_config(), path.stem
+    config = module.get_config()
+    import ml_collections
+
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UsageError(
+            f"--config={value}: get_config() returned {type(config).__name__} {config!r:.60}, "
+            "not an ml_collections.ConfigDict (start from gdjax.configs.get_config('default'))"
+        )
+    return config, path.stem
 
 
 def _parse_value(field: str, text: str, current: object) -> object:

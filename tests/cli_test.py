@@ -268,3 +268,21 @@ def test_none_is_a_value_of_string_fields_and_unsets_the_others():
     assert c.parallel == "none" and c.optimizer.hparams.momentum is None
     with pytest.raises(cli.UsageError, match=r"config\.batch_size cannot be None"):
         cli._apply_overrides(c, ["--config.batch_size=None"])
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("x = 1", "the file defines no get_config()"),
+        ("def get_config():\n    return 3", "get_config() returned int 3, not an ml_collections"),
+        ("def get_config():\n    return {'batch_size': 3}", "returned dict {'batch_size': 3}"),
+    ],
+)
+def test_a_config_file_without_a_configdict_says_so(body, message, tmp_path, capsys):
+    """A get_config() that returned a plain dict said "the config lacks dataset, ... and 58
+    more"; the file's own fault is named now."""
+    path = tmp_path / "my_config.py"
+    path.write_text(body + "\n")
+    assert cli.main(["gdjax", "train", f"--config={path}", f"--workdir={tmp_path / 'w'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--config={path}: {message}" in err and len(err.strip().splitlines()) == 1
