@@ -275,7 +275,7 @@ def test_none_is_a_value_of_string_fields_and_unsets_the_others():
     [
         ("x = 1", "the file defines no get_config()"),
         ("def get_config():\n    return 3", "get_config() returned int 3, not an ml_collections"),
-        ("def get_config():\n    return {'batch_size': 3}", "returned dict {'batch_size': 3}"),
+        ("def get_config():\n    return {'batch_size': 3}", "get_config() returned dict {'batch"),
     ],
 )
 def test_a_config_file_without_a_configdict_says_so(body, message, tmp_path, capsys):
