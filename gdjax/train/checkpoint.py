@@ -94,9 +94,13 @@ def _differences(saved: dict, wanted: dict) -> list[str]:
 def all_finite(tree: Any) -> bool:
     """Whether every floating-point leaf of ``tree`` is finite."""
     leaves = [x for x in jax.tree.leaves(tree) if jax.numpy.issubdtype(x.dtype, np.inexact)]
-    if not leaves:
-        return True
-    return bool(jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves])))
+    return not leaves or bool(_all_finite(leaves))
+
+
+@jax.jit
+def _all_finite(leaves: list[Any]) -> jax.Array:
+    # One program for the whole tree: op by op, every leaf shape compiled two of its own.
+    return jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))
 
 
 class Checkpointer:

@@ -105,6 +105,13 @@ def initialize_distributed(
         ) from None
 
 
+@jax.jit
+def _copy_tree(tree: Any) -> Any:
+    """Fresh buffers for every leaf (the steps donate the state, not the caller's arrays), in
+    one program: leaf by leaf, eager copies compiled once per distinct shape."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 class Parallel:
     """One parallel mode: compiled steps and the state/batch layouts they expect.
 
@@ -240,7 +247,7 @@ class Parallel:
                 shardings = self.state_shardings(state)
             self._state_shardings = shardings
             return jax.tree.map(self._place, nn.unbox(state), shardings)
-        state = jax.tree.map(jnp.copy, nn.unbox(state))
+        state = _copy_tree(nn.unbox(state))
         if self.mode == "pmap":
             n = jax.local_device_count()
             stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), state)

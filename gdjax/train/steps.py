@@ -73,7 +73,7 @@ class TrainState:
             step=jnp.zeros([], jnp.int32),
             params=params,
             model_state=variables,
-            opt_state=tx.init(params),
+            opt_state=jax.jit(tx.init)(params),  # one program, not one per leaf shape
             rng=rng,
             apply_fn=apply_fn,
             tx=tx,
