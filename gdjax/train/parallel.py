@@ -112,6 +112,18 @@ def _copy_tree(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _stack_tree(tree: Any, n: int) -> Any:
+    """``n`` copies of every leaf, stacked on a new leading axis (one per local device)."""
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
+
+
+@jax.jit
+def _first_copy(tree: Any) -> Any:
+    """The first device's copy of every leaf of a pmap-replicated pytree, in one program."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
 class Parallel:
     """One parallel mode: compiled steps and the state/batch layouts they expect.
 
@@ -247,12 +259,10 @@ class Parallel:
                 shardings = self.state_shardings(state)
             self._state_shardings = shardings
             return jax.tree.map(self._place, nn.unbox(state), shardings)
-        state = _copy_tree(nn.unbox(state))
         if self.mode == "pmap":
-            n = jax.local_device_count()
-            stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), state)
+            stacked = _stack_tree(nn.unbox(state), jax.local_device_count())
             return jax.pmap(lambda s: s, axis_name=AXIS)(stacked)  # one copy per device
-        return state
+        return _copy_tree(nn.unbox(state))
 
     def _place(self, x: Any, sharding: NamedSharding) -> jax.Array:
         """A copy of ``x`` laid out as ``sharding`` over every process's devices (each process
@@ -349,4 +359,4 @@ class Parallel:
 
     def _first(self, tree: Any) -> Any:
         """Under pmap, the first device's copy of a replicated pytree; else the pytree."""
-        return jax.tree.map(lambda x: x[0], tree) if self.mode == "pmap" else tree
+        return _first_copy(tree) if self.mode == "pmap" else tree
