@@ -213,7 +213,16 @@ def _saved_config(workdir: pathlib.Path) -> object:
     from gdjax.configs import get_config
 
     config = get_config("default")
-    saved = json.loads((workdir / "config.json").read_text())
+    path = workdir / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise UsageError(f"{path} is not JSON ({e}); pass --config=PRESET|FILE instead") from None
+    if not isinstance(saved, dict):
+        raise UsageError(
+            f"{path} holds a JSON {type(saved).__name__}, not a config object; pass "
+            "--config=PRESET|FILE instead"
+        )
 
     def lay(node, values):
         for key, value in values.items():

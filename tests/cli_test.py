@@ -286,3 +286,20 @@ def test_a_config_file_without_a_configdict_says_so(body, message, tmp_path, cap
     assert cli.main(["gdjax", "train", f"--config={path}", f"--workdir={tmp_path / 'w'}"]) == 2
     err = capsys.readouterr().err
     assert f"--config={path}: {message}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("not json", "config.json is not JSON (Expecting value"),
+        ("[1, 2]", "config.json holds a JSON list, not a config object"),
+    ],
+)
+def test_eval_of_a_workdir_with_a_damaged_config_json_says_so(text, message, tmp_path, capsys):
+    """It printed json's bare "Expecting value: line 1 column 1 (char 0)", or an
+    AttributeError with a pointer to --verbose."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text(text)
+    assert cli.main(["gdjax", "eval", f"--workdir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--config=PRESET|FILE" in err and len(err.splitlines()) == 1
