@@ -179,7 +179,7 @@ def build(c: ml_collections.ConfigDict) -> Run:
 # The workdir: checked, then restored, before anything is written
 
 
-def eval_label(split: str) -> str:
+def _eval_label(split: str) -> str:
     """The ``split`` of evaluation rows in ``metrics.jsonl`` and their TensorBoard tags: the
     split evaluated (``test``, ``val``), or ``train_eval`` for the training split, whose
     ``train`` rows are the running training metrics."""
@@ -412,7 +412,7 @@ class _Evaluator:
             run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size, c.eval_split
         )
         lr = current_learning_rate(run.parallel.get_state(state).opt_state)
-        self.writer.write(step, eval_label(c.eval_split), self.last)
+        self.writer.write(step, _eval_label(c.eval_split), self.last)
         if c.schedule.name == "plateau":
             new_lr = self.plateau.update(self.last["error"], lr)
             if new_lr is not None:
