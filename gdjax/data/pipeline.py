@@ -178,6 +178,17 @@ def make_loader(
         )
     if worker_count < 0:
         raise ValueError(f"worker_count must be >= 0, got {worker_count}")
+    for name, flag in (("shuffle", shuffle), ("drop_remainder", drop_remainder)):
+        if not isinstance(flag, (bool, np.bool_)):  # 'no' would be taken as True
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    if (
+        not isinstance(seed, (int, np.integer))
+        or isinstance(seed, (bool, np.bool_))
+        or not 0 <= seed < 2**32
+    ):
+        raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {seed!r}")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable (example, rng) -> example, got {transform!r}")
     if read_threads < 0:
         raise ValueError(f"read_threads must be >= 0, got {read_threads}")
 

@@ -172,10 +172,17 @@ def test_batch_not_divisible_by_processes_is_an_error():
             {"batch_size": 4, "process_index": 2, "process_count": 2},
             r"process_index must be in \[0, 2\)",
         ),
+        # these failed later (grain's seed message, a non-callable called at the first batch)
+        # or were taken as truthy ("no" shuffled)
+        ({"batch_size": 4, "seed": -1}, r"seed must be an int in \[0, 2\*\*32 - 1\], got -1"),
+        ({"batch_size": 4, "seed": 0.5}, r"seed must be an int .* got 0.5"),
+        ({"batch_size": 4, "shuffle": "no"}, "shuffle must be True or False, got 'no'"),
+        ({"batch_size": 4, "drop_remainder": 1}, "drop_remainder must be True or False, got 1"),
+        ({"batch_size": 4, "transform": 3}, r"transform must be callable .* got 3"),
     ],
 )
 def test_bad_arguments(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         data.make_loader(IndexSource(), **kwargs)
 
 
