@@ -170,20 +170,28 @@ def load_or_compute_stats(
 # Array operations (HWC)
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A ``size × size`` crop at a uniformly random position."""
+def _check_crop(image: np.ndarray, size: int) -> tuple[int, int]:
+    """The image's (height, width), once ``size`` is known to be a crop side that fits."""
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"crop size must be a positive int, got {size!r}")
+    if np.ndim(image) not in (2, 3):
+        raise ValueError(f"expected an HW or HWC image, got shape {np.shape(image)}")
     h, w = image.shape[:2]
     if size > min(h, w):
         raise ValueError(f"crop size {size} exceeds the image ({h}x{w})")
+    return h, w
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size × size`` crop at a uniformly random position."""
+    h, w = _check_crop(image, size)
     top = int(rng.integers(0, h - size + 1))
     left = int(rng.integers(0, w - size + 1))
     return image[top : top + size, left : left + size]
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if size > min(h, w):
-        raise ValueError(f"crop size {size} exceeds the image ({h}x{w})")
+    h, w = _check_crop(image, size)
     top, left = (h - size) // 2, (w - size) // 2
     return image[top : top + size, left : left + size]
 
@@ -193,9 +201,7 @@ def ten_crop(image: np.ndarray, size: int) -> np.ndarray:
 
     Returns ``(10, size, size, C)``.
     """
-    h, w = image.shape[:2]
-    if size > min(h, w):
-        raise ValueError(f"crop size {size} exceeds the image ({h}x{w})")
+    h, w = _check_crop(image, size)
     corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size)]
     crops = [image[top : top + size, left : left + size] for top, left in corners]
     crops.append(center_crop(image, size))
@@ -217,6 +223,8 @@ def pca_color_shift(stats: DatasetStats, std: float, rng: np.random.Generator) -
 
 def pad_and_random_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
     """Zero-pad by ``pad`` on each side, then crop back to the original size at random."""
+    if not isinstance(pad, (int, np.integer)) or isinstance(pad, bool) or pad < 0:
+        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
     h, w = image.shape[:2]
     top, left = int(rng.integers(0, 2 * pad + 1)), int(rng.integers(0, 2 * pad + 1))
     # The window [top, top + h) of the padded image is rows [top - pad, top - pad + h) of the

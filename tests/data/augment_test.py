@@ -111,6 +111,25 @@ def test_crops_have_the_right_sizes_and_content():
         data.random_crop(image, 11, rng)
 
 
+@pytest.mark.parametrize("size", [0, -1, 2.5, True])
+def test_a_crop_size_must_be_a_positive_int(size):
+    """center_crop(image, 0) returned a 0x0 image and -1 a 0x0 one too, silently."""
+    image, rng = np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0)
+    for crop in (
+        lambda: data.center_crop(image, size),
+        lambda: data.random_crop(image, size, rng),
+        lambda: data.ten_crop(image, size),
+    ):
+        with pytest.raises(ValueError, match=rf"crop size must be a positive int, got {size!r}"):
+            crop()
+
+
+def test_pad_must_be_a_non_negative_int():
+    # numpy's "high <= 0" before
+    with pytest.raises(ValueError, match=r"pad must be an int >= 0, got -1"):
+        data.pad_and_random_crop(np.zeros((8, 8, 1)), -1, np.random.default_rng(0))
+
+
 def test_ten_crop_returns_corners_centre_and_mirrors():
     image = np.random.default_rng(1).integers(0, 255, (9, 11, 3))
     views = data.ten_crop(image, 5)
