@@ -252,8 +252,11 @@ def changed_network(workdir: str | os.PathLike, c: ml_collections.ConfigDict) ->
         return []
     if not isinstance(saved, dict):
         return []
-    before, now = _network(_flat(saved)), _network(_flat(c.to_dict()))
-    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in NETWORK_FIELDS if before[k] != now[k]]
+    flat = _flat(saved)
+    before, now = _network(flat), _network(_flat(c.to_dict()))
+    # A field the saved config lacks (written by an older gdjax) cannot be compared.
+    known = [k for k in NETWORK_FIELDS if k in flat]
+    return [f"{k}: {before[k]!r} -> {now[k]!r}" for k in known if before[k] != now[k]]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -510,6 +510,12 @@ def test_a_changed_network_is_refused_on_resume_and_in_eval(reference, tmp_path)
     # the same network, spelled otherwise or run on other kernels, is not a change
     same = quick_config(**{"model.groups": 1, "model.impl": "xla", "model.dropout_rate": 0.1})
     assert changed_network(workdir, same) == []
+    # a config.json from an older gdjax, without some of the fields, compares what it has
+    (workdir / "config.json").write_text(json.dumps({"model": {"activation": "relu"}}))
+    assert changed_network(workdir, quick_config()) == []
+    assert changed_network(workdir, quick_config(**{"model.activation": "tanh"})) == [
+        "model.activation: 'relu' -> 'tanh'"
+    ]
 
 
 def test_evaluation_rows_are_named_by_the_split_evaluated(tmp_path):
