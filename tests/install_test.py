@@ -66,7 +66,8 @@ def test_the_core_install_is_the_design_cards_core():
         (
             "gdjax.models",
             "import jax, optax, chex, numpy, flax.linen",
-            {"gdjax", "gdjax.models", "gdjax._cache", "gdjax._extras"},
+            # gdjax's own private helpers (numpy and the standard library only)
+            {"gdjax", "gdjax.models", "gdjax._cache", "gdjax._checks", "gdjax._extras"},
         ),
     ],
 )

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from gdjax._checks import check_positive_int, is_int
+
 __all__ = [
     "AlexNetEval",
     "AlexNetTrain",
@@ -172,8 +174,7 @@ def load_or_compute_stats(
 
 def _check_crop(image: np.ndarray, size: int) -> tuple[int, int]:
     """The image's (height, width), once ``size`` is known to be a crop side that fits."""
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"crop size must be a positive int, got {size!r}")
+    check_positive_int("crop size", size)
     if np.ndim(image) not in (2, 3):
         raise ValueError(f"expected an HW or HWC image, got shape {np.shape(image)}")
     h, w = image.shape[:2]
@@ -223,7 +224,7 @@ def pca_color_shift(stats: DatasetStats, std: float, rng: np.random.Generator) -
 
 def pad_and_random_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
     """Zero-pad by ``pad`` on each side, then crop back to the original size at random."""
-    if not isinstance(pad, (int, np.integer)) or isinstance(pad, bool) or pad < 0:
+    if not is_int(pad) or pad < 0:
         raise ValueError(f"pad must be an int >= 0, got {pad!r}")
     h, w = image.shape[:2]
     top, left = int(rng.integers(0, 2 * pad + 1)), int(rng.integers(0, 2 * pad + 1))

@@ -27,6 +27,8 @@ import grain
 import jax
 import numpy as np
 
+from gdjax._checks import is_int
+
 __all__ = ["example_rng", "make_loader", "split_for_devices"]
 
 _MASK64 = (1 << 64) - 1
@@ -161,7 +163,7 @@ def make_loader(
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     if batch_size == "full":
         batch_size = n
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
+    if not is_int(batch_size):
         raise ValueError(f"batch_size must be a positive int or 'full', got {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or 'full', got {batch_size}")
@@ -181,11 +183,7 @@ def make_loader(
     for name, flag in (("shuffle", shuffle), ("drop_remainder", drop_remainder)):
         if not isinstance(flag, (bool, np.bool_)):  # 'no' would be taken as True
             raise TypeError(f"{name} must be True or False, got {flag!r}")
-    if (
-        not isinstance(seed, (int, np.integer))
-        or isinstance(seed, (bool, np.bool_))
-        or not 0 <= seed < 2**32
-    ):
+    if not is_int(seed) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {seed!r}")
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be callable (example, rng) -> example, got {transform!r}")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from gdjax._checks import check_positive_int
 from gdjax._extras import require
 
 __all__ = [
@@ -328,7 +329,7 @@ class FolderSource(_Source):
         if not root.is_dir():
             raise FileNotFoundError(f"folder:{root}: no such folder")
         if image_size is not None:
-            _check_side("image_size", image_size, " or None")
+            check_positive_int("image_size", image_size, " or None")
         found = sorted(d.name for d in os.scandir(root) if d.is_dir())
         names = list(class_names) if class_names is not None else found
         unknown = sorted(set(found) - set(names))
@@ -542,17 +543,12 @@ def check_spec(spec: str) -> None:
         raise ValueError(f"{spec!r}: give the TFDS dataset name, tfds:NAME")
 
 
-def _check_side(name: str, value: Any, alternative: str = "") -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int{alternative}, got {value!r}")
-
-
 class ResizedSource(_Source):
     """Another source with every image resized to ``size``×``size`` (bilinear, Pillow): for
     images smaller than a model needs (scikit-learn's 8×8 digits) or a common size."""
 
     def __init__(self, source: Any, size: int):
-        _check_side("size", size)
+        check_positive_int("size", size)
         self.source, self.size = source, size
         self.class_names = source.class_names
         self.name = f"{source.name}@{size}"

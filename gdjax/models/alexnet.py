@@ -53,6 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax._checks import is_int
 from gdjax.models.conv import CONV_IMPLS, conv_bias_relu, conv_general_dilated
 from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool
 
@@ -383,15 +384,11 @@ class AlexNet(nn.Module):
             raise ValueError(f"AlexNet: dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
         for name in ("num_classes", "in_channels"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+            if not is_int(value):
                 raise TypeError(f"AlexNet: {name} must be an int, got {value!r}")
             if value < 1:
                 raise ValueError(f"AlexNet: {name} must be >= 1, got {value!r}")
-        if self.groups is not None and (
-            not isinstance(self.groups, (int, np.integer))
-            or isinstance(self.groups, (bool, np.bool_))
-            or self.groups < 1
-        ):
+        if self.groups is not None and (not is_int(self.groups) or self.groups < 1):
             raise ValueError(
                 f"AlexNet: groups must be None (the variant's own) or an int >= 1, "
                 f"got {self.groups!r}"

@@ -8,6 +8,8 @@ import pathlib
 import sys
 from typing import Any
 
+import numpy as np
+
 from gdjax._extras import require
 
 __all__ = ["MetricsWriter", "plot_curves", "read_metrics"]
@@ -98,7 +100,7 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend()
-    if any(line.get_ydata().size and max(line.get_ydata()) > 0 for line in axes[1].get_lines()):
+    if any(np.any(np.asarray(line.get_ydata()) > 0) for line in axes[1].get_lines()):
         axes[1].set_yscale("log")
     fig.suptitle(workdir.name)
     fig.tight_layout()

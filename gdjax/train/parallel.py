@@ -39,6 +39,7 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gdjax._checks import is_int
 from gdjax.models.alexnet import BATCH, MAPS, NEURONS
 from gdjax.models.xla_options import compiler_options
 from gdjax.train.steps import TrainState, eval_step, train_step
@@ -144,7 +145,7 @@ class Parallel:
     ):
         if mode not in MODES:
             raise ValueError(f"parallel must be one of {MODES}, got {mode!r}")
-        if isinstance(model_parallel, bool) or not isinstance(model_parallel, int | np.integer):
+        if not is_int(model_parallel):
             raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
         if model_parallel < 1:
             raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
