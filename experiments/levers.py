@@ -47,7 +47,7 @@ from common import case_spec, positive_int
 
 import gdjax
 from gdjax.models import AlexNet, layers, onednn_status
-from gdjax.models.xla_options import CPU_OPTIONS
+from gdjax.models.xla_options import CPU_OPTIONS, _supported
 
 # lever -> (AlexNet keyword arguments, XLA compiler options) with the lever; without it, none.
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -60,6 +60,15 @@ LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 # The model keyword arguments of the step without the lever, where they are not the defaults.
 BASELINES: dict[str, dict[str, Any]] = {"fused_relu": {"fused_relu": False}}
+
+
+def available() -> list[str]:
+    """The levers this jaxlib can compile (an older one lacks some compiler options)."""
+    return [
+        name
+        for name, (_, options) in LEVERS.items()
+        if all(_supported("cpu", k, v) for k, v in options.items())
+    ]
 
 
 @contextlib.contextmanager
@@ -147,7 +156,7 @@ def measure(lever: str, case: str, rounds: int, steps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--levers", nargs="*", default=None, choices=list(LEVERS))
     parser.add_argument(
         "--cases", nargs="*", type=case_spec, default=["torchvision:224:32", "small:32:128"]
     )
@@ -159,6 +168,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{platform.processor() or platform.machine()}; jax {jax.__version__}; {detail}")
     if not ok:
         raise SystemExit("the levers are oneDNN's: install the onednn extra")
+    here = available()
+    if args.levers is None:
+        args.levers = here
+        if len(here) < len(LEVERS):
+            left = ", ".join(n for n in LEVERS if n not in here)
+            print(f"left out (compiler options jaxlib {jax.lib.__version__} lacks): {left}")
+    elif missing := [n for n in args.levers if n not in here]:
+        raise SystemExit(
+            f"--levers {' '.join(missing)}: jaxlib {jax.lib.__version__} lacks the compiler "
+            "options they set"
+        )
     rows = []
     for lever in args.levers:
         for case in args.cases:

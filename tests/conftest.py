@@ -106,12 +106,7 @@ class CompileCounter:
         return self
 
     def __exit__(self, *exc):
-        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
-        if unregister is None:  # jax < 0.7 has only the private spelling
-            from jax._src import monitoring
-
-            unregister = monitoring._unregister_event_duration_listener_by_callback
-        unregister(self._listen)
+        jax.monitoring.unregister_event_duration_listener(self._listen)
 
 
 @pytest.fixture

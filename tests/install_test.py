@@ -59,6 +59,24 @@ def test_the_core_install_is_the_design_cards_core():
     assert "torch" not in {_name(r) for e, reqs in extras.items() if e != "test" for r in reqs}
 
 
+def test_the_oldest_pins_are_the_declared_floors():
+    """CI's "oldest" leg installs exactly the floors that pyproject declares (README: "Oldest
+    releases supported"), so a floor raised or lowered in one file and not the other fails."""
+    pins = {}
+    for line in (ROOT / ".github" / "oldest-constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[_name(name)] = version.strip()
+    floors = {}
+    for reqs in [PYPROJECT["dependencies"], *PYPROJECT["optional-dependencies"].values()]:
+        for r in reqs:
+            if m := re.fullmatch(r"([A-Za-z0-9._-]+)>=([0-9.]+)", r.split(";")[0].strip()):
+                floors[_name(m.group(1))] = m.group(2)
+    assert {"jax", "jaxlib", "flax", "optax", "chex", "grain"} <= set(pins)
+    for name, version in pins.items():
+        assert floors.get(name) == version, (name, floors.get(name), version)
+
+
 @pytest.mark.parametrize(
     "module, baseline, ours_allowed",
     [

