@@ -6,10 +6,9 @@ import pathlib
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
-
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
