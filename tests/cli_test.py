@@ -6,6 +6,8 @@ import os
 import pathlib
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -99,8 +101,15 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, 
     for var in list(os.environ):  # no cluster for JAX to detect, whatever runs the tests
         if var.startswith(("SLURM_", "OMPI_", "PMI_", "GDJAX_COORDINATOR", "GDJAX_NUM_PROC")):
             monkeypatch.delenv(var)
-    assert cli.main(["gdjax", *args]) == 2
-    err = capsys.readouterr().err
+    if message.startswith(("no coordinator", "give --coordinator")):
+        # JAX's multi-host start-up, as a user's fresh `gdjax` process meets it: in this worker
+        # the backend has started, and jax < 0.9 says so before it looks for a coordinator.
+        code = f"import sys; from gdjax import cli; sys.exit(cli.main({['gdjax', *args]!r}))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        status, err = done.returncode, done.stderr
+    else:
+        status, err = cli.main(["gdjax", *args]), capsys.readouterr().err
+    assert status == 2, err
     assert message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
@@ -108,8 +117,6 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, 
 
 def test_version_names_gdjax_and_its_core_without_importing_jax(capsys):
     import importlib.metadata
-    import subprocess
-    import sys
 
     import gdjax
 
@@ -231,6 +238,12 @@ def test_the_readme_commands_run(command, readme_data, tmp_path, capsys, monkeyp
     assert cli.main(["gdjax", *args]) == 0, (command, capsys.readouterr().err)
 
 
+def _jaxlib() -> tuple[int, ...]:
+    import jaxlib
+
+    return tuple(int(p) for p in jaxlib.__version__.split(".")[:2])
+
+
 def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, monkeypatch):
     """`gdjax` = `gdjax train` on the embedded MNIST subset, capped at 100 steps here; `gdjax
     eval` reads the run's config and applies overrides on top of it."""
@@ -245,7 +258,13 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     out = capsys.readouterr().out
     evaluated = json.loads(out[out.index("{") :])
     assert evaluated["step"] == 100
-    assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
+    # The same weights, the same test set: from jaxlib 0.10 on the two evaluations agree
+    # exactly. jaxlib 0.8 compiled them into programs that round apart (0.888 and 0.884 on
+    # 2026-12-04, 4 of 1,000 images), while its resumed runs stay bit-identical.
+    if _jaxlib() >= (0, 10):
+        assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
+    else:
+        assert abs(evaluated["accuracy"] - result["accuracy"]) <= 0.01
     assert cli.main(["gdjax", "eval", "--workdir=runs/default", "--config.eval_split=train"]) == 0
     out = capsys.readouterr().out
     on_train = json.loads(out[out.index("{") :])
