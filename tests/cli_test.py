@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from gdjax import cli
+from gdjax.models import _onednn
 
 README = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -238,12 +239,6 @@ def test_the_readme_commands_run(command, readme_data, tmp_path, capsys, monkeyp
     assert cli.main(["gdjax", *args]) == 0, (command, capsys.readouterr().err)
 
 
-def _jaxlib() -> tuple[int, ...]:
-    import jaxlib
-
-    return tuple(int(p) for p in jaxlib.__version__.split(".")[:2])
-
-
 def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, monkeypatch):
     """`gdjax` = `gdjax train` on the embedded MNIST subset, capped at 100 steps here; `gdjax
     eval` reads the run's config and applies overrides on top of it."""
@@ -261,7 +256,7 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     # The same weights, the same test set: from jaxlib 0.10 on the two evaluations agree
     # exactly. jaxlib 0.8 compiled them into programs that round apart (0.888 and 0.884 on
     # 2026-12-04, 4 of 1,000 images), while its resumed runs stay bit-identical.
-    if _jaxlib() >= (0, 10):
+    if _onednn.jaxlib_version() >= (0, 10):
         assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
     else:
         assert abs(evaluated["accuracy"] - result["accuracy"]) <= 0.01

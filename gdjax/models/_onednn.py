@@ -60,12 +60,16 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-def jaxlib_supported() -> bool:
-    """Whether the installed jaxlib is at least :data:`MIN_JAXLIB`."""
+def jaxlib_version() -> tuple[int, ...]:
+    """The installed jaxlib's release as integers, e.g. ``(0, 10, 2)``."""
     import jaxlib
 
-    version = tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
-    return version >= MIN_JAXLIB
+    return tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
+
+
+def jaxlib_supported() -> bool:
+    """Whether the installed jaxlib is at least :data:`MIN_JAXLIB`."""
+    return jaxlib_version() >= MIN_JAXLIB
 
 
 def _roots() -> list[pathlib.Path]:
