@@ -4,6 +4,7 @@ checkpoints, non-finite losses, the plateau recipe and config errors."""
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -174,7 +175,11 @@ def test_nonfinite_loss_names_only_a_finite_checkpoint(tmp_path, learning_rate):
     """Every checkpoint left holds parameters whose loss is finite, and the error names the
     newest of them, or says there is none; the diverged ones are set aside, not deleted."""
     config = quick_config(**{"optimizer.learning_rate": learning_rate, "checkpoint_every_steps": 2})
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss .* at step \d+") as e:
+    # Which comes first, a non-finite loss or non-finite parameters at a save, depends on the
+    # rounding of the kernels (with oneDNN and XLA held to AVX2, lr 1e6 gives NaN parameters
+    # by the save at step 2; on AVX-512 the loss goes first): either stop must keep the rules.
+    stops = r"(non-finite training loss .* at step \d+|parameters became NaN or inf by step \d+)"
+    with pytest.raises(FloatingPointError, match=stops) as e:
         train_and_evaluate(config, str(tmp_path))
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     if saved:
@@ -186,17 +191,25 @@ def test_nonfinite_loss_names_only_a_finite_checkpoint(tmp_path, learning_rate):
         assert np.isfinite(result["loss"]), "a named checkpoint must evaluate to a finite loss"
     else:
         assert "no checkpoint with finite parameters was written" in str(e.value)
-    aside = tmp_path / "checkpoints.nonfinite"
-    assert aside.is_dir() and any(aside.iterdir()), "the diverged checkpoint is kept aside"
+    refused = re.search(r"by step (\d+) \(not saved\)", str(e.value))
+    if refused:  # the save refused the parameters: nothing diverged was written or set aside
+        assert all(step < int(refused[1]) for step in saved)
+        assert not (tmp_path / "checkpoints.nonfinite").exists()
+    else:
+        aside = tmp_path / "checkpoints.nonfinite"
+        assert aside.is_dir() and any(aside.iterdir()), "the diverged checkpoint is kept aside"
 
 
 def test_a_diverged_model_is_never_accurate(tmp_path):
     """lr -1 is refused; a model driven to NaN by skipping nothing but evaluated anyway (the
     non-finite-skipping run below keeps going) never scores above chance by ties or NaN."""
     config = quick_config(
-        **{"optimizer.learning_rate": 1e6, "optimizer.skip_nonfinite": False, "num_steps": 2}
+        **{"optimizer.learning_rate": 1e6, "optimizer.skip_nonfinite": False, "num_steps": 1}
     )
-    result = train_and_evaluate(config, str(tmp_path))  # 2 steps: the loss is still finite
+    # One step: parameters still finite on every instruction set (a second step gave NaN
+    # parameters, and so no checkpoint, with the kernels held to AVX2), logits overflowing.
+    result = train_and_evaluate(config, str(tmp_path))
+    assert not np.isfinite(result["loss"]) or result["loss"] > 1e3
     assert result["accuracy"] <= 0.5
     run = build(config)
     nan_state = run.state.replace(params=jax.tree.map(lambda x: x * np.nan, run.state.params))
