@@ -133,6 +133,59 @@ def test_unknown_mode():
         Parallel("tpu")
 
 
+def test_an_evaluation_between_donating_steps_sees_the_current_parameters():
+    """The trainer runs its evaluation program, then donating training steps, then the same
+    evaluation program again. jaxlib 0.8.0 then returned wrong sums from the program that had
+    already run (0.885 test accuracy where the same weights score 0.906), and so did 0.8.1 (this
+    test failed 4 runs of 4 on each; 0.8.2 passed 4 of 4: the floor): the second run must
+    equal a freshly compiled evaluation of host copies of the state, bit for bit."""
+    from gdjax.models.xla_options import compiler_options
+    from gdjax.train.steps import eval_step
+
+    model = AlexNet(num_classes=10, variant="small", in_channels=1)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    state = TrainState.create(
+        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
+    )
+    par = Parallel("none")
+    state = par.put_state(state)
+    test_batch = par.put_batch(batches(1, 100, 9)[0])
+    before = jax.device_get(par.eval_step(state, test_batch))
+    for b in batches(40):
+        state, _ = par.train_step(state, par.put_batch(b))
+    again = jax.device_get(par.eval_step(state, test_batch))
+
+    def host_copy(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(jnp.array(np.asarray(jax.random.key_data(x))))
+        return jnp.array(np.asarray(x))
+
+    copies = jax.tree.map(host_copy, state)
+    # A new function, so that no cached executable is reused; the trainer's compiler options.
+    program = jax.jit(lambda s, b: eval_step(s, b), compiler_options=compiler_options("infer"))
+    fresh = jax.device_get(program(copies, test_batch))
+    assert again == fresh
+    assert again["loss"] != before["loss"]  # the 40 steps changed what is evaluated
+
+
+def test_a_jaxlib_whose_donation_corrupts_results_is_refused(monkeypatch, tmp_path, capsys):
+    from gdjax import cli
+    from gdjax.models import _onednn
+
+    for bad in [(0, 8, 0), (0, 8, 1)]:
+        monkeypatch.setattr(_onednn, "jaxlib_version", lambda bad=bad: bad)
+        with pytest.raises(RuntimeError, match=r"jaxlib 0\.8\.[01] returns wrong .* >= 0\.8\.2"):
+            Parallel("none")
+    # Through the command: one line, before anything is written.
+    workdir = tmp_path / "run"
+    assert cli.main(["gdjax", "--config.max_steps=1", f"--workdir={workdir}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RuntimeError: jaxlib 0.8.1 returns wrong results" in err[0], err
+    assert not workdir.exists()
+    monkeypatch.setattr(_onednn, "jaxlib_version", lambda: (0, 8, 2))
+    Parallel("none")
+
+
 # ---------------------------------------------------------------------------------------------
 # Two processes on localhost through jax.distributed (gloo collectives on the CPU).
 
