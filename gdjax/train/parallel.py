@@ -57,15 +57,15 @@ RULES = ((BATCH, "data"), (MAPS, "model"), (NEURONS, "model"))
 # after a jitted function with donated arguments has run (the trainer's evaluation between
 # training steps. Measured 2026-12-05 in a 3-layer MLP run 8-16 times a release: 0.8.0 and
 # 0.8.1 wrong in most runs, 0.8.2, 0.8.3, 0.9.0 and 0.10.2 right in all).
-BAD_DONATION_JAXLIBS = ((0, 8, 0), (0, 8, 1))
+_BAD_DONATION_JAXLIBS = ((0, 8, 0), (0, 8, 1))
 
 
-def check_jaxlib() -> None:
+def _check_jaxlib() -> None:
     """Raise if this jaxlib is one whose donation corrupts other programs' results."""
     from gdjax.models._onednn import jaxlib_version
 
     version = jaxlib_version()
-    if version in BAD_DONATION_JAXLIBS:
+    if version in _BAD_DONATION_JAXLIBS:
         raise RuntimeError(
             f"jaxlib {'.'.join(map(str, version))} returns wrong results from a jitted function "
             "run again after one with donated buffers (the evaluation between training steps); "
@@ -167,7 +167,7 @@ class Parallel:
             raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
         if model_parallel < 1:
             raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
-        check_jaxlib()
+        _check_jaxlib()
         if model_parallel > 1 and mode != "sharded":
             raise ValueError(
                 f"model_parallel={model_parallel} needs parallel='sharded' (a device mesh), "

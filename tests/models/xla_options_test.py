@@ -12,10 +12,11 @@ import pytest
 import gdjax
 from gdjax.models import AlexNet, _onednn, compiler_options, xla_options
 
-# The YNNPACK option exists from jaxlib 0.9 on (0.8 lacks it, 0.9.0 has it: measured
-# 2026-12-04); compiler_options leaves out what a jaxlib lacks.
+# The YNNPACK option exists from jaxlib 0.8.1 on (measured: 0.8.0 lacks it; 0.8.1, 0.8.2,
+# 0.9.0 and 0.10.2 have it), so every supported jaxlib (>= 0.8.2); compiler_options leaves out
+# what a jaxlib lacks.
 YNN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
-HAS_YNN = _onednn.jaxlib_version() >= (0, 9)
+HAS_YNN = _onednn.jaxlib_version() >= (0, 8, 1)
 
 
 def test_each_kind_on_the_cpu_and_none_elsewhere():
