@@ -40,6 +40,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gdjax._checks import is_int
+from gdjax.models import _onednn
 from gdjax.models.alexnet import BATCH, MAPS, NEURONS
 from gdjax.models.xla_options import compiler_options
 from gdjax.train.steps import TrainState, eval_step, train_step
@@ -62,9 +63,7 @@ _BAD_DONATION_JAXLIBS = ((0, 8, 0), (0, 8, 1))
 
 def _check_jaxlib() -> None:
     """Raise if this jaxlib is one whose donation corrupts other programs' results."""
-    from gdjax.models._onednn import jaxlib_version
-
-    version = jaxlib_version()
+    version = _onednn.jaxlib_version()
     if version in _BAD_DONATION_JAXLIBS:
         raise RuntimeError(
             f"jaxlib {'.'.join(map(str, version))} returns wrong results from a jitted function "

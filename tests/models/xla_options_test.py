@@ -10,18 +10,16 @@ import optax
 import pytest
 
 import gdjax
-from gdjax.models import AlexNet, _onednn, compiler_options, xla_options
+from gdjax.models import AlexNet, compiler_options, xla_options
 
-# The YNNPACK option exists from jaxlib 0.8.1 on (measured: 0.8.0 lacks it; 0.8.1, 0.8.2,
-# 0.9.0 and 0.10.2 have it), so every supported jaxlib (>= 0.8.2); compiler_options leaves out
-# what a jaxlib lacks.
+# Every supported jaxlib (>= 0.8.2) has the YNNPACK option (measured: 0.8.0 lacked it; 0.8.1,
+# 0.8.2, 0.9.0 and 0.10.2 have it); compiler_options leaves out what a jaxlib lacks (below).
 YNN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
-HAS_YNN = _onednn.jaxlib_version() >= (0, 8, 1)
 
 
 def test_each_kind_on_the_cpu_and_none_elsewhere():
     assert compiler_options("train", "cpu") == {"xla_cpu_copy_insertion_use_region_analysis": True}
-    assert compiler_options("infer", "cpu") == (YNN if HAS_YNN else None)
+    assert compiler_options("infer", "cpu") == YNN
     assert compiler_options() == compiler_options("train", "cpu")  # the tests run on the CPU
     for backend in ("gpu", "tpu"):
         assert compiler_options("train", backend) is None
