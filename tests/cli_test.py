@@ -77,6 +77,11 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["train", "--config.batch_size=None"], "config.batch_size cannot be None"),
         (["train", "--bogus"], "unknown flag --bogus"),
         (["eval", "--workdir=nowhere"], "--workdir nowhere: no such folder"),
+        # found before any data is read: it failed at the end of start-up, with pathlib's words
+        (
+            ["train", "--workdir=/proc/gdjax-run"],
+            "--workdir /proc/gdjax-run: cannot write in /proc",
+        ),
         (["eval", "--workdir=/"], "no checkpoints in /checkpoints"),
         (["bench"], "unknown command 'bench'; commands are train, eval (the benchmarks live"),
         (["fit"], "unknown command 'fit'; commands are train, eval"),

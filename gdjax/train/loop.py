@@ -34,6 +34,7 @@ import math
 import os
 import pathlib
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -193,8 +194,20 @@ def _workdir(workdir: Any) -> pathlib.Path:
 
 
 def _check_workdir(workdir: pathlib.Path) -> None:
-    if workdir.exists() and not workdir.is_dir():
-        raise ConfigError(f"--workdir {workdir} is a file, not a folder")
+    """Refuse, before any data is read or anything compiled, a workdir the run could not write:
+    a file, a path under a file, or a folder (or its nearest existing parent) where no folder
+    can be made. Tried by making and removing an empty folder there, which also answers for
+    read-only mounts and for root."""
+    existing = next(p for p in (workdir, *workdir.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == workdir else f" is under {existing}, which"
+        raise ConfigError(f"--workdir {workdir}{where} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".gdjax-write-check-").cleanup()
+    except OSError as e:
+        raise ConfigError(
+            f"--workdir {workdir}: cannot write in {existing} ({e.strerror or e})"
+        ) from None
 
 
 def _mismatch(workdir: pathlib.Path, c: ml_collections.ConfigDict, e: CheckpointMismatchError):

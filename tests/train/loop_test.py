@@ -569,6 +569,28 @@ def test_a_workdir_that_is_a_file_is_refused(tmp_path):
     target.write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         train_and_evaluate(quick_config(), str(target))
+    with pytest.raises(ConfigError, match=f"under {target}, which is a file, not a folder"):
+        train_and_evaluate(quick_config(), str(target / "run" / "a"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_workdir_that_cannot_be_made_is_refused_before_the_data(tmp_path, monkeypatch):
+    """The check makes and removes an empty folder where the workdir would go; a folder where
+    that fails stops the run before anything is read or compiled (``build`` is never called)."""
+    from gdjax.train import loop
+
+    class PastTheCheckError(Exception):
+        pass
+
+    def build(config):
+        raise PastTheCheckError
+
+    monkeypatch.setattr(loop, "build", build)
+    with pytest.raises(ConfigError, match=r"--workdir /proc/gdjax-run: cannot write in /proc"):
+        train_and_evaluate(quick_config(), "/proc/gdjax-run")
+    with pytest.raises(PastTheCheckError):
+        train_and_evaluate(quick_config(), str(tmp_path / "new" / "run"))
+    assert list(tmp_path.iterdir()) == [], "the check left something behind"
 
 
 def test_several_processes_need_a_mode_that_spans_them():
