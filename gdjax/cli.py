@@ -313,6 +313,15 @@ def _run(command: str, args: list[str], start: float) -> int:
     return 0
 
 
+def _complete(e: Exception) -> bool:
+    """Errors whose message says what happened and what is left, so no type or hint is added:
+    a missing extra, a checkpoint that could not be written (only ever raised once the trainer
+    is imported, so it is looked up there rather than imported here)."""
+    checkpoint = sys.modules.get("gdjax.train.checkpoint")
+    written = checkpoint is not None and isinstance(e, checkpoint.CheckpointWriteError)
+    return written or isinstance(e, MissingExtraError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``gdjax [train|eval] [flags]``; returns the process exit status."""
     start = time.perf_counter()
@@ -357,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         usage = isinstance(e, (ValueError, KeyError, FileNotFoundError, NotADirectoryError))
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        plain = usage or isinstance(e, MissingExtraError)  # the message says it all
+        plain = usage or _complete(e)  # the message says it all
         hint = "" if verbose or plain else " (--verbose shows the traceback)"
         kind = "" if plain else f"{type(e).__name__}: "
         print(f"gdjax {command}: {kind}{message}{hint}", file=sys.stderr)

@@ -7,7 +7,12 @@ _extras.require(
     "train", "gdjax.train", "orbax.checkpoint", "ml_collections", "tensorboardX", "tqdm", "grain"
 )
 
-from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
+from gdjax.train.checkpoint import (
+    Checkpointer,
+    CheckpointMismatchError,
+    CheckpointWriteError,
+    NonFiniteStateError,
+)
 from gdjax.train.collectives import Collective, collectives
 from gdjax.train.evaluation import eval_batches, evaluate
 from gdjax.train.loop import (
@@ -36,6 +41,7 @@ __all__ = [
     "MODES",
     "OPTIMIZERS",
     "CheckpointMismatchError",
+    "CheckpointWriteError",
     "Checkpointer",
     "Collective",
     "ConfigError",

@@ -2,8 +2,10 @@
 
 Every save goes to a temporary directory that orbax renames into place only once it is
 complete, and older checkpoints are deleted only after a newer one is finalized, so a crash
-or a full disk never leaves the run without a good checkpoint. A state whose parameters are not
-all finite is never written.
+or a full disk never leaves the run without a good checkpoint. A save that fails (a full disk,
+a quota, a lost mount) removes its partial files and raises :class:`CheckpointWriteError`,
+which names the cause and the checkpoint kept. A state whose parameters are not all finite is
+never written.
 
 On restore the newest checkpoint is tried first. Two failures are told apart:
 
@@ -17,8 +19,13 @@ On restore the newest checkpoint is tried first. Two failures are told apart:
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
 import pathlib
+import re
+import shutil
 import sys
 import time
 import warnings
@@ -30,7 +37,13 @@ import orbax.checkpoint as ocp
 
 from gdjax.train.steps import TrainState
 
-__all__ = ["CheckpointMismatchError", "Checkpointer", "NonFiniteStateError", "all_finite"]
+__all__ = [
+    "CheckpointMismatchError",
+    "CheckpointWriteError",
+    "Checkpointer",
+    "NonFiniteStateError",
+    "all_finite",
+]
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -42,6 +55,48 @@ class CheckpointMismatchError(RuntimeError):
             f"checkpoint {step} in {directory} holds another run's state "
             f"({'; '.join(differences[:3])})"
         )
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; its partial files are gone, older ones untouched."""
+
+
+def _write_failure(e: BaseException) -> str:
+    """The cause of a failed write in a few words: the operating system's, where tensorstore
+    quotes its code (``[os_error_code='28']``: No space left on device), else the first line."""
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    if code:
+        return os.strerror(int(code.group(1)))
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+@contextlib.contextmanager
+def _orbax_errors_muted():
+    """Silence orbax's own reports of a failed read or write while it runs: an ERROR log with
+    a traceback from each of its threads, "exception ignored" tracebacks from its reader and
+    writer callbacks, asyncio's "exception was never retrieved" for its abandoned tasks
+    (hundreds of lines). The caller says what happened once."""
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+
+    def mute(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    for logger in loggers:
+        logger.addFilter(mute)
+    hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None
+    try:
+        yield
+    except BaseException:
+        # orbax's abandoned tasks report "exception was never retrieved" when collected.
+        gc.collect()
+        raise
+    finally:
+        sys.unraisablehook = hook
+        for logger in loggers:
+            logger.removeFilter(mute)
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -138,8 +193,10 @@ class Checkpointer:
     def save(self, step: int, state: TrainState, data_state: Any, meta: dict) -> bool:
         """Write checkpoint ``step``; returns False when a readable one exists already.
 
-        Raises :class:`NonFiniteStateError` (writing nothing) when a parameter is not finite.
-        An existing step that :meth:`restore_latest` found unreadable is replaced.
+        Raises :class:`NonFiniteStateError` (writing nothing) when a parameter is not finite,
+        and :class:`CheckpointWriteError` when the files cannot be written (the partial ones
+        are removed). An existing step that :meth:`restore_latest` found unreadable is
+        replaced.
         """
         if not all_finite(state.params):
             raise NonFiniteStateError(f"step {step}: the parameters hold NaN or inf; not saved")
@@ -147,16 +204,29 @@ class Checkpointer:
             if step not in self.unreadable:
                 return False
             self._move_aside(step)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_saveable(state)),
-                data=ocp.args.JsonSave(data_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
-        self._manager.wait_until_finished()
+        try:
+            with _orbax_errors_muted():
+                self._manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(_saveable(state)),
+                        data=ocp.args.JsonSave(data_state),
+                        meta=ocp.args.JsonSave(meta),
+                    ),
+                    force=True,
+                )
+                self._manager.wait_until_finished()
+        except Exception as e:
+            # orbax leaves its temporary folder ("<step>.orbax-checkpoint-tmp...") behind.
+            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            self._manager.reload()
+            newest = self.newest_good()
+            kept = f"checkpoint {newest} is kept" if newest is not None else "there is no older one"
+            raise CheckpointWriteError(
+                f"checkpoint {step} could not be written in {self.directory} "
+                f"({_write_failure(e)}); its partial files were removed and {kept}"
+            ) from e
         self.unreadable.discard(step)
         return True
 
@@ -211,18 +281,18 @@ class Checkpointer:
                 differences = _differences(saved, wanted)
                 if differences:
                     raise CheckpointMismatchError(self.directory, step, differences)
-            # orbax's reader threads report a damaged file again as "exception ignored"
-            # tracebacks (hundreds of lines): the warning below says it once.
-            hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None
+            # A damaged file is reported by each of orbax's reader threads: the warning below
+            # says it once.
             try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract),
-                        data=ocp.args.JsonRestore(),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
+                with _orbax_errors_muted():
+                    restored = self._manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract),
+                            data=ocp.args.JsonRestore(),
+                            meta=ocp.args.JsonRestore(),
+                        ),
+                    )
                 arrays = restored["state"]
                 if int(arrays["step"]) != step:
                     raise ValueError(f"it holds step {int(arrays['step'])}")
@@ -235,8 +305,6 @@ class Checkpointer:
                     stacklevel=2,
                 )
                 continue
-            finally:
-                sys.unraisablehook = hook
             state = template.replace(
                 step=arrays["step"],
                 params=arrays["params"],

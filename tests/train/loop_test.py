@@ -482,6 +482,52 @@ def test_a_truncated_newest_checkpoint_is_replaced_not_kept(tmp_path):
     assert int(state.step) == 30 and not ckpt.unreadable
 
 
+FULL_DISK = """
+import resource, signal, sys
+from gdjax import cli
+from gdjax.train import checkpoint
+
+# After the first checkpoint, no file may grow past 64 kB (the logs stay below that, the
+# checkpoint's array files do not): the kernel refuses the write with EFBIG, as a full disk
+# refuses it with ENOSPC.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+save = checkpoint.Checkpointer.save
+
+
+def save_then_fill_the_disk(self, *args, **kwargs):
+    written = save(self, *args, **kwargs)
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, hard))
+    return written
+
+
+checkpoint.Checkpointer.save = save_then_fill_the_disk
+sys.exit(cli.main(["gdjax", "train", *sys.argv[1:]]))
+"""
+
+
+def test_a_checkpoint_the_disk_refuses_is_one_line_and_the_older_one_resumes(tmp_path):
+    """It was 331 lines (orbax's threads logging the write error, "Event loop is closed"
+    tracebacks), exit status 2 as if the config were wrong, and the partial checkpoint folder
+    left on the full disk."""
+    flags = [f"--workdir={tmp_path}", "--config.max_steps=30", "--config.progress=False"]
+    flags += ["--config.batch_size=32", "--config.checkpoint_every_steps=10"]
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, *flags], capture_output=True, text=True)
+    want = (
+        f"gdjax train: checkpoint 20 could not be written in {tmp_path / 'checkpoints'} "
+        "(File too large); its partial files were removed and checkpoint 10 is kept"
+    )
+    assert done.returncode == 1 and done.stderr.strip() == want, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+    # With room again, the run resumes from the checkpoint kept.
+    config = override(
+        get_config("default"),
+        **{"max_steps": 30, "progress": False, "batch_size": 32, "checkpoint_every_steps": 10},
+    )
+    assert train_and_evaluate(config, str(tmp_path))["steps_this_run"] == 20
+    assert _steps(tmp_path / "checkpoints") == [10, 20, 30]
+
+
 def test_another_config_on_a_workdir_stops_before_writing(tmp_path):
     train_and_evaluate(quick_config(num_steps=20), str(tmp_path))
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
