@@ -73,12 +73,36 @@ def _write_failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
+# Checkpoint folders where an orbax read or write failed (and was reported) in this process.
+_FAILED_IN: set[str] = set()
+
+
+def _not_an_abandoned_orbax_task(record: logging.LogRecord) -> bool:
+    """asyncio logs "Task (or Future, _GatheringFuture) exception was never retrieved" when
+    one that failed is collected. After a failed orbax read or write its abandoned ones are
+    collected whenever tensorstore lets go of them, possibly long after the failure was
+    reported: this filter (on asyncio's logger from the first failure on) drops those, and
+    only those: their error names a folder where a failure was reported."""
+    message = record.getMessage()
+    if "exception was never retrieved" not in message:
+        return True
+    error = str(record.exc_info[1]) if record.exc_info else ""
+    return not any(folder in message or folder in error for folder in _FAILED_IN)
+
+
 @contextlib.contextmanager
-def _orbax_errors_muted():
-    """Silence orbax's own reports of a failed read or write while it runs: an ERROR log with
-    a traceback from each of its threads, "exception ignored" tracebacks from its reader and
-    writer callbacks, asyncio's "exception was never retrieved" for its abandoned tasks
-    (hundreds of lines). The caller says what happened once."""
+def _orbax_failures(directory: pathlib.Path):
+    """Run an orbax read or write in ``directory``, collecting what failed instead of letting
+    orbax report it.
+
+    Yields a list; the caller appends the failure's description there (from an ``except``
+    inside the block). orbax reports a failure itself, hundreds of lines: an ERROR log with a
+    traceback from each of its threads, "exception ignored" tracebacks from its callbacks,
+    asyncio's "exception was never retrieved" for each abandoned task when it is collected,
+    and "coroutine ... was never awaited" warnings.
+    All are silenced while the block runs, and after a failure, once the caller's exception
+    (whose frames hold the tasks) is gone, the abandoned tasks are collected here, still
+    silenced. The caller reports the failure once."""
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
 
     def mute(record: logging.LogRecord) -> bool:
@@ -87,13 +111,20 @@ def _orbax_errors_muted():
     for logger in loggers:
         logger.addFilter(mute)
     hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None
+    failures: list[str] = []
     try:
-        yield
-    except BaseException:
-        # orbax's abandoned tasks report "exception was never retrieved" when collected.
-        gc.collect()
-        raise
+        with warnings.catch_warnings():
+            # ... and Python's warning for each of its coroutines that a failure left unrun.
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+            try:
+                yield failures
+            finally:
+                if failures:
+                    gc.collect()
     finally:
+        if failures:
+            _FAILED_IN.add(str(directory))
+            logging.getLogger("asyncio").addFilter(_not_an_abandoned_orbax_task)
         sys.unraisablehook = hook
         for logger in loggers:
             logger.removeFilter(mute)
@@ -204,8 +235,8 @@ class Checkpointer:
             if step not in self.unreadable:
                 return False
             self._move_aside(step)
-        try:
-            with _orbax_errors_muted():
+        with _orbax_failures(self.directory) as failed:
+            try:
                 self._manager.save(
                     step,
                     args=ocp.args.Composite(
@@ -216,7 +247,9 @@ class Checkpointer:
                     force=True,
                 )
                 self._manager.wait_until_finished()
-        except Exception as e:
+            except Exception as e:
+                failed.append(_write_failure(e))
+        if failed:
             # orbax leaves its temporary folder ("<step>.orbax-checkpoint-tmp...") behind.
             for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(partial, ignore_errors=True)
@@ -225,8 +258,8 @@ class Checkpointer:
             kept = f"checkpoint {newest} is kept" if newest is not None else "there is no older one"
             raise CheckpointWriteError(
                 f"checkpoint {step} could not be written in {self.directory} "
-                f"({_write_failure(e)}); its partial files were removed and {kept}"
-            ) from e
+                f"({failed[0]}); its partial files were removed and {kept}"
+            )
         self.unreadable.discard(step)
         return True
 
@@ -281,10 +314,8 @@ class Checkpointer:
                 differences = _differences(saved, wanted)
                 if differences:
                     raise CheckpointMismatchError(self.directory, step, differences)
-            # A damaged file is reported by each of orbax's reader threads: the warning below
-            # says it once.
-            try:
-                with _orbax_errors_muted():
+            with _orbax_failures(self.directory) as failed:
+                try:
                     restored = self._manager.restore(
                         step,
                         args=ocp.args.Composite(
@@ -293,15 +324,17 @@ class Checkpointer:
                             meta=ocp.args.JsonRestore(),
                         ),
                     )
-                arrays = restored["state"]
-                if int(arrays["step"]) != step:
-                    raise ValueError(f"it holds step {int(arrays['step'])}")
-            except Exception as e:  # any unreadable checkpoint: fall back to an older one
+                    arrays = restored["state"]
+                    if int(arrays["step"]) != step:
+                        raise ValueError(f"it holds step {int(arrays['step'])}")
+                except Exception as e:  # any unreadable checkpoint: fall back to an older one
+                    failed.append(type(e).__name__)
+            if failed:
                 self.unreadable.add(step)
                 left = "trying an older one" if step != self.all_steps()[0] else "none is left"
                 warnings.warn(
                     f"checkpoint {step} in {self.directory} is unreadable (damaged or "
-                    f"incomplete files: {type(e).__name__}); {left}",
+                    f"incomplete files: {failed[0]}); {left}",
                     stacklevel=2,
                 )
                 continue
