@@ -25,6 +25,7 @@ GDJAX_RETAIN_HOST_MEMORY=0 leaves malloc alone.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
@@ -38,6 +39,7 @@ from gdjax._extras import MissingExtraError
 __all__ = ["UsageError", "entry_point", "main"]
 
 COMMANDS = ("train", "eval")
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use
 HOST_MEMORY_VARIABLE = "GDJAX_RETAIN_HOST_MEMORY"
 FLAG_HELP = {
     "train": {
@@ -358,9 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = lambda message, *_, **__: f"gdjax {command}: warning: {message}\n"
     try:
         return _run(command, args, start)
-    except KeyboardInterrupt:
-        print(f"gdjax {command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # the trainer's says where it stopped and what resumes
+        where = f" {e}" if str(e) else ""
+        print(f"gdjax {command}: interrupted{where}", file=sys.stderr)
+        return INTERRUPTED
     except Exception as e:  # one line at the boundary; --verbose shows the traceback
         if verbose:
             traceback.print_exc()
@@ -398,7 +401,16 @@ def entry_point() -> None:
     except UsageError as e:
         print(f"gdjax: {e}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(main())
+    status = main()
+    if status == INTERRUPTED:
+        # A Ctrl-C lets jaxlib's wait for a compilation return while XLA goes on compiling in
+        # a thread of its own; the interpreter's teardown under that thread crashed the process
+        # (SIGSEGV, after the message). Everything of ours is closed by now: skip the teardown.
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ would read. The iterator's position is saved with ``it.get_state()`` and restore
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,13 @@ def _allow_absl_flags() -> None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+def _leave_ctrl_c_to_the_main_process(worker_index: int, worker_count: int) -> None:
+    """Run in each grain worker process first. A terminal's Ctrl-C reaches every process of
+    its foreground group, and each worker printed a ``KeyboardInterrupt`` traceback; the main
+    process decides, and stops the workers (``close()`` on its iterator)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _HostShare(grain.MapDataset):
@@ -203,7 +211,10 @@ def make_loader(
     )
     if worker_count:
         _allow_absl_flags()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count),
+            worker_init_fn=_leave_ctrl_c_to_the_main_process,
+        )
     return it
 
 

@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -130,6 +131,34 @@ def _orbax_failures(directory: pathlib.Path):
             logger.removeFilter(mute)
 
 
+@contextlib.contextmanager
+def _interrupt_after():
+    """Hold back a Ctrl-C (SIGINT) that arrives while the block runs and raise it once the block
+    has finished, so that a checkpoint being written is completed, not abandoned to orbax's
+    threads half-way (which then print tracebacks as the interpreter shuts down under them). A
+    second Ctrl-C interrupts at once. Only Python's own handler is replaced: an ignored SIGINT,
+    another library's handler, or a thread other than the main one leave things as they are."""
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+
+    replaced = False
+    with contextlib.suppress(ValueError):  # not the main thread
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, hold)
+            replaced = True
+    try:
+        yield
+    finally:
+        if replaced:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+
+
 class NonFiniteStateError(FloatingPointError):
     """A state with NaN or infinite parameters was about to be saved."""
 
@@ -204,8 +233,13 @@ class Checkpointer:
         self.directory = pathlib.Path(directory).absolute()
         if not create and not self.directory.is_dir():
             raise FileNotFoundError(f"no checkpoints in {self.directory}")
+        # A writer first removes the temporary folders of writes that never finished (a crash,
+        # a second Ctrl-C); a reader (create=False: gdjax eval) changes nothing.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=create, enable_async_checkpointing=False
+            max_to_keep=max_to_keep,
+            create=create,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=create,
         )
         # Handlers named up front, so that a checkpoint's metadata reads before any restore.
         handlers = {
@@ -227,7 +261,9 @@ class Checkpointer:
         Raises :class:`NonFiniteStateError` (writing nothing) when a parameter is not finite,
         and :class:`CheckpointWriteError` when the files cannot be written (the partial ones
         are removed). An existing step that :meth:`restore_latest` found unreadable is
-        replaced.
+        replaced. A Ctrl-C during the write raises ``KeyboardInterrupt`` once the checkpoint is
+        complete; a second one abandons it (what orbax's threads go on writing is removed when
+        the directory is next opened for writing).
         """
         if not all_finite(state.params):
             raise NonFiniteStateError(f"step {step}: the parameters hold NaN or inf; not saved")
@@ -235,7 +271,8 @@ class Checkpointer:
             if step not in self.unreadable:
                 return False
             self._move_aside(step)
-        with _orbax_failures(self.directory) as failed:
+        # A Ctrl-C during the write takes effect once the checkpoint is complete.
+        with _interrupt_after(), _orbax_failures(self.directory) as failed:
             try:
                 self._manager.save(
                     step,
@@ -247,20 +284,21 @@ class Checkpointer:
                     force=True,
                 )
                 self._manager.wait_until_finished()
+                self.unreadable.discard(step)
+            except KeyboardInterrupt:  # a second Ctrl-C: this checkpoint is given up
+                failed.append("interrupted")
+                self._remove_partial(step)
+                raise
             except Exception as e:
                 failed.append(_write_failure(e))
         if failed:
-            # orbax leaves its temporary folder ("<step>.orbax-checkpoint-tmp...") behind.
-            for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
-                shutil.rmtree(partial, ignore_errors=True)
-            self._manager.reload()
+            self._remove_partial(step)
             newest = self.newest_good()
             kept = f"checkpoint {newest} is kept" if newest is not None else "there is no older one"
             raise CheckpointWriteError(
                 f"checkpoint {step} could not be written in {self.directory} "
                 f"({failed[0]}); its partial files were removed and {kept}"
             )
-        self.unreadable.discard(step)
         return True
 
     def set_aside(self, first_step: int, why: str = "nonfinite") -> list[int]:
@@ -270,6 +308,13 @@ class Checkpointer:
         for step in steps:
             self._move_aside(step, why)
         return steps
+
+    def _remove_partial(self, step: int) -> None:
+        """Remove what a failed or abandoned write of ``step`` left: orbax's temporary folder
+        (``<step>.orbax-checkpoint-tmp...``), never a finalized checkpoint."""
+        for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        self._manager.reload()
 
     def newest_good(self) -> int | None:
         """The newest step that is neither set aside nor known to be unreadable."""

@@ -8,7 +8,9 @@ with the parallel mode of ``config.parallel``. It writes to ``workdir``:
 * ``checkpoints/`` — orbax checkpoints (state, data-iterator position, loop metadata) every
   ``checkpoint_every_steps`` and at the end; a run started again with the same ``workdir``
   resumes where it stopped and, on the CPU, ends bit-identical to an uninterrupted run.
-  SIGTERM saves a checkpoint and exits (status 143).
+  SIGTERM saves a checkpoint and exits (status 143). Ctrl-C stops the run (a checkpoint
+  being written is completed first) with a ``KeyboardInterrupt`` that names the step reached
+  and the checkpoint a rerun resumes from.
 * ``metrics.jsonl`` and ``tensorboard/`` — training metrics every ``log_every_steps``, test
   metrics every ``eval_every_epochs``; ``curves.png`` at the end.
 * ``config.json`` — the config the run used.
@@ -286,6 +288,18 @@ class _Terminate:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _where_interrupted(step: int, checkpointer: Checkpointer, workdir: pathlib.Path) -> str:
+    """What a Ctrl-C during training leaves: the step reached and the checkpoint a rerun
+    resumes from."""
+    newest = checkpointer.newest_good()
+    if newest is None:
+        return f"at step {step}, before any checkpoint was written"
+    return (
+        f"at step {step}; checkpoint {newest} is kept in {checkpointer.directory}, and a run "
+        f"with the same workdir ({workdir}) resumes from it"
+    )
+
+
 class _NonFiniteLossError(Exception):
     def __init__(self, step: int, loss: float):
         self.step, self.loss = step, loss
@@ -553,10 +567,13 @@ def train_and_evaluate(
         # The loss of step s is measured on the parameters of step s - 1.
         what = f"non-finite training loss ({e.loss}) at step {e.step}"
         raise _nonfinite_stop(checkpointer, what, e.step - 1) from None
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_where_interrupted(step, checkpointer, workdir)) from None
     finally:
         progress.close()
         writer.close()
         checkpointer.close()
+        batches.close()  # stops the loader's worker processes, if any
 
     if not evaluator.last:  # resumed at the very end: evaluate the restored state
         evaluator(state, step)
