@@ -89,8 +89,35 @@ def _validate_adam(owner: str, learning_rate, b1, b2, eps, eps_root, weight_deca
     )
 
 
-def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArgs:
-    r"""Plain gradient descent.
+def _heavy_ball(
+    owner: str,
+    learning_rate: ScalarOrSchedule,
+    momentum: ScalarOrSchedule,
+    nesterov: bool,
+    weight_decay: ScalarOrSchedule | None,
+    accumulator_dtype: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """:func:`momentum`'s chain, its arguments checked in the name of ``owner``."""
+    _validate(
+        owner,
+        nonnegative={"learning_rate": learning_rate, "weight_decay": weight_decay},
+        unit={"momentum": momentum},
+    )
+    _check_flag(owner, "nesterov", nesterov)
+    return _chain(
+        _decay(weight_decay),
+        T.trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
+        T.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: ScalarOrSchedule | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Plain gradient descent; with ``momentum``, :func:`momentum` (optax's ``sgd`` signature).
 
     .. math::  u_t = -\eta_t g_t
 
@@ -98,12 +125,20 @@ def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArg
     the data the gradient is computed on (all examples, one example, or a mini-batch).
 
     PyTorch: ``torch.optim.SGD(params, lr=learning_rate)``. optax: ``optax.sgd(learning_rate)``.
+    ``sgd(learning_rate, momentum=0.9, nesterov=True)`` is
+    ``momentum(learning_rate, 0.9, nesterov=True)``, as ``optax.sgd`` and ``torch.optim.SGD``
+    take it (``nesterov=True`` without ``momentum`` is an error, not ignored as in optax).
 
     Args:
       learning_rate: :math:`\eta \ge 0`, a number, an array or a schedule of the 0-based step.
+      momentum: None for plain gradient descent, else :math:`\mu \in [0, 1)` (see
+        :func:`momentum`).
+      nesterov: with ``momentum``, Nesterov's look-ahead.
+      accumulator_dtype: with ``momentum``, the velocity's dtype.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``: ``chain(scale_by_learning_rate)``.
+      An ``optax.GradientTransformationExtraArgs``: ``chain(scale_by_learning_rate)``, or
+      :func:`momentum`'s chain.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -118,7 +153,17 @@ def sgd(learning_rate: ScalarOrSchedule) -> optax.GradientTransformationExtraArg
       >>> print(f"{f(w):.4f}")
       1.5032
     """
+    if momentum is not None:
+        return _heavy_ball("sgd", learning_rate, momentum, nesterov, None, accumulator_dtype)
     _validate("sgd", nonnegative={"learning_rate": learning_rate})
+    _check_flag("sgd", "nesterov", nesterov)
+    if nesterov:
+        raise ValueError("sgd: nesterov needs momentum (e.g. 0.9), got True with momentum=None")
+    if accumulator_dtype is not None:
+        raise ValueError(
+            f"sgd: accumulator_dtype needs momentum (plain gradient descent keeps no "
+            f"accumulator), got {accumulator_dtype!r} with momentum=None"
+        )
     return _chain(T.scale_by_learning_rate(learning_rate))
 
 
@@ -170,16 +215,8 @@ def momentum(
       >>> print(f"{f(w):.4f}")
       2.4195
     """
-    _validate(
-        "momentum",
-        nonnegative={"learning_rate": learning_rate, "weight_decay": weight_decay},
-        unit={"momentum": momentum},
-    )
-    _check_flag("momentum", "nesterov", nesterov)
-    return _chain(
-        _decay(weight_decay),
-        T.trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
-        T.scale_by_learning_rate(learning_rate),
+    return _heavy_ball(
+        "momentum", learning_rate, momentum, nesterov, weight_decay, accumulator_dtype
     )
 
 

@@ -36,6 +36,15 @@ OPTAX_CASES = {
         lambda lr: gdjax.momentum(lr, 0.9, nesterov=True),
         lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
     ),
+    # optax's own spelling of momentum, which gdjax.sgd takes as well
+    "sgd_momentum_keyword": (
+        lambda lr: gdjax.sgd(lr, momentum=0.9),
+        lambda lr: optax.sgd(lr, momentum=0.9),
+    ),
+    "sgd_nesterov_keyword": (
+        lambda lr: gdjax.sgd(lr, momentum=0.8, nesterov=True),
+        lambda lr: optax.sgd(lr, momentum=0.8, nesterov=True),
+    ),
     "momentum_weight_decay": (
         lambda lr: gdjax.momentum(lr, 0.8, weight_decay=1e-2),
         lambda lr: optax.chain(optax.add_decayed_weights(1e-2), optax.sgd(lr, momentum=0.8)),
@@ -178,6 +187,11 @@ TORCH_CASES = {
     "sgd_momentum": (lambda lr: gdjax.momentum(lr, 0.9), "SGD", {"momentum": 0.9}),
     "sgd_nesterov": (
         lambda lr: gdjax.momentum(lr, 0.9, nesterov=True),
+        "SGD",
+        {"momentum": 0.9, "nesterov": True},
+    ),
+    "sgd_keyword_nesterov": (
+        lambda lr: gdjax.sgd(lr, momentum=0.9, nesterov=True),
         "SGD",
         {"momentum": 0.9, "nesterov": True},
     ),

@@ -26,9 +26,15 @@ def _kernels(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def sgd_with_momentum(learning_rate, momentum, nesterov=False):
+    """``optim.sgd`` with optax's ``momentum`` keyword."""
+    return optim.sgd(learning_rate, momentum=momentum, nesterov=nesterov)
+
+
 # factory -> (typical numeric hyperparameters, the ones whose 0 is refused, static variants)
 SPECS = {
     optim.sgd: ({"learning_rate": 0.05}, (), [{}]),
+    sgd_with_momentum: ({"learning_rate": 0.05, "momentum": 0.9}, (), [{}, {"nesterov": True}]),
     optim.momentum: (
         {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
         (),

@@ -172,6 +172,8 @@ BAD = [
     (gdjax.rmsprop, {"learning_rate": 0.1, "decay": 1.0}, "decay"),
     (gdjax.rmsprop, {"learning_rate": 0.1, "eps": -1e-8}, "eps"),
     (gdjax.rmsprop, {"learning_rate": 0.1, "momentum": 1.0}, "momentum"),
+    (gdjax.sgd, {"learning_rate": 0.1, "momentum": 1.0}, "momentum"),
+    (gdjax.sgd, {"learning_rate": 0.1, "nesterov": True}, "nesterov"),  # needs momentum
     (gdjax.adam, {"learning_rate": -1e-3}, "learning_rate"),
     (gdjax.adam, {"learning_rate": 1e-3, "b1": 1.0}, "b1"),
     (gdjax.adam, {"learning_rate": 1e-3, "b2": -0.1}, "b2"),
@@ -214,7 +216,7 @@ def test_bad_hyperparameter_names_argument_and_value(factory, kwargs, arg):
 ALIASES = ["sgd", "momentum", "alexnet_sgd", "adagrad", "rmsprop", "adam", "adamw", "lars", "lamb"]
 # The arguments documented as taking None: "off" for a number, "every leaf" for a mask.
 TAKES_NONE = {"weight_decay", "mask", "weight_decay_mask", "trust_ratio_mask", "mu_dtype",
-              "accumulator_dtype", "momentum:rmsprop"}  # fmt: skip
+              "accumulator_dtype", "momentum:rmsprop", "momentum:sgd"}  # fmt: skip
 
 
 def _none_cases():

@@ -257,6 +257,10 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
         ({"batch_size": 0}, r"config.batch_size must be >= 1, got 0"),
         ({"optimizer.learning_rate": -1.0}, r"learning_rate must be >= 0, got -1.0"),
         ({"optimizer.hparams.momentum": 1.5}, r"hparams.momentum: .*must be in \[0, 1\), got 1.5"),
+        (
+            {"optimizer.name": "sgd", "optimizer.hparams.nesterov": True},
+            r"config.optimizer.hparams.nesterov: sgd: nesterov needs momentum",
+        ),
         ({"label_smoothing": 1.0}, r"config.label_smoothing must be in \[0, 1\)"),
         ({"model.dropout_rate": 1.0}, r"config.model.dropout_rate must be in \[0, 1\)"),
         ({"model.variant": "big"}, r"config.model.variant must be one of"),
