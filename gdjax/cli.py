@@ -317,11 +317,14 @@ def _run(command: str, args: list[str], start: float) -> int:
 
 def _complete(e: Exception) -> bool:
     """Errors whose message says what happened and what is left, so no type or hint is added:
-    a missing extra, a checkpoint that could not be written (only ever raised once the trainer
-    is imported, so it is looked up there rather than imported here)."""
+    a missing extra, a checkpoint that could not be written, a workdir another run holds (the
+    last two only ever raised once the trainer is imported, so they are looked up there rather
+    than imported here)."""
     checkpoint = sys.modules.get("gdjax.train.checkpoint")
     written = checkpoint is not None and isinstance(e, checkpoint.CheckpointWriteError)
-    return written or isinstance(e, MissingExtraError)
+    loop = sys.modules.get("gdjax.train.loop")
+    busy = loop is not None and isinstance(e, loop.WorkdirBusyError)
+    return written or busy or isinstance(e, MissingExtraError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from gdjax.train.collectives import Collective, collectives
 from gdjax.train.evaluation import eval_batches, evaluate
 from gdjax.train.loop import (
     Run,
+    WorkdirBusyError,
     WorkdirMismatchError,
     build,
     due,
@@ -51,6 +52,7 @@ __all__ = [
     "RULES",
     "Run",
     "TrainState",
+    "WorkdirBusyError",
     "WorkdirMismatchError",
     "build",
     "changed_network",

@@ -15,6 +15,7 @@ with the parallel mode of ``config.parallel``. It writes to ``workdir``:
   metrics every ``eval_every_epochs``; ``curves.png`` at the end.
 * ``config.json`` — the config the run used.
 
+One run at a time trains in a workdir: a second one stops at once (:class:`WorkdirBusyError`).
 Nothing is written before the restore has succeeded: a workdir whose checkpoints belong to
 another config stops the run (:class:`WorkdirMismatchError`, naming the fields that differ)
 unless ``restart=True`` moves them aside first. A non-finite training loss stops the run with
@@ -40,6 +41,11 @@ import tempfile
 import time
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, runs are not checked
+    fcntl = None
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -64,6 +70,7 @@ from gdjax.train.validation import (
 
 __all__ = [
     "Run",
+    "WorkdirBusyError",
     "WorkdirMismatchError",
     "build",
     "due",
@@ -210,6 +217,45 @@ def _check_workdir(workdir: pathlib.Path) -> None:
         raise ConfigError(
             f"--workdir {workdir}: cannot write in {existing} ({e.strerror or e})"
         ) from None
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another run is training in the workdir."""
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: pathlib.Path, enabled: bool = True):
+    """Hold ``workdir`` for one run: an exclusive ``flock`` on the folder itself, so nothing is
+    written for it and the kernel lets go however the process ends (even SIGKILL). A second
+    run in the same workdir used to train beside the first, each overwriting the other's
+    checkpoints, until one read a checkpoint folder the other had just replaced ("No such file
+    or directory"); now it stops at once. Taken by process 0 only (the processes of one run
+    share the workdir); where the filesystem has no locks (some network mounts, Windows), runs
+    are not checked."""
+    if not enabled or fcntl is None:
+        yield
+        return
+    made = [p for p in (workdir, *workdir.parents) if not p.exists()]  # the folder first
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusyError(
+                f"{workdir} is in use by another run (a gdjax process training there holds "
+                "it); wait for that run to end, stop it, or choose another workdir"
+            ) from None
+        except OSError:  # no locks on this filesystem
+            pass
+        yield
+    except BaseException:
+        for folder in made:  # a run stopped before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # (only if still empty)
+        raise
+    finally:
+        os.close(fd)
 
 
 def _mismatch(workdir: pathlib.Path, c: ml_collections.ConfigDict, e: CheckpointMismatchError):
@@ -471,7 +517,8 @@ def train_and_evaluate(
     starts from step 0. Returns the final test metrics with ``accuracy``, ``steps``,
     ``steps_this_run`` (0 when the checkpoint already had every step), ``epochs``,
     ``wall_seconds`` (the whole call) and ``train_images_per_second`` (steady
-    training, without compilation, evaluation and checkpoints).
+    training, without compilation, evaluation and checkpoints). Raises
+    :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
     wall_start = time.perf_counter()
     c = ml_collections.ConfigDict(config)
@@ -480,7 +527,19 @@ def train_and_evaluate(
     _check_workdir(workdir)
     is_main = jax.process_index() == 0
 
-    run = build(c)
+    with _workdir_lock(workdir, enabled=is_main):
+        return _train(c, build(c), workdir, restart, is_main, wall_start)
+
+
+def _train(
+    c: ml_collections.ConfigDict,
+    run: Run,
+    workdir: pathlib.Path,
+    restart: bool,
+    is_main: bool,
+    wall_start: float,
+) -> dict[str, Any]:
+    """The body of :func:`train_and_evaluate`, run while this process holds the workdir."""
     loader = data.make_loader(
         run.train_src,
         batch_size=c.batch_size,

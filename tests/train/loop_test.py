@@ -659,6 +659,50 @@ def test_a_second_ctrl_c_abandons_the_save_and_keeps_the_older_checkpoint(tmp_pa
         again.close()
 
 
+def test_a_second_run_in_the_same_workdir_stops_at_once(tmp_path):
+    """Two runs in one workdir trained side by side, each overwriting the other's checkpoints,
+    until one read a checkpoint folder the other had just replaced: "[Errno 2] No such file or
+    directory: '.../checkpoints/150'" (exit 2, as for a bad config)."""
+    from gdjax.train import WorkdirBusyError
+
+    first = _start(tmp_path, "--config.num_steps=100000")
+    try:
+        _wait_for_checkpoint(tmp_path, 10, first)
+        with pytest.raises(WorkdirBusyError, match=rf"^{re.escape(str(tmp_path))} is in use by"):
+            train_and_evaluate(quick_config(), str(tmp_path))
+        second = subprocess.run(
+            [sys.executable, "-m", "gdjax.cli", "train", f"--workdir={tmp_path}"],
+            env={**WITHOUT_THE_CACHE, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+        )
+        assert second.returncode == 1, second.stderr[-3000:]
+        assert second.stderr.strip() == (
+            f"gdjax train: {tmp_path} is in use by another run (a gdjax process training there "
+            "holds it); wait for that run to end, stop it, or choose another workdir"
+        )
+        assert first.poll() is None, "the first run goes on"
+    finally:
+        first.send_signal(signal.SIGTERM)  # saves and exits
+        first.communicate(timeout=120)
+    assert first.returncode == 143
+    # Once it has ended the workdir is free: the next run resumes there (from the step the
+    # first one saved at SIGTERM, past this config's 40).
+    assert train_and_evaluate(quick_config(), str(tmp_path))["steps_this_run"] == 0
+
+
+def test_a_run_that_fails_before_writing_leaves_no_new_folder(tmp_path, monkeypatch):
+    import gdjax.train.loop as loop
+
+    def no_data(c):
+        raise FileNotFoundError("the data went away")
+
+    monkeypatch.setattr(loop, "build", no_data)
+    with pytest.raises(FileNotFoundError, match="went away"):
+        train_and_evaluate(quick_config(), str(tmp_path / "new" / "run"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_another_config_on_a_workdir_stops_before_writing(tmp_path):
     train_and_evaluate(quick_config(num_steps=20), str(tmp_path))
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
