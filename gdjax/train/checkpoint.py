@@ -271,34 +271,40 @@ class Checkpointer:
             if step not in self.unreadable:
                 return False
             self._move_aside(step)
-        # A Ctrl-C during the write takes effect once the checkpoint is complete.
-        with _interrupt_after(), _orbax_failures(self.directory) as failed:
-            try:
-                self._manager.save(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardSave(_saveable(state)),
-                        data=ocp.args.JsonSave(data_state),
-                        meta=ocp.args.JsonSave(meta),
-                    ),
-                    force=True,
-                )
-                self._manager.wait_until_finished()
-                self.unreadable.discard(step)
-            except KeyboardInterrupt:  # a second Ctrl-C: this checkpoint is given up
-                failed.append("interrupted")
+        # A Ctrl-C during the write takes effect once the checkpoint is complete, or once a
+        # failed write has been cleaned up and reported (the write's error is then raised).
+        with _interrupt_after():
+            with _orbax_failures(self.directory) as failed:
+                try:
+                    self._manager.save(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardSave(_saveable(state)),
+                            data=ocp.args.JsonSave(data_state),
+                            meta=ocp.args.JsonSave(meta),
+                        ),
+                        force=True,
+                    )
+                    self._manager.wait_until_finished()
+                except KeyboardInterrupt:  # a second Ctrl-C: this checkpoint is given up
+                    failed.append("interrupted")
+                    self._remove_partial(step)
+                    raise
+                except Exception as e:
+                    failed.append(_write_failure(e))
+            if failed:
                 self._remove_partial(step)
-                raise
-            except Exception as e:
-                failed.append(_write_failure(e))
-        if failed:
-            self._remove_partial(step)
-            newest = self.newest_good()
-            kept = f"checkpoint {newest} is kept" if newest is not None else "there is no older one"
-            raise CheckpointWriteError(
-                f"checkpoint {step} could not be written in {self.directory} "
-                f"({failed[0]}); its partial files were removed and {kept}"
-            )
+                newest = self.newest_good()
+                kept = (
+                    f"checkpoint {newest} is kept"
+                    if newest is not None
+                    else "there is no older one"
+                )
+                raise CheckpointWriteError(
+                    f"checkpoint {step} could not be written in {self.directory} "
+                    f"({failed[0]}); its partial files were removed and {kept}"
+                )
+            self.unreadable.discard(step)
         return True
 
     def set_aside(self, first_step: int, why: str = "nonfinite") -> list[int]:

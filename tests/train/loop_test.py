@@ -704,6 +704,38 @@ def test_a_run_that_fails_before_writing_leaves_no_new_folder(tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_ctrl_c_during_a_failed_write_still_reports_it_and_cleans_up(tmp_path, monkeypatch):
+    """A Ctrl-C held back during a write that then failed was raised as the write's block
+    ended, before the failure was handled: the partial folder stayed and the write error was
+    lost."""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    from gdjax.train import CheckpointWriteError
+
+    config = quick_config(num_steps=10)
+    train_and_evaluate(config, str(tmp_path))
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    try:
+        state, data_state, meta = ckpt.restore_latest(build(config).state)
+
+        def press_then_fail(self, step, *args, **kwargs):
+            (tmp_path / "checkpoints" / f"{step}.orbax-checkpoint-tmp-1").mkdir()
+            os.kill(os.getpid(), signal.SIGINT)  # held back until the write is over
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(ocp.CheckpointManager, "save", press_then_fail)
+        with pytest.raises(
+            CheckpointWriteError, match=r"\(No space left on device\); .* 10 is kept"
+        ):
+            ckpt.save(20, state.replace(step=20), data_state, meta)
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        ckpt.close()
+
+
 def test_another_config_on_a_workdir_stops_before_writing(tmp_path):
     train_and_evaluate(quick_config(num_steps=20), str(tmp_path))
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
