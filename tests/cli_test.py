@@ -137,6 +137,21 @@ def test_version_names_gdjax_and_its_core_without_importing_jax(capsys):
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "False", done.stderr
 
 
+def test_python_dash_m_gdjax_is_the_command():
+    """`python -m gdjax ...` runs the console script's entry point: same output, same status."""
+    import gdjax
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gdjax", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.startswith(f"gdjax {gdjax.__version__} ("), done
+    done = subprocess.run(
+        [sys.executable, "-m", "gdjax", "trian"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done
+    assert done.stderr.strip() == "gdjax: unknown command 'trian'; commands are train, eval"
+
+
 def test_an_unknown_tfds_name_lists_a_few_close_matches(capsys, tmp_path):
     args = ["gdjax", "train", f"--workdir={tmp_path}", "--config.dataset=tfds:mnsit"]
     assert cli.main(args) == 2

@@ -54,6 +54,12 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
 
+def _hidden(name: str) -> bool:
+    """Folders and files an image folder holds beside the data: dot-names (Jupyter's
+    ``.ipynb_checkpoints``, macOS's ``._photo.jpg`` resource forks) and ``__MACOSX``."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 class _Source:
     """What every source shares: ``class_names``, ``num_classes`` derived from it, and a
     ``fingerprint`` of the content (what cached statistics are keyed by)."""
@@ -308,7 +314,9 @@ def _read_tar_members(path: pathlib.Path, folder: str, wanted: list[str]) -> dic
 class FolderSource(_Source):
     """Images in ``root/<class>/<file>``, decoded by Pillow when read.
 
-    Classes are the sub-folders in sorted order (torchvision's ``ImageFolder`` convention).
+    Classes are the sub-folders in sorted order (torchvision's ``ImageFolder`` convention),
+    leaving out what tools put beside the data: names starting with a dot (Jupyter's
+    ``.ipynb_checkpoints``, macOS's ``._photo.jpg``) and ``__MACOSX``, as folders or files.
     Each image is converted to RGB and, when ``image_size`` is set, resized so that its short
     side is ``image_size`` and centre-cropped to ``image_size²`` — the paper's preprocessing
     (256), done here so that every example has one shape.
@@ -332,7 +340,7 @@ class FolderSource(_Source):
             raise FileNotFoundError(f"folder:{root}: no such folder")
         if image_size is not None:
             check_positive_int("image_size", image_size, " or None")
-        found = sorted(d.name for d in os.scandir(root) if d.is_dir())
+        found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not _hidden(d.name))
         names = list(class_names) if class_names is not None else found
         unknown = sorted(set(found) - set(names))
         if unknown:
@@ -342,7 +350,12 @@ class FolderSource(_Source):
             if not (root / cls).is_dir():
                 continue
             for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
-                if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                name = entry.name
+                if (
+                    entry.is_file()
+                    and name.lower().endswith(IMAGE_EXTENSIONS)
+                    and not _hidden(name)
+                ):
                     files.append(entry.path)
                     labels.append(label)
         if not files:
@@ -447,14 +460,16 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
     if not sub.is_dir() and split == "test" and (root / "val").is_dir():
         sub = root / "val"
     if not sub.is_dir():
-        present = sorted(d.name for d in os.scandir(root) if d.is_dir())
+        present = sorted(d.name for d in os.scandir(root) if d.is_dir() and not _hidden(d.name))
         raise FileNotFoundError(
             f"folder:{root}: no '{split}' sub-folder (found {present}); expected "
             f"{root}/{split}/<class>/<image>"
         )
     if "class_names" not in kwargs and split != "train" and (root / "train").is_dir():
         # Evaluation splits use the training split's class order, even if a class is absent.
-        kwargs["class_names"] = sorted(d.name for d in os.scandir(root / "train") if d.is_dir())
+        kwargs["class_names"] = sorted(
+            d.name for d in os.scandir(root / "train") if d.is_dir() and not _hidden(d.name)
+        )
     return FolderSource(sub, name=f"folder:{root}/{split}", **kwargs)
 
 

@@ -141,6 +141,28 @@ def test_folder_ignores_non_images_and_converts_grey_and_alpha(image_root):
         assert train[i]["image"].shape == (256, 256, 3)
 
 
+def test_folder_leaves_out_what_jupyter_and_macos_put_beside_the_data(image_root, recwarn):
+    """A `.ipynb_checkpoints` folder is no class, and a macOS zip's `__MACOSX` folder and
+    `._img.jpg` resource forks (not JPEGs) are neither classes nor unreadable images."""
+    train_dir = image_root / "train"
+    (train_dir / ".ipynb_checkpoints").mkdir()
+    (train_dir / "__MACOSX" / "cat").mkdir(parents=True)
+    (train_dir / "__MACOSX" / "cat" / "._img_000.jpg").write_bytes(b"\x00\x05\x16\x07 fork")
+    (train_dir / "cat" / "._img_000.jpg").write_bytes(b"\x00\x05\x16\x07 fork")
+    (train_dir / "cat" / ".hidden.jpg").write_bytes(jpeg_bytes((30, 30), 3))
+    (image_root / ".ipynb_checkpoints").mkdir()
+    for split in ("train", "val"):
+        source = data.load(f"folder:{image_root}", split)
+        assert source.class_names == ["cat", "dog", "emu"], split
+        assert not any("/." in f or "__MACOSX" in f for f in source.files), source.files
+    train = data.load(f"folder:{image_root}", "train")
+    assert len(train) == 7 and train.verify() == []
+    assert all(train[i]["mask"] == 1 for i in range(len(train)))
+    assert not [w for w in recwarn if "unreadable" in str(w.message)]
+    with pytest.raises(FileNotFoundError, match=r"found \['train', 'val'\]"):
+        data.sources.folder(image_root, "holdout")
+
+
 def test_corrupt_image_is_masked_never_replaced(image_root):
     """An unreadable file comes back masked (a blank of the right shape, its own label), not
     as another image that evaluation would count twice."""
