@@ -30,6 +30,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -269,6 +270,34 @@ def why_not(impl: str, *arrays: jax.Array) -> str | None:
     dtypes = {str(a.dtype) for a in arrays}
     if dtypes != {"float32"}:
         return f"dtypes {sorted(dtypes)}, not float32"
+    if (beyond := _beyond_first_order_reverse(arrays)) is not None:
+        return f"{beyond} (the oneDNN kernels have first-order reverse-mode derivatives only)"
     if not available():
         return status()[1]
+    return None
+
+
+def _beyond_first_order_reverse(arrays: Sequence[Any]) -> str | None:
+    """The differentiation the operands are traced under, when the kernels' derivatives (a
+    ``custom_vjp``: ``jax.grad``, ``jax.vjp``) do not cover it; ``None`` otherwise.
+
+    Read off the chain of tracers around each operand: a ``JVPTracer`` is forward mode
+    (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``, a Hessian-vector product) and two
+    ``LinearizeTracer`` levels are a derivative of a derivative. Reverse mode is traced by
+    ``LinearizeTracer`` when JAX linearizes directly (the default of every JAX gdjax supports); with
+    ``jax_use_direct_linearize`` off it is traced by ``JVPTracer`` too, so nothing is read
+    then. A function staged by ``jax.jit``, ``jax.checkpoint`` or ``lax.scan`` inside the
+    transformation is traced apart from it and cannot be seen here (build the model with
+    ``impl="xla"`` for that).
+    """
+    direct = getattr(jax.config, "jax_use_direct_linearize", True)
+    for a in arrays:
+        kinds, x = [], a
+        while isinstance(x, jax.core.Tracer):
+            kinds.append(type(x).__name__)
+            x = getattr(x, "primal", getattr(x, "val", None))
+        if direct and "JVPTracer" in kinds:
+            return "forward-mode differentiation (jax.jvp, jax.jacfwd, jax.hessian)"
+        if kinds.count("LinearizeTracer") > 1:
+            return "a derivative of a derivative"
     return None

@@ -10,7 +10,9 @@ drops into ``flax.linen.Conv(..., conv_general_dilated=...)``. It computes the s
 * ``impl`` is ``"auto"`` (the default) or ``"onednn"``, and the default backend is the CPU;
 * the kernels are available (:func:`onednn_status` says why not, if not);
 * float32 operands, NHWC activations with an HWIO kernel (Flax's layout), no dilation,
-  ``batch_group_count == 1`` and non-negative padding.
+  ``batch_group_count == 1`` and non-negative padding;
+* the call is not traced under forward-mode differentiation or a derivative of a derivative
+  (the kernels' derivatives are a ``custom_vjp``: first-order reverse mode).
 
 Otherwise it is exactly ``lax.conv_general_dilated``. The choice is made at trace time and the
 oneDNN call sits under :func:`jax.lax.platform_dependent`, so a function traced on the CPU and

@@ -42,7 +42,8 @@ def local_response_norm(
 
     On the CPU, for float32 input and ``size`` 5, both passes run on oneDNN's LRN when
     ``impl`` is ``"auto"`` (and the kernels load, and oneDNN has a jit kernel for the pass on
-    this CPU: on AVX2 only the forward) or ``"onednn"`` (first-order reverse mode only);
+    this CPU: on AVX2 only the forward) or ``"onednn"`` (first-order reverse mode only:
+    traced under forward mode or a second derivative, ``"auto"`` takes XLA's path);
     otherwise, and on other backends, XLA computes it: the window sum as shifted slices, and
     derivatives from a hand-written tangent (a custom JVP) that JAX transposes into the
     gradient, so ``jvp``, ``jax.hessian`` and Hessian-vector products work too.
@@ -260,7 +261,8 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, impl: str = "auto")
     and on other backends, the argmax is scattered back per stride phase in plain JAX —
     several times faster on the CPU than XLA's select-and-scatter, and the same function —
     as the transpose of a custom JVP (the tangent gathered at the argmax), so forward mode
-    and higher derivatives work on this path; oneDNN's has first-order reverse mode only.
+    and higher derivatives work on this path; oneDNN's has first-order reverse mode only
+    (traced under forward mode or a second derivative, ``"auto"`` takes this path).
     """
     if window < 1 or stride < 1:
         raise ValueError(f"max_pool: window={window} and stride={stride} must be >= 1")

@@ -136,6 +136,57 @@ def test_auto_uses_onednn_on_cpu_and_xla_opts_out():
     assert "gdjax_conv" not in hlo("xla")
 
 
+def _tree_vdot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@needs_onednn
+def test_auto_differentiates_to_any_order_taking_xla_where_it_must():
+    """With impl='auto' (the default), a layer traced under forward mode (jvp, jax.hessian, a
+    forward-over-reverse Hessian-vector product) or under a derivative of a derivative takes
+    XLA's path by itself and gives what the network on XLA gives; first-order reverse mode
+    stays on oneDNN; impl='onednn' there is an error that says why."""
+    kw = dict(variant="small", num_classes=10, in_channels=1)
+    nets = {impl: AlexNet(**kw, impl=impl) for impl in ("auto", "xla", "onednn")}
+    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+    params = jax.jit(nets["xla"].init)(jax.random.key(1), x)["params"]
+    keys = iter(jax.random.split(jax.random.key(2), 64))
+    t = jax.tree.map(lambda p: jax.random.normal(next(keys), p.shape) * jnp.std(p), params)
+    assert nets["auto"].lrn and nets["auto"].fused_relu is not False  # every kernel is in it
+
+    def loss(impl):
+        return lambda p: jnp.sum(jnp.sin(3.0 * nets[impl].apply({"params": p}, x)))
+
+    def derivatives(impl, hessian=True):
+        f = loss(impl)
+        last = sorted(params)[-1]
+
+        def of_bias(b):  # the layers before it are constants here, and may run on oneDNN
+            return f({**params, last: {**params[last], "bias": b}})
+
+        out = {
+            "jvp": jax.jvp(f, (params,), (t,))[1],
+            "forward-over-reverse": jax.jvp(jax.grad(f), (params,), (t,))[1],
+            "reverse-over-reverse": jax.grad(lambda q: _tree_vdot(jax.grad(f)(q), t))(params),
+        }
+        return {**out, "hessian": jax.hessian(of_bias)(params[last]["bias"])} if hessian else out
+
+    ours, xla = jax.jit(lambda: derivatives("auto"))(), jax.jit(lambda: derivatives("xla"))()
+    for name in ours:
+        for a, b in zip(jax.tree.leaves(ours[name]), jax.tree.leaves(xla[name]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(b).max()))
+    assert float(jnp.abs(ours["hessian"]).max()) > 0
+    staged = jax.jit(lambda: derivatives("auto", hessian=False)).lower().as_text()
+    assert "gdjax_" not in staged
+    first_order = jax.jit(jax.grad(loss("auto"))).lower(params).as_text()
+    for target in ("gdjax_conv_bwd_data", "gdjax_conv_bias_relu_fwd", "gdjax_max_pool_bwd"):
+        assert target in first_order, target
+    with pytest.raises(RuntimeError, match=r"forward-mode differentiation .* first-order reverse"):
+        jax.jvp(loss("onednn"), (params,), (t,))
+    with pytest.raises(RuntimeError, match=r"a derivative of a derivative .* first-order reverse"):
+        jax.grad(lambda q: _tree_vdot(jax.grad(loss("onednn"))(q), t))(params)
+
+
 @needs_onednn
 def test_other_platforms_get_xlas_convolution_and_pooling():
     """Traced on the CPU, lowered for a GPU: the oneDNN branches are not in the module."""
