@@ -267,7 +267,10 @@ def _run(command: str, args: list[str], start: float) -> int:
                 f"--workdir {run_dir}: {what} (the workdir of a gdjax train run)"
             )
         if not (run_dir / "checkpoints").is_dir():
-            raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}")
+            hint = ""
+            if any(e.name.isdigit() and e.is_dir() for e in os.scandir(run_dir)):  # steps
+                hint = f"; {run_dir} holds checkpoints itself: pass --workdir={run_dir.parent}"
+            raise FileNotFoundError(f"no checkpoints in {run_dir / 'checkpoints'}{hint}")
         if "config" not in flags and (run_dir / "config.json").is_file():
             config = _saved_config(run_dir)
         else:

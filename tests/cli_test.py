@@ -120,6 +120,17 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, 
     assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
 
 
+def test_eval_pointed_at_the_checkpoints_folder_names_the_workdir(capsys, tmp_path):
+    (tmp_path / "run" / "checkpoints" / "620").mkdir(parents=True)
+    status = cli.main(["gdjax", "eval", f"--workdir={tmp_path / 'run' / 'checkpoints'}"])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.strip().endswith(
+        f"{tmp_path / 'run' / 'checkpoints'} holds checkpoints itself: "
+        f"pass --workdir={tmp_path / 'run'}"
+    ), err
+
+
 def test_version_names_gdjax_and_its_core_without_importing_jax(capsys):
     import importlib.metadata
 
