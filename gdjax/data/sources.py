@@ -60,6 +60,11 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def _subfolders(path: str | os.PathLike) -> list[str]:
+    """The names of ``path``'s sub-folders, sorted, leaving out :func:`_hidden` ones."""
+    return sorted(d.name for d in os.scandir(path) if d.is_dir() and not _hidden(d.name))
+
+
 class _Source:
     """What every source shares: ``class_names``, ``num_classes`` derived from it, and a
     ``fingerprint`` of the content (what cached statistics are keyed by)."""
@@ -340,7 +345,7 @@ class FolderSource(_Source):
             raise FileNotFoundError(f"folder:{root}: no such folder")
         if image_size is not None:
             check_positive_int("image_size", image_size, " or None")
-        found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not _hidden(d.name))
+        found = _subfolders(root)
         names = list(class_names) if class_names is not None else found
         unknown = sorted(set(found) - set(names))
         if unknown:
@@ -460,16 +465,14 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
     if not sub.is_dir() and split == "test" and (root / "val").is_dir():
         sub = root / "val"
     if not sub.is_dir():
-        present = sorted(d.name for d in os.scandir(root) if d.is_dir() and not _hidden(d.name))
+        present = _subfolders(root)
         raise FileNotFoundError(
             f"folder:{root}: no '{split}' sub-folder (found {present}); expected "
             f"{root}/{split}/<class>/<image>"
         )
     if "class_names" not in kwargs and split != "train" and (root / "train").is_dir():
         # Evaluation splits use the training split's class order, even if a class is absent.
-        kwargs["class_names"] = sorted(
-            d.name for d in os.scandir(root / "train") if d.is_dir() and not _hidden(d.name)
-        )
+        kwargs["class_names"] = _subfolders(root / "train")
     return FolderSource(sub, name=f"folder:{root}/{split}", **kwargs)
 
 
