@@ -4,6 +4,7 @@ Finished optimizers live in :mod:`gdjax.optim.alias`, the blocks they are chaine
 :mod:`gdjax.optim.transforms`. Both are re-exported here.
 """
 
+from gdjax.optim._export import register_optax_states
 from gdjax.optim.alias import (
     adagrad,
     adam,
@@ -54,6 +55,7 @@ __all__ = [
     "lamb",
     "lars",
     "momentum",
+    "register_optax_states",
     "rmsprop",
     "scale_by_adagrad",
     "scale_by_adam",

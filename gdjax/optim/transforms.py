@@ -23,6 +23,10 @@ Conventions shared by every block:
   and imaginary parts as two real parameters, each with its own second moment.
 * ``update`` accepts and ignores unknown keyword arguments (``value=`` for
   ``reduce_on_plateau`` and the like).
+* Every state class is registered for ``jax.export`` under ``gdjax.optim.<ClassName>``, so a
+  function taking or returning these states (an update, a training step) serialises; the
+  process that deserialises it must have imported :mod:`gdjax.optim` (optax's own states,
+  as in ``optax.masked``, need :func:`gdjax.optim.register_optax_states`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from gdjax.optim import _hparams
+from gdjax.optim._export import exportable
 from gdjax.optim._hparams import ScalarOrSchedule
 
 __all__ = [
@@ -108,6 +113,7 @@ def _tree_zeros(owner: str, params: Any, dtype: Any = None, fill: ScalarOrSchedu
     return jax.tree_util.tree_map_with_path(make, params)
 
 
+@exportable
 class ScaleByLearningRateState(NamedTuple):
     """State of :func:`scale_by_learning_rate`: the step counter that drives schedules."""
 
@@ -149,6 +155,7 @@ def scale_by_learning_rate(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@exportable
 class AddDecayedWeightsState(NamedTuple):
     """State of :func:`add_decayed_weights`: the step counter that drives schedules."""
 
@@ -199,6 +206,7 @@ def add_decayed_weights(
     return tx if mask is None else optax.masked(tx, mask)
 
 
+@exportable
 class TraceState(NamedTuple):
     """State of :func:`trace`: step counter and the velocity (momentum buffer)."""
 
@@ -256,6 +264,7 @@ def trace(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@exportable
 class ScaleByAdagradState(NamedTuple):
     """State of :func:`scale_by_adagrad`: step counter and the running sum of squares."""
 
@@ -317,6 +326,7 @@ def scale_by_adagrad(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@exportable
 class ScaleByRmsState(NamedTuple):
     """State of :func:`scale_by_rms`: step counter and the average of squared gradients."""
 
@@ -324,6 +334,7 @@ class ScaleByRmsState(NamedTuple):
     nu: Any
 
 
+@exportable
 class ScaleByStddevState(NamedTuple):
     """State of :func:`scale_by_stddev`: step counter, average gradient and average square."""
 
@@ -447,6 +458,7 @@ def scale_by_stddev(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@exportable
 class ScaleByAdamState(NamedTuple):
     """State of :func:`scale_by_adam`: step counter, first and second moment estimates."""
 
@@ -455,6 +467,7 @@ class ScaleByAdamState(NamedTuple):
     nu: Any
 
 
+@exportable
 class ScaleByAmsgradState(NamedTuple):
     """State of :func:`scale_by_amsgrad`: Adam's, plus the running maximum of ``nu``."""
 
@@ -595,6 +608,7 @@ def scale_by_amsgrad(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+@exportable
 class ScaleByTrustRatioState(NamedTuple):
     """State of :func:`scale_by_trust_ratio`: the step counter that drives schedules."""
 
