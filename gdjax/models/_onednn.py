@@ -11,7 +11,8 @@ stay XLA's.
 Environment:
   ``GDJAX_ONEDNN_ROOT``  a prefix holding ``include/oneapi/dnnl`` and ``lib/libdnnl.so``
                          (default: this Python's prefix, where pip puts the extra)
-  ``GDJAX_CACHE_DIR``    where the compiled library goes (default ``~/.cache/gdjax``)
+  ``GDJAX_CACHE_DIR``    where the compiled library goes (default ``~/.cache/gdjax``; where
+                         it cannot be written, a temporary folder, removed once loaded)
   ``CXX``                the compiler (default ``c++``)
 """
 
@@ -30,6 +31,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,9 +98,8 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
-    """Compile the kernels (once per source, compiler, headers and library), return the path."""
-    import fcntl  # POSIX only, like the kernels (Linux x86-64)
-
+    """Compile the kernels (once per source, compiler, headers and library, into the cache, or
+    for this process alone where the cache cannot be written), return the library's path."""
     cxx = shutil.which(os.environ.get("CXX", "c++"))
     if cxx is None:
         raise RuntimeError(f"no C++ compiler found (CXX={os.environ.get('CXX', 'c++')!r})")
@@ -128,6 +129,30 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
         key.update(header.read_bytes())
     key.update(str((lib / "libdnnl.so").resolve()).encode())
     target = cache_dir() / "onednn" / key.hexdigest()[:24] / "libgdjax_onednn.so"
+    try:
+        return _cached(command, target)
+    except OSError as err:  # the cache cannot be written: read-only home, a file in the way
+        private = pathlib.Path(tempfile.mkdtemp(prefix="gdjax-onednn-"))
+        warnings.warn(
+            f"cannot write the kernel cache {target.parent.parent} ({err.strerror or err}); "
+            "compiling the oneDNN kernels for this process only (a few seconds at each start); "
+            "set GDJAX_CACHE_DIR to a writable folder to keep them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        try:
+            _compile(command, private / target.name)
+        except BaseException:
+            shutil.rmtree(private, ignore_errors=True)
+            raise
+        _state["private"] = private  # removed once loaded (the mapping outlives the file)
+        return private / target.name
+
+
+def _cached(command: list[str], target: pathlib.Path) -> pathlib.Path:
+    """``target`` (the cache's library), compiled first unless a process already did."""
+    import fcntl  # POSIX only, like the kernels (Linux x86-64)
+
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -135,23 +160,25 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     # and all but the first wait for its library instead of each compiling its own.
     with open(target.parent.with_name(target.parent.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.is_file():
-            return target
-        # Compile to a private name and rename: a reader never sees a half-written file.
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            logger.info("gdjax: compiling the oneDNN kernels into %s", target.parent)
-            done = subprocess.run(
-                [*command, "-o", tmp], capture_output=True, text=True, timeout=600
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        if not target.is_file():
+            _compile(command, target)
     return target
+
+
+def _compile(command: list[str], target: pathlib.Path) -> None:
+    """Run ``command -o <private name>`` beside ``target``, then rename: a reader never sees a
+    half-written file."""
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        logger.info("gdjax: compiling the oneDNN kernels into %s", target.parent)
+        done = subprocess.run([*command, "-o", tmp], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _load() -> str:
@@ -173,7 +200,11 @@ def _load() -> str:
     icd = lib / "libintelocl.so"
     if icd.is_file() and "OCL_ICD_FILENAMES" not in os.environ:
         os.environ["OCL_ICD_FILENAMES"] = str(icd)
-    handle = ctypes.CDLL(str(path))
+    try:
+        handle = ctypes.CDLL(str(path))
+    finally:
+        if "private" in _state:  # compiled for this process alone: nothing to keep on disk
+            shutil.rmtree(_state.pop("private"), ignore_errors=True)
     message = ctypes.create_string_buffer(1024)
     if handle.GdjaxOnednnCheck(message, ctypes.c_size_t(len(message))) != 0:
         raise RuntimeError(f"oneDNN could not set up a CPU convolution: {message.value.decode()}")

@@ -36,7 +36,9 @@ import json
 import math
 import os
 import pathlib
+import platform
 import signal
+import sys
 import tempfile
 import time
 from typing import Any
@@ -53,7 +55,7 @@ import ml_collections
 import numpy as np
 
 from gdjax import data
-from gdjax.models import AlexNet
+from gdjax.models import AlexNet, onednn_status
 from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
 from gdjax.train.evaluation import evaluate
 from gdjax.train.metrics_writer import MetricsWriter, plot_curves
@@ -334,6 +336,17 @@ class _Terminate:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def _kernels_off(c: ml_collections.ConfigDict) -> str | None:
+    """Why the oneDNN kernels are off where ``impl="auto"`` would have used them (float32 on a
+    Linux x86-64 CPU; the main job trains about 1.9x slower without them), else ``None``."""
+    if c.model.impl != "auto" or c.mixed_precision or jax.default_backend() != "cpu":
+        return None
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    ok, why = onednn_status()
+    return None if ok else why
+
+
 def _where_interrupted(step: int, checkpointer: Checkpointer, workdir: pathlib.Path) -> str:
     """What a Ctrl-C during training leaves: the step reached and the checkpoint a rerun
     resumes from."""
@@ -564,6 +577,8 @@ def _train(
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
+        if (why := _kernels_off(c)) is not None:
+            print(f"convolutions, max-pooling and LRN run on XLA, not oneDNN: {why}", flush=True)
     if checkpointer is None:
         checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=c.keep_checkpoints)
     parallel, total = run.parallel, run.total_steps

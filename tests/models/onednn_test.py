@@ -632,6 +632,41 @@ def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
 
 
 @needs_onednn
+def test_a_cache_that_cannot_be_written_still_gets_the_kernels(tmp_path):
+    """A read-only home or a file where the cache should be: the kernels compile for the
+    process alone (a warning says how to keep them) and the temporary folder is gone once
+    they are loaded."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "tmp").mkdir()
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp
+        from gdjax.models import conv_general_dilated, onednn_status
+        ok, why = onednn_status()
+        assert ok, why
+        x, w = jnp.ones((1, 9, 9, 3)), jnp.ones((3, 3, 3, 4))
+        args = dict(window_strides=(1, 1), padding="SAME",
+                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        fast = jax.jit(lambda x, w: conv_general_dilated(x, w, impl="onednn", **args))
+        assert "gdjax_conv_fwd" in fast.lower(x, w).as_text()
+        slow = conv_general_dilated(x, w, impl="xla", **args)
+        assert float(jnp.max(jnp.abs(fast(x, w) - slow))) < 1e-5
+        print("onednn-ok")
+        """
+    )
+    cache = tmp_path / "a-file" / "cache"
+    env = dict(
+        os.environ, GDJAX_CACHE_DIR=str(cache), TMPDIR=str(tmp_path / "tmp"), JAX_PLATFORMS="cpu"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "onednn-ok" in done.stdout
+    assert f"cannot write the kernel cache {cache}" in done.stderr, done.stderr[-3000:]
+    assert "set GDJAX_CACHE_DIR to a writable folder" in done.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@needs_onednn
 def test_processes_that_start_together_compile_once(tmp_path):
     """The processes of a multi-process run start at once on a cold cache: one compiles the
     kernels, the others wait for its library (a stand-in compiler logs each call)."""
