@@ -28,11 +28,12 @@ The statistics are computed once per dataset by :func:`compute_stats` and stored
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
 import pathlib
+import tempfile
+import warnings
 from typing import Any
 
 import numpy as np
@@ -78,13 +79,19 @@ class DatasetStats:
     count: int
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write to ``path`` (``.npz``) atomically: a temporary file, then a rename."""
+        """Write to ``path`` (``.npz``) atomically: a temporary file of this writer's own, then
+        a rename (processes that start together may write the same statistics at once)."""
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
         arrays = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DatasetStats:
@@ -163,8 +170,17 @@ def load_or_compute_stats(
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: recompute and overwrite it
     stats = compute_stats(source, max_examples)
-    with contextlib.suppress(OSError):  # a read-only cache is no reason to fail
+    try:
         stats.save(path)
+    except OSError as err:  # a read-only cache is no reason to fail, but costs each start
+        name = getattr(source, "name", "the dataset")
+        warnings.warn(
+            f"cannot cache the statistics of {name} in {path.parent} ({err.strerror or err}); "
+            "they are computed again at each start; set GDJAX_CACHE_DIR to a writable folder "
+            "to keep them",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return stats
 
 

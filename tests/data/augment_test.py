@@ -55,6 +55,18 @@ def test_stats_are_stored_and_not_recomputed(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.mean_image, second.mean_image)
 
 
+def test_a_cache_that_cannot_be_written_warns_and_still_gives_the_statistics(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    src = ListSource(correlated_images(50))
+    with pytest.warns(RuntimeWarning, match=r"cannot cache the statistics .* GDJAX_CACHE_DIR"):
+        got = data.load_or_compute_stats(src, cache_dir=tmp_path / "a-file" / "cache")
+    want = data.load_or_compute_stats(src, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(got.mean_image, want.mean_image)
+    (stored,) = (tmp_path / "cache").iterdir()  # and no temporary file left beside it
+    assert stored.name.startswith("stats-") and stored.name.endswith(".npz"), stored.name
+    assert ".tmp" not in stored.name
+
+
 def test_two_copies_with_one_name_do_not_share_statistics(tmp_path, monkeypatch):
     """The cache is keyed by content: two CIFAR-like sets with the same name and length get
     their own statistics; the folder comes from GDJAX_CACHE_DIR, the one cache variable."""
