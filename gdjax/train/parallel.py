@@ -130,10 +130,27 @@ def _copy_tree(tree: Any) -> Any:
     return jax.tree.map(jnp.copy, tree)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _stack_tree(tree: Any, n: int) -> Any:
-    """``n`` copies of every leaf, stacked on a new leading axis (one per local device)."""
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
+def _is_key(x: Any) -> bool:
+    return jax.dtypes.issubdtype(jnp.result_type(x), jax.dtypes.prng_key)
+
+
+def _replicate(tree: Any) -> Any:
+    """One copy of every leaf per local device, stacked on a new leading axis as ``pmap``
+    lays out its arguments. Each leaf goes through the host once (a broadcast view there, so
+    each device gets its copy without ``n`` copies on one device first), which also accepts
+    leaves committed to one device, as a restored checkpoint's are: ``pmap`` refuses those."""
+    n = jax.local_device_count()
+
+    def host(x: Any) -> np.ndarray:
+        value = np.asarray(jax.random.key_data(x) if _is_key(x) else x)
+        return np.broadcast_to(value, (n, *value.shape))
+
+    placed = jax.pmap(lambda s: s, axis_name=AXIS)(jax.tree.map(host, tree))
+
+    def rekey(p: jax.Array, x: Any) -> Any:
+        return jax.random.wrap_key_data(p, impl=jax.random.key_impl(x)) if _is_key(x) else p
+
+    return jax.tree.map(rekey, placed, tree)
 
 
 @jax.jit
@@ -279,14 +296,13 @@ class Parallel:
             self._state_shardings = shardings
             return jax.tree.map(self._place, nn.unbox(state), shardings)
         if self.mode == "pmap":
-            stacked = _stack_tree(nn.unbox(state), jax.local_device_count())
-            return jax.pmap(lambda s: s, axis_name=AXIS)(stacked)  # one copy per device
+            return _replicate(nn.unbox(state))
         return _copy_tree(nn.unbox(state))
 
     def _place(self, x: Any, sharding: NamedSharding) -> jax.Array:
         """A copy of ``x`` laid out as ``sharding`` over every process's devices (each process
         holds the whole value, or ``x`` is already a global array)."""
-        if jax.dtypes.issubdtype(jnp.result_type(x), jax.dtypes.prng_key):
+        if _is_key(x):
             data = self._place(jax.random.key_data(x), sharding)
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
         if isinstance(x, jax.Array) and not x.is_fully_addressable:

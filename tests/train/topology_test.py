@@ -1,6 +1,8 @@
 """Resume on another topology: a run checkpointed on one mesh or number of processes continues
 on another, with the same global sequence of batches (8 fake CPU devices; real processes)."""
 
+import json
+import subprocess
 import sys
 
 import jax
@@ -10,7 +12,7 @@ from processes import run_together, worker_env
 from train.loop_test import final_params, quick_config
 
 from gdjax.train import train_and_evaluate
-from gdjax.train.loop import build
+from gdjax.train.loop import build, evaluate_checkpoint
 
 # Six steps; the interrupted run stops (and checkpoints) after three.
 STEPS, STOP = 6, 3
@@ -163,3 +165,35 @@ def test_two_slurm_tasks_checkpoint_and_one_process_resumes(
     step, got = final_params(resumed, config(parallel="none"))
     assert step == STEPS
     assert_close(got, straight_on_one_device, initial)
+
+
+def test_a_pmap_run_resumes_and_evaluates_on_any_number_of_devices(tmp_path, initial):
+    """A pmap run's checkpoint restores onto one device, committed there; pmap refused such
+    arrays, so every resume and every `gdjax eval` of a pmap run on several devices failed
+    ("Sharding passed to jit does not match"). Now: it resumes on its 8 devices as if never
+    stopped, evaluates to the run's own numbers, and resumes and evaluates on 4 and 2."""
+    resumed = tmp_path / "resumed"
+    assert train_and_evaluate(config(max_steps=STOP, parallel="pmap"), str(resumed))["steps"]
+    result = train_and_evaluate(config(parallel="pmap"), str(resumed))
+    assert result["steps"] == STEPS
+    step, got = final_params(resumed, config(parallel="pmap"))
+    assert step == STEPS
+    assert_close(got, uninterrupted({"parallel": "pmap"}, tmp_path, None), initial)
+    evaluated = evaluate_checkpoint(config(parallel="pmap"), str(resumed))
+    assert evaluated["step"] == STEPS
+    assert evaluated["accuracy"] == pytest.approx(result["accuracy"])
+
+    def gdjax(command, devices, *fields):
+        env = worker_env(
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+        )
+        argv = [sys.executable, "-m", "gdjax", command, f"--workdir={resumed}", *fields]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    out = gdjax("eval", 2)
+    assert json.loads(out[out.index("{") :])["accuracy"] == pytest.approx(result["accuracy"])
+    fields = [f"--config.{k}={v}" for k, v in {**QUICK, "parallel": "pmap"}.items()]
+    out = gdjax("train", 4, *fields, f"--config.num_steps={STEPS + 2}")
+    assert f"resumed from step {STEPS}" in out and f"done: {STEPS + 2} steps" in out, out
