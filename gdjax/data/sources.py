@@ -466,9 +466,16 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
         sub = root / "val"
     if not sub.is_dir():
         present = _subfolders(root)
+        # A tired user's path: the split folder itself, or a class folder inside it.
+        inside = next((p for p in (root, root.parent) if p.name in ("train", "val", "test")), None)
+        hint = (
+            f" ({inside} looks like a split folder itself: pass its parent, folder:{inside.parent})"
+            if inside is not None
+            else ""
+        )
         raise FileNotFoundError(
             f"folder:{root}: no '{split}' sub-folder (found {present}); expected "
-            f"{root}/{split}/<class>/<image>"
+            f"{root}/{split}/<class>/<image>{hint}"
         )
     if "class_names" not in kwargs and split != "train" and (root / "train").is_dir():
         # Evaluation splits use the training split's class order, even if a class is absent.

@@ -210,8 +210,17 @@ def test_cifar_pickles_that_run_code_are_refused(tmp_path):
 def test_folder_errors(tmp_path, image_root):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         data.load(f"folder:{tmp_path / 'missing'}")
-    with pytest.raises(FileNotFoundError, match="no 'train' sub-folder"):
+    with pytest.raises(FileNotFoundError, match="no 'train' sub-folder") as err:
         data.load(f"folder:{image_root / 'val'}", "train")
+    # The split folder itself, or a class folder in it: the message names the root to pass.
+    assert f"pass its parent, folder:{image_root})" in str(err.value)
+    (cls,) = [d for d in (image_root / "train").iterdir() if d.is_dir()][:1]
+    with pytest.raises(FileNotFoundError) as err:
+        data.load(f"folder:{cls}", "train")
+    assert str(err.value).endswith(f"pass its parent, folder:{image_root})")
+    with pytest.raises(FileNotFoundError) as err:  # nothing split-like: no guess
+        data.load(f"folder:{tmp_path}", "train")
+    assert "pass its parent" not in str(err.value)
     empty = tmp_path / "empty" / "train" / "cls"
     empty.mkdir(parents=True)
     with pytest.raises(ValueError, match="no images found"):
