@@ -153,6 +153,15 @@ def _replicate(tree: Any) -> Any:
     return jax.tree.map(rekey, placed, tree)
 
 
+def _global_replica(x: Any, sharding: NamedSharding) -> Any:
+    """``x``, the same value on every process, as one global array laid out as ``sharding``
+    (replicated)."""
+    if _is_key(x):
+        data = _global_replica(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+
 @jax.jit
 def _first_copy(tree: Any) -> Any:
     """The first device's copy of every leaf of a pmap-replicated pytree, in one program."""
@@ -312,8 +321,14 @@ class Parallel:
 
     def get_state(self, state: TrainState) -> TrainState:
         """The state as one copy (the first device's under pmap), for saving or inspection
-        (under ``"sharded"`` global arrays, possibly split between devices and processes)."""
-        return self._first(state)
+        (under ``"sharded"`` global arrays, possibly split between devices and processes; under
+        ``"pmap"`` in a run of several processes, global arrays replicated over every process's
+        devices, which is what orbax writes: each process's own copy is local to it)."""
+        first = self._first(state)
+        if self.mode == "pmap" and jax.process_count() > 1:
+            everywhere = NamedSharding(Mesh(np.asarray(jax.devices()), (AXIS,)), P())
+            return jax.tree.map(lambda x: _global_replica(x, everywhere), first)
+        return first
 
     def to_host(self, tree: Any) -> Any:
         """``tree`` (e.g. ``get_state(state).params``) as numpy arrays on every process; split

@@ -197,3 +197,28 @@ def test_a_pmap_run_resumes_and_evaluates_on_any_number_of_devices(tmp_path, ini
     fields = [f"--config.{k}={v}" for k, v in {**QUICK, "parallel": "pmap"}.items()]
     out = gdjax("train", 4, *fields, f"--config.num_steps={STEPS + 2}")
     assert f"resumed from step {STEPS}" in out and f"done: {STEPS + 2} steps" in out, out
+
+
+def test_two_pmap_processes_checkpoint_and_resume(tmp_path):
+    """`gdjax train --distributed --config.parallel=pmap` on two processes: each process's
+    copy of the state is local to it, which orbax refused to write ("Cannot serialize host
+    local jax.Array"), so no checkpoint of such a run was ever written. Now it checkpoints,
+    and the two processes resume from it."""
+    workdir = tmp_path / "run"
+    job = _free_slurm_job_id()
+    env = worker_env(XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                     JAX_PLATFORMS="cpu", SLURM_JOB_ID=str(job), SLURM_NTASKS="2",
+                     SLURM_STEP_NODELIST="127.0.0.1", SLURM_STEP_NUM_NODES="1")  # fmt: skip
+    command = [sys.executable, "-m", "gdjax", "train", "--distributed", f"--workdir={workdir}"]
+    command += [f"--config.{k}={v}" for k, v in {**QUICK, "parallel": "pmap"}.items()]
+    tasks = [{**env, "SLURM_PROCID": str(p), "SLURM_LOCALID": str(p)} for p in (0, 1)]
+    for max_steps in (STOP, STEPS):
+        argv = [*command, f"--config.num_steps={STEPS}", f"--config.max_steps={max_steps}"]
+        for log in run_together([(argv, t) for t in tasks], timeout=300):
+            assert f"done: {max_steps} steps" in log, log[-3000:]
+            assert max_steps == STOP or f"resumed from step {STOP}" in log, log[-3000:]
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [STOP, STEPS]
+    step, params = final_params(workdir, config(parallel="pmap"))
+    assert step == STEPS
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
