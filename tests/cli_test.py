@@ -355,7 +355,8 @@ def test_eval_of_a_workdir_with_a_damaged_config_json_says_so(text, message, tmp
 )
 def test_a_run_without_the_onednn_kernels_says_why_first(tmp_path):
     """On a Linux x86-64 CPU the kernels make the main job about 1.9x faster: a run without
-    them (the extra not installed, here a GDJAX_ONEDNN_ROOT with nothing in it) says so."""
+    them (the extra not installed, here a GDJAX_ONEDNN_ROOT with nothing in it) says so; one
+    that insists on them (impl="onednn") is refused before it reads the data."""
     env = dict(os.environ, GDJAX_ONEDNN_ROOT=str(tmp_path / "empty"), JAX_PLATFORMS="cpu")
     args = ["--config.max_steps=2", "--config.progress=False", "--config.batch_size=32"]
     done = subprocess.run(
@@ -387,3 +388,23 @@ def test_a_run_without_the_onednn_kernels_says_why_first(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "not oneDNN" not in done.stdout
+    # impl="onednn" insists: refused in one line before any data is read.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gdjax",
+            "train",
+            f"--workdir={tmp_path / 'insist'}",
+            *args,
+            "--config.model.impl=onednn",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("gdjax train: config.model.impl='onednn' needs the oneDNN kernels"), line
+    assert "pip install 'gdjax[onednn]'" in line and not (tmp_path / "insist").exists()

@@ -130,6 +130,13 @@ class Run:
 
 def build(c: ml_collections.ConfigDict) -> Run:
     """Data, model, optimizer and a fresh state for config ``c`` (durations converted here)."""
+    if c.model.impl == "onednn" and jax.default_backend() == "cpu":
+        ok, why = onednn_status()  # refused before the data is read, not at the first layer
+        if not ok:
+            raise ConfigError(
+                f"config.model.impl='onednn' needs the oneDNN kernels, which are unavailable "
+                f"here: {why}; use 'auto' (oneDNN where it can) or 'xla'"
+            )
     size = {"image_size": c.input.image_size} if c.input.image_size else {}
     train_src = data.load(c.dataset, "train", **size)
     test_src = data.load(c.dataset, c.eval_split, **size)
