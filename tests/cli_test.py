@@ -359,51 +359,24 @@ def test_a_run_without_the_onednn_kernels_says_why_first(tmp_path):
     that insists on them (impl="onednn") is refused before it reads the data."""
     env = dict(os.environ, GDJAX_ONEDNN_ROOT=str(tmp_path / "empty"), JAX_PLATFORMS="cpu")
     args = ["--config.max_steps=2", "--config.progress=False", "--config.batch_size=32"]
-    done = subprocess.run(
-        [sys.executable, "-m", "gdjax", "train", f"--workdir={tmp_path / 'run'}", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def train(name, *extra):
+        argv = [sys.executable, "-m", "gdjax", "train", f"--workdir={tmp_path / name}"]
+        return subprocess.run(
+            [*argv, *args, *extra], env=env, capture_output=True, text=True, timeout=300
+        )
+
+    done = train("run")
     assert done.returncode == 0, done.stderr[-2000:]
     first = done.stdout.splitlines()[0]
     assert first.startswith("convolutions, max-pooling and LRN run on XLA, not oneDNN: "), first
     assert "pip install 'gdjax[onednn]'" in first
     # impl="xla" is a choice, not a missing piece: nothing to say.
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gdjax",
-            "train",
-            f"--workdir={tmp_path / 'xla'}",
-            *args,
-            "--config.model.impl=xla",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = train("xla", "--config.model.impl=xla")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "not oneDNN" not in done.stdout
     # impl="onednn" insists: refused in one line before any data is read.
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gdjax",
-            "train",
-            f"--workdir={tmp_path / 'insist'}",
-            *args,
-            "--config.model.impl=onednn",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = train("insist", "--config.model.impl=onednn")
     assert done.returncode == 2, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("gdjax train: config.model.impl='onednn' needs the oneDNN kernels"), line

@@ -160,12 +160,17 @@ def test_a_missing_extra_is_named(blocked, code, message):
     assert f"MissingExtraError: {message}" in done.stderr, done.stderr[-2000:]
 
 
+def command_without(blocked: set[str], argv: list[str]) -> subprocess.CompletedProcess:
+    """``cli.main(argv)`` in a fresh process where the ``blocked`` packages cannot be imported."""
+    code = BLOCK.format(blocked=blocked) + (
+        f"from gdjax import cli\nraise SystemExit(cli.main({argv!r}))"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("args", [["--help"], ["--config.max_steps=1"]])
 def test_the_command_names_a_missing_extra_in_one_line(args):
-    code = BLOCK.format(blocked={"ml_collections"}) + (
-        f"from gdjax import cli\nraise SystemExit(cli.main(['gdjax', *{args!r}]))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = command_without({"ml_collections"}, ["gdjax", *args])
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "gdjax train: gdjax.configs needs the 'train' extra (ml_collections not installed): "
@@ -178,10 +183,7 @@ def test_the_command_names_the_digits_extra_in_one_line(tmp_path):
     workdir = tmp_path / "run"
     args = ["gdjax", "train", f"--workdir={workdir}", "--config.dataset=digits"]
     args += ["--config.input.image_size=16", "--config.max_steps=1"]
-    code = BLOCK.format(blocked={"sklearn"}) + (
-        f"from gdjax import cli\nraise SystemExit(cli.main({args!r}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = command_without({"sklearn"}, args)
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "gdjax train: the embedded dataset (inside the 'sklearn' package) needs the 'digits' "

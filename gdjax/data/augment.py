@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import tempfile
 import warnings
 from typing import Any
 
@@ -81,17 +80,13 @@ class DatasetStats:
     def save(self, path: str | os.PathLike) -> None:
         """Write to ``path`` (``.npz``) atomically: a temporary file of this writer's own, then
         a rename (processes that start together may write the same statistics at once)."""
+        from gdjax._cache import written_atomically
+
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
         arrays = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with written_atomically(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DatasetStats:

@@ -37,7 +37,7 @@ from typing import Any
 
 import jax
 
-from gdjax._cache import cache_dir
+from gdjax._cache import cache_dir, written_atomically
 
 logger = logging.getLogger("gdjax")
 
@@ -68,6 +68,11 @@ def jaxlib_version() -> tuple[int, ...]:
     import jaxlib
 
     return tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
+
+
+def host_supported() -> bool:
+    """Whether this machine is one the kernels are built for (Linux x86-64)."""
+    return sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64")
 
 
 def jaxlib_supported() -> bool:
@@ -166,23 +171,16 @@ def _cached(command: list[str], target: pathlib.Path) -> pathlib.Path:
 
 
 def _compile(command: list[str], target: pathlib.Path) -> None:
-    """Run ``command -o <private name>`` beside ``target``, then rename: a reader never sees a
-    half-written file."""
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
+    """Run ``command -o <private name>`` beside ``target``, then rename it onto ``target``."""
+    with written_atomically(target) as tmp:
         logger.info("gdjax: compiling the oneDNN kernels into %s", target.parent)
         done = subprocess.run([*command, "-o", tmp], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"compiling {SOURCE.name} failed:\n{done.stderr[-4000:]}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _load() -> str:
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+    if not host_supported():
         raise RuntimeError(
             f"the oneDNN path is built for Linux x86-64, not {sys.platform} {platform.machine()}"
         )

@@ -36,9 +36,7 @@ import json
 import math
 import os
 import pathlib
-import platform
 import signal
-import sys
 import tempfile
 import time
 from typing import Any
@@ -55,7 +53,7 @@ import ml_collections
 import numpy as np
 
 from gdjax import data
-from gdjax.models import AlexNet, onednn_status
+from gdjax.models import AlexNet, _onednn, onednn_status
 from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
 from gdjax.train.evaluation import evaluate
 from gdjax.train.metrics_writer import MetricsWriter, plot_curves
@@ -348,7 +346,7 @@ def _kernels_off(c: ml_collections.ConfigDict) -> str | None:
     Linux x86-64 CPU; the main job trains about 1.9x slower without them), else ``None``."""
     if c.model.impl != "auto" or c.mixed_precision or jax.default_backend() != "cpu":
         return None
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+    if not _onednn.host_supported():
         return None
     ok, why = onednn_status()
     return None if ok else why

@@ -153,15 +153,6 @@ def _replicate(tree: Any) -> Any:
     return jax.tree.map(rekey, placed, tree)
 
 
-def _global_replica(x: Any, sharding: NamedSharding) -> Any:
-    """``x``, the same value on every process, as one global array laid out as ``sharding``
-    (replicated)."""
-    if _is_key(x):
-        data = _global_replica(jax.random.key_data(x), sharding)
-        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
-
-
 @jax.jit
 def _first_copy(tree: Any) -> Any:
     """The first device's copy of every leaf of a pmap-replicated pytree, in one program."""
@@ -327,7 +318,7 @@ class Parallel:
         first = self._first(state)
         if self.mode == "pmap" and jax.process_count() > 1:
             everywhere = NamedSharding(Mesh(np.asarray(jax.devices()), (AXIS,)), P())
-            return jax.tree.map(lambda x: _global_replica(x, everywhere), first)
+            return jax.tree.map(lambda x: self._place(x, everywhere), first)
         return first
 
     def to_host(self, tree: Any) -> Any:
