@@ -564,7 +564,11 @@ def check_spec(spec: str) -> None:
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
     kind, colon, arg = spec.partition(":")
     if kind not in KINDS or (kind in ("mnist5k", "digits") and colon):
-        close = difflib.get_close_matches(kind, KINDS, n=2)
+        plain = kind.strip().lower()  # "CIFAR10", " mnist5k": the kinds are lower-case words
+        if plain != kind and plain in KINDS:
+            close = [plain + colon + arg if plain not in ("mnist5k", "digits") else plain]
+        else:
+            close = difflib.get_close_matches(plain, KINDS, n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ValueError(f"unknown dataset spec {spec!r}{hint}; expected one of: {_SPEC_FORMS}")
     if kind in ("cifar10", "cifar100", "folder"):

@@ -267,6 +267,22 @@ def test_unknown_specs_list_the_valid_forms(spec):
 
 
 @pytest.mark.parametrize(
+    "spec, meant",
+    [
+        ("CIFAR10:/data/c10", "cifar10:/data/c10"),
+        ("Folder:~/imagenet", "folder:~/imagenet"),
+        ("MNIST5K", "mnist5k"),
+        (" digits", "digits"),
+        ("TFDS:mnist", "tfds:mnist"),
+        ("mnsit5k", "mnist5k"),
+    ],
+)
+def test_a_misspelt_or_capitalised_kind_suggests_the_spec(spec, meant):
+    with pytest.raises(ValueError, match=rf"unknown dataset spec .* \(did you mean {meant}\?\)"):
+        data.load(spec)
+
+
+@pytest.mark.parametrize(
     "spec, message",
     [
         ("cifar10", r"'cifar10' needs a path: cifar10:PATH \(the python-pickle tarball"),
