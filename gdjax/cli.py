@@ -96,6 +96,11 @@ def _split_args(command: str, args: list[str]) -> tuple[dict[str, str | bool], l
                         raise UsageError(f"--{name} needs a value")
                     i += 1
                     value = args[i]
+                if not value.strip():  # `--workdir=$RUN` with RUN unset: not runs/<preset>
+                    raise UsageError(
+                        f"--{name} is empty (an unset shell variable?): give it a value, or "
+                        "leave the flag out for its default"
+                    )
                 flags[name] = value
         else:
             raise UsageError(f"unexpected argument {arg!r} (flags start with --)")

@@ -100,6 +100,11 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         ),
         (["train", "--coordinator_address=h:1", "--num_processes=0"], "num_processes must be >= 1"),
         (["train", "--num_processes=two"], "--num_processes must be an integer, got 'two'"),
+        # `--workdir=$RUN` with RUN unset trained into (or resumed) runs/default without a word
+        (["train", "--workdir="], "--workdir is empty (an unset shell variable?): give it a"),
+        (["train", "--workdir", " "], "--workdir is empty (an unset shell variable?)"),
+        (["eval", "--workdir="], "--workdir is empty (an unset shell variable?)"),
+        (["train", "--config="], "--config is empty (an unset shell variable?)"),
     ],
 )
 def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, message):
