@@ -265,7 +265,12 @@ def _workdir_lock(workdir: pathlib.Path, enabled: bool = True):
         os.close(fd)
 
 
-def _mismatch(workdir: pathlib.Path, c: ml_collections.ConfigDict, e: CheckpointMismatchError):
+def _mismatch(
+    workdir: pathlib.Path,
+    c: ml_collections.ConfigDict,
+    e: CheckpointMismatchError,
+    evaluating: bool = False,
+) -> WorkdirMismatchError:
     saved = workdir / "config.json"
     fields = []
     if saved.is_file():
@@ -273,10 +278,20 @@ def _mismatch(workdir: pathlib.Path, c: ml_collections.ConfigDict, e: Checkpoint
             previous = ml_collections.ConfigDict(json.loads(saved.read_text()))
             fields = differing_fields(previous, c)
     changed = f" (changed: {', '.join(fields)})" if fields else ""
+    if evaluating:  # neither a new workdir nor --restart means anything to gdjax eval
+        advice = (
+            "Evaluate with the config the run trained with, its config.json (gdjax eval "
+            "reads it when --config is left out), without overrides of the changed fields."
+        )
+    else:
+        advice = (
+            "Rerun with the workdir's own config, choose a new --workdir, or pass --restart to "
+            "move the old checkpoints aside and start over."
+        )
     return WorkdirMismatchError(
-        f"{workdir} holds checkpoints of another config{changed}, which this run's state "
-        f"cannot restore ({e.differences[0]}). Rerun with the workdir's own config, choose a "
-        "new --workdir, or pass --restart to move the old checkpoints aside and start over."
+        f"{workdir} holds checkpoints of another config{changed}, which this "
+        f"{'config' if evaluating else 'run'}'s state cannot restore ({e.differences[0]}). "
+        + advice
     )
 
 
@@ -693,7 +708,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     try:
         restored = checkpointer.restore_latest(run.state, run.shardings)
     except CheckpointMismatchError as e:
-        raise _mismatch(pathlib.Path(workdir), c, e) from None
+        raise _mismatch(pathlib.Path(workdir), c, e, evaluating=True) from None
     finally:
         checkpointer.close()
     if restored is None:

@@ -745,6 +745,11 @@ def test_another_config_on_a_workdir_stops_before_writing(tmp_path):
     assert str(tmp_path) in str(e.value)
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before, "nothing in the workdir may change"
+    # gdjax eval has neither --restart nor a workdir to choose: it says what it can do.
+    with pytest.raises(WorkdirMismatchError, match=r"changed: optimizer.name\).*") as e:
+        evaluate_checkpoint(changed, str(tmp_path))
+    assert "its config.json (gdjax eval reads it when --config is left out)" in str(e.value)
+    assert "--restart" not in str(e.value) and "new --workdir" not in str(e.value)
     # The explicit way to start over keeps the old checkpoints, moved aside.
     result = train_and_evaluate(changed, str(tmp_path), restart=True)
     assert result["steps"] == 20
