@@ -310,13 +310,15 @@ def _run(command: str, args: list[str], start: float) -> int:
 
     workdir = str(workdir or f"runs/{preset}")
     result = train_and_evaluate(config, workdir, restart=bool(flags.get("restart")))
-    speed = (
-        f"{result['train_images_per_second']:.0f} img/s in training"
-        if result["steps_this_run"]
-        else "nothing left to train (the checkpoint had every step)"
-    )
+    if not result["steps_this_run"]:
+        speed = "nothing left to train (the checkpoint had every step)"
+    elif result["train_images_per_second"] > 0:
+        speed = f"{result['train_images_per_second']:.0f} img/s in training"
+    else:  # the first step compiles, and steps before an evaluation or a save are not timed
+        speed = "too few steps to time the training"
     print(
-        f"done: {result['steps']} steps ({result['epochs']:.2f} epochs), {speed}; test accuracy "
+        f"done: {result['steps']} step{'s' * (result['steps'] != 1)} "
+        f"({result['epochs']:.2f} epochs), {speed}; test accuracy "
         f"{result['accuracy']:.4f}, top-5 error {result['top5_error']:.4f}; "
         f"{time.perf_counter() - start:.0f} s in all; logs and checkpoints in {workdir}"
     )

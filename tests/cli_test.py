@@ -253,6 +253,15 @@ def test_a_rerun_with_nothing_left_says_so(readme_data, capsys):
     assert "done: 2 steps" in out and "nothing left to train" in out and "img/s" not in out
 
 
+def test_a_run_too_short_to_time_says_so(tmp_path, capsys):
+    """One step (it compiles, so it is not timed) printed "0 img/s in training"."""
+    args = ["gdjax", "train", "--workdir", str(tmp_path / "run"), "--config.max_steps=1"]
+    assert cli.main([*args, "--config.progress=False"]) == 0
+    out = capsys.readouterr().out
+    assert "done: 1 step (" in out and "too few steps to time the training" in out, out
+    assert "img/s" not in out, out
+
+
 @pytest.mark.parametrize("command", _readme_commands())
 def test_the_readme_commands_run(command, readme_data, tmp_path, capsys, monkeypatch):
     """Each `gdjax` line of the README, on small stand-ins for its data, two steps each."""

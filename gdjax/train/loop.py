@@ -550,8 +550,8 @@ def train_and_evaluate(
     starts from step 0. Returns the final test metrics with ``accuracy``, ``steps``,
     ``steps_this_run`` (0 when the checkpoint already had every step), ``epochs``,
     ``wall_seconds`` (the whole call) and ``train_images_per_second`` (steady
-    training, without compilation, evaluation and checkpoints). Raises
-    :class:`WorkdirBusyError` when another run is training in ``workdir``.
+    training, without compilation, evaluation and checkpoints; 0.0 when no step was timed).
+    Raises :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
     wall_start = time.perf_counter()
     c = ml_collections.ConfigDict(config)
