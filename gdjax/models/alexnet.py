@@ -402,9 +402,12 @@ class AlexNet(nn.Module):
                 f"got an array of shape {x.shape} (rank {x.ndim})"
             )
         if x.shape[-1] != self.in_channels:
+            hint = "set in_channels= for other inputs"
+            if x.shape[1] == self.in_channels:  # PyTorch's layout
+                hint = "this looks channels-first (NCHW): pass x.transpose(0, 2, 3, 1)"
             raise ValueError(
                 f"AlexNet({self.variant!r}): expected {self.in_channels} channels (shape "
-                f"{expected}), got shape {x.shape}; set in_channels= for other inputs"
+                f"{expected}), got shape {x.shape}; {hint}"
             )
         h, w = x.shape[1], x.shape[2]
         if not all(takes_side(self.variant, s, self.overlapping_pool) for s in (h, w)):

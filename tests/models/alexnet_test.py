@@ -182,6 +182,13 @@ BAD_INPUTS = [
     ("torchvision", {}, (1, 32, 32, 3), r"H, W >= 63"),
     ("small", {"in_channels": 1}, (1, 28, 28, 3), r"expected 1 channels \(shape \(N, H, W, 1\)"),
     ("small", {}, (1, 12, 12, 3), r"H, W >= 15"),
+    (
+        "paper",
+        {},
+        (2, 3, 227, 227),
+        r"looks channels-first \(NCHW\): pass x\.transpose\(0, 2, 3, 1\)",
+    ),
+    ("small", {"in_channels": 1}, (4, 1, 28, 28), r"channels-first \(NCHW\)"),
 ]
 
 
