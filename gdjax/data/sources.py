@@ -554,6 +554,7 @@ class TfdsSource(_Source):
 
 
 KINDS = ("mnist5k", "digits", "cifar10", "cifar100", "folder", "tfds")
+_EMBEDDED = ("mnist5k", "digits")  # the kinds that take no ":ARG"
 _SPEC_FORMS = "mnist5k, digits, cifar10:PATH, cifar100:PATH, folder:PATH, tfds:NAME"
 
 
@@ -563,10 +564,10 @@ def check_spec(spec: str) -> None:
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"dataset spec must be a non-empty string, got {spec!r}")
     kind, colon, arg = spec.partition(":")
-    if kind not in KINDS or (kind in ("mnist5k", "digits") and colon):
+    if kind not in KINDS or (kind in _EMBEDDED and colon):
         plain = kind.strip().lower()  # "CIFAR10", " mnist5k": the kinds are lower-case words
         if plain != kind and plain in KINDS:
-            close = [plain + colon + arg if plain not in ("mnist5k", "digits") else plain]
+            close = [plain if plain in _EMBEDDED else plain + colon + arg]
         else:
             close = difflib.get_close_matches(plain, KINDS, n=2)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
@@ -646,7 +647,7 @@ def load(
         return folder(arg, split, **kwargs)
     if kind == "tfds":
         source = TfdsSource(arg, split, **kwargs)
-    elif kind in ("mnist5k", "digits"):
+    elif kind in _EMBEDDED:
         source = (mnist5k if kind == "mnist5k" else digits)(split)
     else:
         source = cifar(arg, split, num_classes=int(kind.removeprefix("cifar")))
