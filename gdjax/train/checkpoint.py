@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -91,6 +92,35 @@ def _not_an_abandoned_orbax_task(record: logging.LogRecord) -> bool:
     return not any(folder in message or folder in error for folder in _FAILED_IN)
 
 
+def _a_late_wakeup(unraisable: Any) -> bool:
+    """True for the error a tensorstore future prints when it completes after the event loop
+    that awaited it was closed: ``RuntimeError('Event loop is closed')`` raised in
+    ``loop.call_soon_threadsafe`` called from tensorstore's C++ threads (no Python caller).
+    After a failed orbax write, the loop it ran on is closed while tensorstore's writes still
+    finish one by one, each printing a traceback, possibly after the failure was reported."""
+    tb = unraisable.exc_traceback
+    return (
+        type(unraisable.exc_value) is RuntimeError
+        and str(unraisable.exc_value) == "Event loop is closed"
+        and tb is not None
+        and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+    )
+
+
+def _without_late_wakeups(hook: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``sys.unraisablehook`` that drops :func:`_a_late_wakeup` errors and passes the rest on
+    to ``hook``; installed (once) from the first reported orbax failure on."""
+    if getattr(hook, "_drops_late_wakeups", False):
+        return hook
+
+    def filtered(unraisable: Any) -> None:
+        if not _a_late_wakeup(unraisable):
+            hook(unraisable)
+
+    filtered._drops_late_wakeups = True  # type: ignore[attr-defined]
+    return filtered
+
+
 @contextlib.contextmanager
 def _orbax_failures(directory: pathlib.Path):
     """Run an orbax read or write in ``directory``, collecting what failed instead of letting
@@ -103,7 +133,8 @@ def _orbax_failures(directory: pathlib.Path):
     and "coroutine ... was never awaited" warnings.
     All are silenced while the block runs, and after a failure, once the caller's exception
     (whose frames hold the tasks) is gone, the abandoned tasks are collected here, still
-    silenced. The caller reports the failure once."""
+    silenced. The caller reports the failure once; the writes tensorstore finishes later,
+    after orbax closed their event loop, stay silent too (:func:`_without_late_wakeups`)."""
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
 
     def mute(record: logging.LogRecord) -> bool:
@@ -126,6 +157,7 @@ def _orbax_failures(directory: pathlib.Path):
         if failures:
             _FAILED_IN.add(str(directory))
             logging.getLogger("asyncio").addFilter(_not_an_abandoned_orbax_task)
+            hook = _without_late_wakeups(hook)
         sys.unraisablehook = hook
         for logger in loggers:
             logger.removeFilter(mute)
