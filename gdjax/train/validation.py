@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 
 from gdjax.configs.base import get_field, missing_fields, unset_required_fields
-from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, min_input_size, takes_side
+from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, takes_side
 from gdjax.models.conv import CONV_IMPLS
 from gdjax.train.parallel import MODES
 from gdjax.train.recipe import AUGMENTS, LR_SCALINGS, OPTIMIZERS, SCHEDULES
@@ -126,30 +126,53 @@ def _check_data(c: ml_collections.ConfigDict) -> None:
     _at_least(c, "input.worker_count", 0)
     _at_least(c, "input.read_threads", 1)
     side = c.input.image_size or KNOWN_SIZES.get(kind)
+    # What sets the side the network sees, and so the field a user changes to fit it.
+    if c.input.image_size:
+        images = f"config.input.image_size={c.input.image_size} makes"
+    else:
+        images = f"config.dataset={c.dataset!r} gives"
+    variant, overlapping = c.model.variant, c.model.overlapping_pool
+    fits = next(s for s in range(1, 1024) if takes_side(variant, s, overlapping))
     if c.input.augment == "alexnet":
         if side is not None and c.input.crop > side:
             fail(
                 "input.crop",
                 c.input.crop,
-                f"at most the {side}x{side} images of config.dataset={c.dataset!r} (the "
-                f"alexnet augmentation crops them; resize first with --config.input.image_size"
-                f"={max(256, c.input.crop)})",
+                f"at most the side of the images it is cut from ({images} {side}x{side} "
+                f"images; resize them with --config.input.image_size={_resize_for(c.input.crop)})",
             )
-        side = c.input.crop
-    variant, overlapping = c.model.variant, c.model.overlapping_pool
-    if side is not None and not takes_side(variant, side, overlapping):  # the model's own rule
-        if variant == "paper":
+        if not takes_side(variant, c.input.crop, overlapping):
+            resize = (
+                f" and --config.input.image_size={_resize_for(fits)}"
+                if side is not None and side < fits
+                else ""
+            )
             raise ConfigError(
-                f"config.dataset={c.dataset!r} gives {side}x{side} images; the 'paper' AlexNet "
-                f"takes 227 px (its 6x6 last map); add --config.input.image_size=227 to resize "
-                f"them"
+                f"config.input.crop={c.input.crop} cuts {c.input.crop}x{c.input.crop} "
+                f"crops; the {variant!r} AlexNet takes {_sides(variant, fits)}: set "
+                f"--config.input.crop={fits}{resize}"
             )
-        need = min_input_size(variant, overlapping)
+        return
+    if side is not None and not takes_side(variant, side, overlapping):  # the model's own rule
+        verb = "set" if c.input.image_size else "add"
         raise ConfigError(
-            f"config.dataset={c.dataset!r} gives {side}x{side} images, smaller than the "
-            f"{need} px the {variant!r} AlexNet needs; add --config.input.image_size="
-            f"{max(need, 16)} to resize them"
+            f"{images} {side}x{side} images; the {variant!r} AlexNet takes "
+            f"{_sides(variant, fits)}: {verb} --config.input.image_size={max(fits, 16)} to "
+            f"resize them"
         )
+
+
+def _resize_for(crop: int) -> int:
+    """The side to resize images to before cutting ``crop``-pixel crops: the paper's 256 for
+    its crops (224, 227), the crop itself otherwise."""
+    return 256 if 200 <= crop <= 256 else crop
+
+
+def _sides(variant: str, fits: int) -> str:
+    """The sides a variant takes, in words: the paper's one size, or a smallest one."""
+    if variant == "paper":
+        return f"{fits} px (its 6x6 last map)"
+    return f"{fits} px or more"
 
 
 def _check_model(c: ml_collections.ConfigDict) -> None:

@@ -265,10 +265,30 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
         ({"model.dropout_rate": 1.0}, r"config.model.dropout_rate must be in \[0, 1\)"),
         ({"model.variant": "big"}, r"config.model.variant must be one of"),
         ({"eval_split": "nosuch"}, r"config.eval_split must be one of"),
-        ({"dataset": "digits"}, r"8x8 images, smaller than .* --config.input.image_size=16"),
+        (
+            {"dataset": "digits"},
+            r"config.dataset='digits' gives 8x8 images; the 'small' AlexNet takes 15 px or more: "
+            r"add --config.input.image_size=16",
+        ),
         (
             {"model.variant": "paper", "input.image_size": 224},
-            r"224x224 images; the 'paper' AlexNet takes 227 px .* --config.input.image_size=227",
+            r"config.input.image_size=224 makes 224x224 images; the 'paper' AlexNet takes 227 px "
+            r".*: set --config.input.image_size=227",
+        ),
+        # The side comes from the crop: resizing the images would not help.
+        (
+            {"model.variant": "paper", "input.augment": "alexnet", "input.image_size": 256},
+            r"config.input.crop=224 cuts 224x224 crops; the 'paper' AlexNet takes 227 px .*: "
+            r"set --config.input.crop=227$",
+        ),
+        (
+            {"input.augment": "alexnet", "input.crop": 10},
+            r"config.input.crop=10 cuts 10x10 crops; the 'small' AlexNet takes 15 px or more: "
+            r"set --config.input.crop=15$",
+        ),
+        (
+            {"input.augment": "alexnet", "input.crop": 10, "input.image_size": 12},
+            r"set --config.input.crop=15 and --config.input.image_size=15$",
         ),
         ({"dataset": "cifar10:/no/such/file"}, r"no such file or folder"),
         ({"batch_size": None}, r"config.batch_size must be set"),
@@ -301,8 +321,14 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
         ({"seed": 2**32}, r"config.seed must be in \[0, 2\*\*32 - 1\], got 4294967296"),
         (
             {"input.augment": "alexnet"},
-            r"config.input.crop must be at most the 28x28 images of config.dataset='mnist5k' "
-            r".* --config.input.image_size=256\), got 224",
+            r"config.input.crop must be at most the side of the images it is cut from "
+            r"\(config.dataset='mnist5k' gives 28x28 images; .* --config.input.image_size=256\), "
+            r"got 224",
+        ),
+        (
+            {"input.augment": "alexnet", "input.crop": 30, "input.image_size": 20},
+            r"\(config.input.image_size=20 makes 20x20 images; resize them with "
+            r"--config.input.image_size=30\), got 30",
         ),
     ],
 )
