@@ -186,17 +186,60 @@ def _apply_overrides(config: object, overrides: list[str]) -> None:
             raise UsageError(f"--config.{field}={text}: {e}") from None
 
 
+# Other libraries' names of config fields, for the hint of an unknown field.
+_FIELD_ALIASES = {
+    "lr": "learning_rate",
+    "beta1": "b1",
+    "beta2": "b2",
+    "epsilon": "eps",
+    "wd": "weight_decay",
+    "epochs": "num_epochs",
+    "steps": "num_steps",
+    "name": "variant",
+    "arch": "variant",
+    "type": "name",
+    "dropout": "dropout_rate",
+}
+
+
 def _field_hint(field: str) -> str:
-    """' (did you mean ...?)' naming the fields that end like ``field`` or are spelled close."""
+    """' (did you mean ...?)' for an unknown field: the fields that end like it, go by another
+    library's name for it (``lr``) or are spelled close, looked for in its own section
+    (``optimizer.hparams.``), the enclosing ones, then everywhere; else its section's fields."""
     import difflib
 
     from gdjax.configs.base import FIELDS
 
     paths = [path for path, _, _ in FIELDS]
+    parts = field.split(".")[:-1]
+    sections = {}  # its own section first, then the enclosing ones: name -> fields
+    for name in (".".join(parts[:n]) for n in range(len(parts), 0, -1)):
+        fields = [p for p in paths if p.startswith(name + ".")]
+        if fields:
+            sections[name] = fields
     last = field.rsplit(".", 1)[-1]
-    near = [p for p in paths if p.rsplit(".", 1)[-1] == last]
-    near = near or difflib.get_close_matches(field, paths, n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(near)}?)" if near else "; gdjax --help lists them"
+
+    def near(among: list[str]) -> list[str]:
+        leaves = {p: p.rsplit(".", 1)[-1] for p in among}
+        for alike in (
+            lambda leaf: leaf == last,
+            lambda leaf: leaf == _FIELD_ALIASES.get(last),
+            lambda leaf: len(last) >= 3 and (last in leaf or leaf in last),
+        ):
+            found = [p for p, leaf in leaves.items() if alike(leaf)]
+            if found:
+                return found[:3]
+        close = difflib.get_close_matches(last, set(leaves.values()), n=3, cutoff=0.75)
+        return [p for p, leaf in leaves.items() if leaf in close][:3]
+
+    for among in [*sections.values(), paths]:
+        hint = near(among)
+        if hint:
+            return f" (did you mean {' or '.join(hint)}?)"
+    if sections:  # none is near: its own section's fields
+        name, fields = next(iter(sections.items()))
+        return f" ({name}'s fields: {', '.join(p[len(name) + 1 :] for p in fields)})"
+    return "; gdjax --help lists them"
 
 
 def _versions() -> str:

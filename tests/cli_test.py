@@ -41,6 +41,19 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
             "'optimizer.momentum' (did you mean optimizer.hparams.momentum?)",
         ),
         (["train", "--config.batchsize=8"], "'batchsize' (did you mean batch_size or"),
+        # Other libraries' names, and the field's own section before a namesake elsewhere
+        # (model.name suggested optimizer.name and schedule.name).
+        (["train", "--config.model.name=paper"], "'model.name' (did you mean model.variant?)"),
+        (["train", "--config.lr=0.1"], "'lr' (did you mean optimizer.learning_rate?)"),
+        (
+            ["train", "--config.optimizer.hparams.beta1=0.8"],
+            "'optimizer.hparams.beta1' (did you mean optimizer.hparams.b1?)",
+        ),
+        (["train", "--config.input.batch_size=8"], "'input.batch_size' (did you mean batch_size?)"),
+        (
+            ["train", "--config.model.width=2"],
+            "'model.width' (model's fields: variant, dropout_rate, activation, groups, lrn,",
+        ),
         (["train", "--config=imagenet21k"], "not a preset (default, cifar10, paper) nor a file"),
         (["train", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
         (["train", "--config.seed=abc"], "--config.seed=abc: expected int, like 0"),
