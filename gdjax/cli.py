@@ -26,6 +26,7 @@ GDJAX_RETAIN_HOST_MEMORY=0 leaves malloc alone.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import pathlib
@@ -108,6 +109,31 @@ def _split_args(command: str, args: list[str]) -> tuple[dict[str, str | bool], l
     return flags, overrides
 
 
+class ConfigFileError(UsageError):
+    """A config file that failed to load or whose ``get_config()`` raised."""
+
+
+@contextlib.contextmanager
+def _config_file_errors(value: object, path: pathlib.Path, doing: str):
+    """Raise what the user's config file raised as a :class:`ConfigFileError` naming the flag,
+    the step and the file's line."""
+    try:
+        yield
+    except Exception as e:
+        mine = path.resolve()
+        frames = [
+            f
+            for f in traceback.extract_tb(e.__traceback__)
+            if pathlib.Path(f.filename).resolve() == mine
+        ]
+        where = f" ({path.name}, line {frames[-1].lineno})" if frames else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigFileError(
+            f"--config={value}: {doing} raised {type(e).__name__}"
+            f"{': ' + first if first else ''}{where}"
+        ) from e
+
+
 def _base_config(flags: dict[str, str | bool]) -> tuple[object, str]:
     """The config named by ``--config`` (a preset or a file) and a name for the workdir."""
     from gdjax.configs import PRESETS, get_config
@@ -123,10 +149,12 @@ def _base_config(flags: dict[str, str | bool]) -> tuple[object, str]:
 
     spec = importlib.util.spec_from_file_location(f"gdjax_user_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with _config_file_errors(value, path, "loading it"):
+        spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise UsageError(f"--config={value}: the file defines no get_config()")
-    config = module.get_config()
+    with _config_file_errors(value, path, "get_config()"):
+        config = module.get_config()
     import ml_collections
 
     if not isinstance(config, ml_collections.ConfigDict):
@@ -426,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         usage = isinstance(e, (ValueError, KeyError, FileNotFoundError, NotADirectoryError))
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         plain = usage or _complete(e)  # the message says it all
-        hint = "" if verbose or plain else " (--verbose shows the traceback)"
+        code = isinstance(e, ConfigFileError)  # the user's own code: its traceback helps
+        hint = "" if verbose or (plain and not code) else " (--verbose shows the traceback)"
         kind = "" if plain else f"{type(e).__name__}: "
         print(f"gdjax {command}: {kind}{message}{hint}", file=sys.stderr)
         return 2 if usage else 1

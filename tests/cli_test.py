@@ -348,6 +348,14 @@ def test_none_is_a_value_of_string_fields_and_unsets_the_others():
         ("x = 1", "the file defines no get_config()"),
         ("def get_config():\n    return 3", "get_config() returned int 3, not an ml_collections"),
         ("def get_config():\n    return {'batch_size': 3}", "get_config() returned dict {'batch"),
+        # The file's own errors: which step, the error, the file's line (they read as gdjax's
+        # own "RuntimeError: boom", without the file's name).
+        (
+            "def get_config():\n    raise RuntimeError('boom')",
+            "get_config() raised RuntimeError: boom (my_config.py, line 2) (--verbose shows",
+        ),
+        ("import no_such_module_xyz", "loading it raised ModuleNotFoundError: No module named"),
+        ("def get_config(:", "loading it raised SyntaxError: "),
     ],
 )
 def test_a_config_file_without_a_configdict_says_so(body, message, tmp_path, capsys):

@@ -286,6 +286,35 @@ def min_input_size(variant: str, overlapping_pool: bool = True) -> int:
     return next(s for s in range(1, 1024) if min(spatial_sizes(variant, s, overlapping_pool)) >= 1)
 
 
+def grouping_problem(variant: str, groups: int) -> str | None:
+    """Why ``groups`` towers cannot split the variant's grouped convolutions (each tower takes
+    an equal share of the input and output channels), or None when they can."""
+    convs = VARIANTS[variant].convs
+    if groups != 1 and not any(c.grouped for c in convs):
+        return f"groups={groups}: the {variant!r} AlexNet has no grouped convolutions (use 1)"
+    for i, conv in enumerate(convs):
+        if not conv.grouped:
+            continue
+        for what, channels in (("input", convs[i - 1].features), ("output", conv.features)):
+            if channels % groups:
+                return (
+                    f"groups={groups} does not divide conv{i + 1}'s {channels} {what} channels "
+                    f"(the {variant!r} AlexNet's grouped convolutions take "
+                    f"{_divisors(variant)})"
+                )
+    return None
+
+
+def _divisors(variant: str) -> str:
+    """The group counts that split every grouped convolution of the variant, in words."""
+    convs = VARIANTS[variant].convs
+    sizes = [c.features for i, c in enumerate(convs) if c.grouped]
+    sizes += [convs[i - 1].features for i, c in enumerate(convs) if c.grouped]
+    common = math.gcd(*sizes) if sizes else 1
+    ok = [g for g in range(1, common + 1) if common % g == 0]
+    return "groups " + ", ".join(map(str, ok))
+
+
 def takes_side(variant: str, side: int, overlapping_pool: bool = True) -> bool:
     """Whether the variant accepts images ``side`` pixels high (or wide): the paper's layout
     needs its 6x6 last map (227 px with overlapping pooling); the others, every map >= 1x1."""
@@ -388,13 +417,9 @@ class AlexNet(nn.Module):
         for name in ("lrn", "overlapping_pool", "partitioned"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise TypeError(f"AlexNet: {name} must be a bool, got {getattr(self, name)!r}")
-        spec = VARIANTS[self.variant]
-        groups = self._groups()
-        for conv in spec.convs:
-            if conv.grouped and conv.features % groups:
-                raise ValueError(
-                    f"AlexNet: groups={groups} does not divide {conv.features} channels"
-                )
+        problem = grouping_problem(self.variant, self._groups())
+        if problem:
+            raise ValueError(f"AlexNet: {problem}")
         expected = self._expected_shape()
         if x.ndim != 4:
             raise ValueError(

@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 
 from gdjax.configs.base import get_field, missing_fields, unset_required_fields
-from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, takes_side
+from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, grouping_problem, takes_side
 from gdjax.models.conv import CONV_IMPLS
 from gdjax.train.parallel import MODES
 from gdjax.train.recipe import AUGMENTS, LR_SCALINGS, OPTIMIZERS, SCHEDULES
@@ -185,6 +185,10 @@ def _check_model(c: ml_collections.ConfigDict) -> None:
         )
     _unit(c, "model.dropout_rate")
     _at_least(c, "model.groups", 0)
+    if c.model.groups:
+        problem = grouping_problem(c.model.variant, c.model.groups)
+        if problem:
+            raise ConfigError(f"config.model.{problem}")
 
 
 def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:

@@ -234,6 +234,10 @@ def test_takes_side_is_the_rule_the_model_checks(variant, overlapping_pool, side
         ({"dropout_rate": 1.0}, r"dropout_rate must be in \[0, 1\)"),
         ({"num_classes": 0}, "num_classes must be >= 1"),
         ({"groups": 3}, "groups=3 does not divide"),
+        # 64 divides conv2's 64 outputs but not its 32 inputs: it failed inside flax.
+        ({"groups": 64}, r"groups=64 does not divide conv2's 32 input channels .* 16, 32\)"),
+        # torchvision's AlexNet has no grouped convolution: groups=2 was silently ignored.
+        ({"variant": "torchvision", "groups": 2}, "has no grouped convolutions"),
         ({"groups": 0}, r"groups must be None \(the variant's own\) or an int >= 1, got 0"),
         ({"groups": -1}, r"groups must be None .* got -1"),
         ({"in_channels": 0}, "in_channels must be >= 1, got 0"),

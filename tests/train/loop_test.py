@@ -264,6 +264,7 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
         ({"label_smoothing": 1.0}, r"config.label_smoothing must be in \[0, 1\)"),
         ({"model.dropout_rate": 1.0}, r"config.model.dropout_rate must be in \[0, 1\)"),
         ({"model.variant": "big"}, r"config.model.variant must be one of"),
+        ({"model.groups": 3}, r"config.model.groups=3 does not divide conv2's 32 input channels"),
         ({"eval_split": "nosuch"}, r"config.eval_split must be one of"),
         (
             {"dataset": "digits"},
