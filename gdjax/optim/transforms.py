@@ -113,6 +113,37 @@ def _tree_zeros(owner: str, params: Any, dtype: Any = None, fill: ScalarOrSchedu
     return jax.tree_util.tree_map_with_path(make, params)
 
 
+def _check_like(owner: str, updates: Any, tree: Any, what: str) -> None:
+    """Refuse ``updates`` whose pytree structure or leaf shapes differ from ``tree`` (a state
+    that ``init`` built from the parameters, or the parameters), naming the first difference;
+    ``jax.tree.map`` would fail with a pytree or broadcasting error, or broadcast silently.
+    Runs when ``update`` is traced, not in the compiled step."""
+    u_def, t_def = jax.tree.structure(updates), jax.tree.structure(tree)
+    if u_def == t_def:
+        for (path, u), t in zip(
+            jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(tree), strict=True
+        ):
+            if jnp.shape(u) != jnp.shape(t):
+                raise ValueError(
+                    f"{owner}: update() got updates{jax.tree_util.keystr(path)} of shape "
+                    f"{jnp.shape(u)}, where {what} has shape {jnp.shape(t)}"
+                )
+        return
+    paths = [
+        {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(x)[0]}
+        for x in (updates, tree)
+    ]
+    missing, extra = sorted(paths[1] - paths[0]), sorted(paths[0] - paths[1])
+    differences = [f"{len(missing)} missing ({', '.join(missing[:3])})"] if missing else []
+    differences += [f"{len(extra)} not in it ({', '.join(extra[:3])})"] if extra else []
+    if not differences:
+        differences = [f"its structure {t_def} against the updates' {u_def}"[:300]]
+    raise ValueError(
+        f"{owner}: update() got updates of another tree structure than {what}: "
+        f"{'; '.join(differences)}"
+    )
+
+
 @exportable
 class ScaleByLearningRateState(NamedTuple):
     """State of :func:`scale_by_learning_rate`: the step counter that drives schedules."""
@@ -199,6 +230,7 @@ def add_decayed_weights(
             dt = _hparams.compute_dtype(g, p)
             return (g.astype(dt) + jnp.asarray(wd, dt) * jnp.asarray(p).astype(dt)).astype(g.dtype)
 
+        _check_like("add_decayed_weights", updates, params, "params")
         updates = jax.tree.map(leaf, updates, params)
         return updates, AddDecayedWeightsState(count=_increment(state.count))
 
@@ -257,6 +289,7 @@ def trace(
             u = g32 + m * v_new if nesterov else v_new
             return u.astype(g.dtype), v_new.astype(v.dtype)
 
+        _check_like("trace", updates, state.trace, "the state init() built from the parameters")
         pairs = jax.tree.map(leaf, updates, state.trace)
         new_updates, new_trace = _unzip(pairs, updates)
         return new_updates, TraceState(count=_increment(state.count), trace=new_trace)
@@ -318,6 +351,12 @@ def scale_by_adagrad(
             u = g32 * jax.lax.rsqrt(s_new + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s_new) + e32)
             return u.astype(g.dtype), s_new.astype(s.dtype)
 
+        _check_like(
+            "scale_by_adagrad",
+            updates,
+            state.sum_of_squares,
+            "the state init() built from the parameters",
+        )
         new_updates, new_sum = _unzip(jax.tree.map(leaf, updates, state.sum_of_squares), updates)
         return new_updates, ScaleByAdagradState(
             count=_increment(state.count), sum_of_squares=new_sum
@@ -402,6 +441,7 @@ def scale_by_rms(
         def leaf(g, n):
             return _rms_leaf(g, n, None, rho, e, eps_in_sqrt)[:2]
 
+        _check_like("scale_by_rms", updates, state.nu, "the state init() built from the parameters")
         new_updates, new_nu = _unzip(jax.tree.map(leaf, updates, state.nu), updates)
         return new_updates, ScaleByRmsState(count=_increment(state.count), nu=new_nu)
 
@@ -450,6 +490,9 @@ def scale_by_stddev(
         def leaf(g, n, m):
             return _rms_leaf(g, n, m, rho, e, eps_in_sqrt)
 
+        _check_like(
+            "scale_by_stddev", updates, state.nu, "the state init() built from the parameters"
+        )
         triples = jax.tree.map(leaf, updates, state.nu, state.mu)
         new_updates, new_nu, new_mu = _unzip(triples, updates, n=3)
         count = _increment(state.count)
@@ -553,6 +596,9 @@ def scale_by_adam(
         def leaf(g, m, v):
             return _adam_leaf(g, m, v, None, hp, t)[:3]
 
+        _check_like(
+            "scale_by_adam", updates, state.mu, "the state init() built from the parameters"
+        )
         triples = jax.tree.map(leaf, updates, state.mu, state.nu)
         new_updates, mu, nu = _unzip(triples, updates, n=3)
         return new_updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
@@ -601,6 +647,9 @@ def scale_by_amsgrad(
         def leaf(g, m, v, vmax):
             return _adam_leaf(g, m, v, vmax, hp, t)
 
+        _check_like(
+            "scale_by_amsgrad", updates, state.mu, "the state init() built from the parameters"
+        )
         quads = jax.tree.map(leaf, updates, state.mu, state.nu, state.nu_max)
         new_updates, mu, nu, nu_max = _unzip(quads, updates, n=4)
         return new_updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
@@ -675,6 +724,7 @@ def scale_by_trust_ratio(
             ratio = jnp.where((p_norm == 0) | (g_norm == 0), 1, c * p_norm / (g_norm + e))
             return (ratio.astype(dt) * g32).astype(g.dtype)
 
+        _check_like("scale_by_trust_ratio", updates, params, "params")
         updates = jax.tree.map(leaf, updates, params)
         return updates, ScaleByTrustRatioState(count=_increment(state.count))
 

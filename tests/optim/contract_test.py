@@ -298,3 +298,42 @@ def test_every_alias_documents_args_returns_and_an_example(name):
     doc = getattr(alias, name).__doc__
     for section in ("Args:", "Returns:", "Example:", ">>> "):
         assert section in doc, f"{name}'s docstring has no {section!r}"
+
+
+TYPICAL = [
+    (f"{factory.__name__}-v{i}", factory, {**typical, **static})
+    for factory, (typical, _, variants) in SPECS.items()
+    # sgd and the learning rate alone keep no per-parameter state: they scale what they get
+    if factory not in (optim.sgd, optim.scale_by_learning_rate)
+    for i, static in enumerate(variants)
+]
+UNLIKE = {
+    "missing": ({"kernel": jnp.ones((3, 4))}, r"another tree structure .*1 missing \(\['bias'\]\)"),
+    "extra": (
+        {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4), "scale": jnp.ones(())},
+        r"another tree structure .*1 not in it \(\['scale'\]\)",
+    ),
+    # Broadcastable: it used to turn the state's (4,) into (1, 4) without a word.
+    "shape": (
+        {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((1, 4))},
+        r"updates\['bias'\] of shape \(1, 4\), where .* has shape \(4,\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("unlike", UNLIKE)
+@pytest.mark.parametrize("case", TYPICAL, ids=[c[0] for c in TYPICAL])
+def test_updates_unlike_the_parameters_are_refused_by_name(case, unlike):
+    """Gradients of another model, or of the same model with a leaf missing, failed with a
+    pytree or broadcasting error from inside jax.tree.map, or broadcast silently."""
+    _, factory, kwargs = case
+    grads, message = UNLIKE[unlike]
+    if unlike != "shape" and any("mask" in k for k in kwargs):
+        # Where optax.masked meets the updates before our blocks do, it maps the mask over
+        # them first, and jax's error names the key.
+        key = "bias" if unlike == "missing" else "scale"
+        message = rf"{message}|symmetric difference on key sets is\n\s*{key}"
+    params = _tree(0)
+    tx = factory(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        tx.update(grads, tx.init(params), params)
