@@ -367,11 +367,10 @@ class FolderSource(_Source):
             if not (root / cls).is_dir():
                 continue
             for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
-                name = entry.name
                 if (
                     entry.is_file()
-                    and name.lower().endswith(IMAGE_EXTENSIONS)
-                    and not _hidden(name)
+                    and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+                    and not _hidden(entry.name)
                 ):
                     files.append(entry.path)
                     labels.append(label)
