@@ -196,7 +196,7 @@ def test_unreadable_archive_is_one_line(capsys, tmp_path):
     args = ["gdjax", "train", f"--workdir={tmp_path / 'w'}", f"--config.dataset=cifar10:{bad}"]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
-    assert "unreadable archive" in err and len(err.strip().splitlines()) == 1
+    assert "not a readable tar archive" in err and len(err.strip().splitlines()) == 1
     assert cli.main([*args, "--verbose"]) == 2
     assert "Traceback" in capsys.readouterr().err
 

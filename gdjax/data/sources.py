@@ -281,16 +281,22 @@ def cifar(path: str | os.PathLike, split: str = "train", num_classes: int = 10) 
     if not path.exists():
         raise FileNotFoundError(f"{spec}: no such file or folder")
     wanted = [*layout[split], layout["meta"]]
+    other = 110 - num_classes  # the other CIFAR, whose files a user may have pointed at
+    expected = f"expected the {layout['folder']} folder or the .tar.gz archive it comes in"
     if path.is_file():
-        blobs = _read_tar_members(path, layout["folder"], wanted)
+        blobs = _read_tar_members(path, spec, wanted, expected, _CIFAR[other], other)
     else:
         folder = path / layout["folder"] if (path / layout["folder"]).is_dir() else path
         missing = [w for w in wanted if not (folder / w).is_file()]
         if missing:
-            raise FileNotFoundError(
-                f"{spec}: {folder} lacks {missing}; expected the extracted "
-                f"{layout['folder']} folder or the .tar.gz archive"
-            )
+            theirs = _CIFAR[other]
+            for candidate in (path / theirs["folder"], path):
+                if all((candidate / w).is_file() for w in [*theirs[split], theirs["meta"]]):
+                    raise ValueError(
+                        f"{spec}: {candidate} holds CIFAR-{other}: use "
+                        f"cifar{other}:{path}"
+                    )
+            raise FileNotFoundError(f"{spec}: {folder} lacks {missing}; {expected}")
         blobs = {w: (folder / w).read_bytes() for w in wanted}
     meta = _unpickle(blobs[layout["meta"]], f"{spec}/{layout['meta']}")
     names = [n.decode() for n in meta[layout["names_key"]]]
@@ -310,7 +316,11 @@ def cifar(path: str | os.PathLike, split: str = "train", num_classes: int = 10) 
     )
 
 
-def _read_tar_members(path: pathlib.Path, folder: str, wanted: list[str]) -> dict[str, bytes]:
+def _read_tar_members(
+    path: pathlib.Path, spec: str, wanted: list[str], expected: str, theirs: dict, other: int
+) -> dict[str, bytes]:
+    """The ``wanted`` files of a CIFAR archive by base name; an archive of the ``other``
+    CIFAR (layout ``theirs``) is named as such."""
     try:
         with tarfile.open(path) as tar:
             members = {
@@ -318,10 +328,16 @@ def _read_tar_members(path: pathlib.Path, folder: str, wanted: list[str]) -> dic
             }
             missing = [w for w in wanted if w not in members]
             if missing:
-                raise FileNotFoundError(f"{path}: archive lacks {missing} (expected {folder}/...)")
+                if all(w in members for w in [*theirs["test"], theirs["meta"]]):
+                    raise ValueError(
+                        f"{spec}: this archive holds CIFAR-{other} ({theirs['folder']}): use "
+                        f"cifar{other}:{path}"
+                    )
+                raise FileNotFoundError(f"{spec}: the archive lacks {missing}; {expected}")
             return {w: tar.extractfile(members[w]).read() for w in wanted}
     except tarfile.TarError as e:
-        raise ValueError(f"{path}: unreadable archive ({e})") from e
+        why = str(e).strip().splitlines()[0].rstrip(":") if str(e).strip() else type(e).__name__
+        raise ValueError(f"{spec}: not a readable tar archive ({why}); {expected}") from e
 
 
 # ---------------------------------------------------------------------------------------------

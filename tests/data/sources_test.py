@@ -104,8 +104,25 @@ def test_cifar_missing_path(tmp_path):
 def test_cifar_unreadable_archive(tmp_path):
     bad = tmp_path / "cifar-10-python.tar.gz"
     bad.write_bytes(gzip.compress(b"this is not a tar archive" * 100))
-    with pytest.raises(ValueError, match="unreadable archive"):
+    with pytest.raises(ValueError, match="not a readable tar archive") as caught:
         data.load(f"cifar10:{bad}")
+    # One line (tarfile's own message runs over several), saying what was expected.
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).endswith(
+        "expected the cifar-10-batches-py folder or the .tar.gz archive it comes in"
+    )
+
+
+@pytest.mark.parametrize("form", ["tarball", "folder", "parent"])
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_the_other_cifar_is_named_with_the_spec_that_reads_it(tmp_path, num_classes, form):
+    """cifar10: given CIFAR-100's archive said "archive lacks ['data_batch_1', ...]"."""
+    tarball, folder, _ = write_cifar(tmp_path, num_classes)
+    path = {"tarball": tarball, "folder": folder, "parent": tmp_path}[form]
+    other = 110 - num_classes
+    with pytest.raises(ValueError, match=rf"holds CIFAR-{num_classes}.*: use cifar{num_classes}:"):
+        data.load(f"cifar{other}:{path}")
+    assert len(data.load(f"cifar{num_classes}:{path}", "test")) > 0  # the spec it advises
 
 
 def test_cifar_folder_lacking_batches(tmp_path):
