@@ -293,8 +293,7 @@ def cifar(path: str | os.PathLike, split: str = "train", num_classes: int = 10) 
             for candidate in (path / theirs["folder"], path):
                 if all((candidate / w).is_file() for w in [*theirs[split], theirs["meta"]]):
                     raise ValueError(
-                        f"{spec}: {candidate} holds CIFAR-{other}: use "
-                        f"cifar{other}:{path}"
+                        f"{spec}: {candidate} holds CIFAR-{other}: use cifar{other}:{path}"
                     )
             raise FileNotFoundError(f"{spec}: {folder} lacks {missing}; {expected}")
         blobs = {w: (folder / w).read_bytes() for w in wanted}

@@ -486,6 +486,7 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = jnp.asarray(x)  # a nested list or a numpy array is an array too
         self._check(x)
         spec = VARIANTS[self.variant]
         act = ACTIVATIONS[self.activation]

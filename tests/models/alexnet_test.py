@@ -192,6 +192,19 @@ BAD_INPUTS = [
 ]
 
 
+def test_array_likes_are_arrays():
+    """A nested list failed with "AttributeError: 'list' object has no attribute 'ndim'"; it
+    is an array like any other now, a numpy array too."""
+    model = AlexNet(variant="small", num_classes=10, in_channels=1)
+    x = np.random.default_rng(0).standard_normal((2, 16, 16, 1)).astype(np.float32)
+    params = model.init(jax.random.key(0), x)
+    want = model.apply(params, jnp.asarray(x))
+    np.testing.assert_array_equal(model.apply(params, x.tolist()), want)
+    np.testing.assert_array_equal(model.apply(params, x), want)
+    with pytest.raises(ValueError, match=r"got an array of shape \(1, 1\) \(rank 2\)"):
+        model.apply(params, [[0.0]])
+
+
 @pytest.mark.parametrize("variant, kwargs, shape, message", BAD_INPUTS)
 def test_bad_input_names_the_expected_shape(variant, kwargs, shape, message):
     model = AlexNet(variant=variant, **kwargs)
