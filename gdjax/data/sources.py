@@ -652,7 +652,9 @@ def load(
     check_spec(spec)
     kind, _, arg = spec.partition(":")
     if split not in (*SPLITS, "val"):
-        raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
+        meant = {"validation": "val", "valid": "val", "eval": "test", "training": "train"}
+        hint = f" (did you mean {meant[split]!r}?)" if meant.get(split) else ""
+        raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}{hint}")
     if split == "val" and kind not in ("folder", "tfds"):
         raise ValueError(f"{spec}: has 'train' and 'test' splits, not 'val'")
     if kind == "folder":

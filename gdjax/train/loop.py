@@ -39,6 +39,7 @@ import pathlib
 import signal
 import tempfile
 import time
+from collections.abc import Mapping
 from typing import Any
 
 try:
@@ -541,6 +542,16 @@ class _Evaluator:
 # ---------------------------------------------------------------------------------------------
 
 
+def _config_dict(config: Any) -> ml_collections.ConfigDict:
+    """A copy of ``config`` (a ConfigDict, or a mapping of the same fields) as a ConfigDict."""
+    if not isinstance(config, (ml_collections.ConfigDict, Mapping)):
+        raise ConfigError(
+            f"config must be an ml_collections.ConfigDict, got {type(config).__name__} "
+            f"{config!r:.60}: start from a preset, gdjax.configs.get_config('default')"
+        )
+    return ml_collections.ConfigDict(config)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False
 ) -> dict[str, Any]:
@@ -554,7 +565,7 @@ def train_and_evaluate(
     Raises :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
     wall_start = time.perf_counter()
-    c = ml_collections.ConfigDict(config)
+    c = _config_dict(config)
     check_config(c, jax.process_count())
     workdir = _workdir(workdir)
     _check_workdir(workdir)
@@ -689,7 +700,7 @@ def _train(
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Test metrics of the latest readable checkpoint in ``workdir`` (ten crops when the
     config's input pipeline is AlexNet's). Writes nothing."""
-    c = ml_collections.ConfigDict(config)
+    c = _config_dict(config)
     check_config(c, jax.process_count())
     directory = _workdir(workdir) / "checkpoints"
     if not directory.is_dir():

@@ -330,8 +330,10 @@ def test_image_size_must_be_a_positive_int(size, image_root):
 
 
 def test_split_errors():
-    with pytest.raises(ValueError, match="split must be"):
+    with pytest.raises(ValueError, match=r"got 'validation' \(did you mean 'val'\?\)"):
         data.load("mnist5k", "validation")
+    with pytest.raises(ValueError, match=r"split must be 'train', 'test' or 'val', got 'dev'$"):
+        data.load("mnist5k", "dev")
     with pytest.raises(ValueError, match="not 'val'"):
         data.load("digits", "val")
 

@@ -248,6 +248,15 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
     assert lrs[25] == pytest.approx(0.001) and lrs[35] == pytest.approx(0.0001)
 
 
+@pytest.mark.parametrize("config", [None, "default", 64])
+def test_a_config_that_is_no_configdict_says_so(tmp_path, config):
+    """None said "the config lacks dataset, eval_split, model.variant and 58 more"."""
+    with pytest.raises(ValueError, match=r"config must be an ml_collections\.ConfigDict, got"):
+        train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(ValueError, match=r"config must be an ml_collections\.ConfigDict, got"):
+        evaluate_checkpoint(config, str(tmp_path))
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
