@@ -18,6 +18,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -32,7 +33,7 @@ import sysconfig
 import tempfile
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -102,9 +103,12 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
     )
 
 
-def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
-    """Compile the kernels (once per source, compiler, headers and library, into the cache, or
-    for this process alone where the cache cannot be written), return the library's path."""
+@contextlib.contextmanager
+def _built(include: pathlib.Path, lib: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Compile the kernels, once per source, compiler, headers and library, into the cache,
+    and yield the library's path. Where the cache cannot be written they compile into a
+    folder for this process alone, removed when the block ends: load the library inside it
+    (the mapping outlives the file)."""
     cxx = shutil.which(os.environ.get("CXX", "c++"))
     if cxx is None:
         raise RuntimeError(f"no C++ compiler found (CXX={os.environ.get('CXX', 'c++')!r})")
@@ -135,23 +139,23 @@ def _build(include: pathlib.Path, lib: pathlib.Path) -> pathlib.Path:
     key.update(str((lib / "libdnnl.so").resolve()).encode())
     target = cache_dir() / "onednn" / key.hexdigest()[:24] / "libgdjax_onednn.so"
     try:
-        return _cached(command, target)
+        cached = _cached(command, target)
     except OSError as err:  # the cache cannot be written: read-only home, a file in the way
-        private = pathlib.Path(tempfile.mkdtemp(prefix="gdjax-onednn-"))
         warnings.warn(
             f"cannot write the kernel cache {target.parent.parent} ({err.strerror or err}); "
             "compiling the oneDNN kernels for this process only (a few seconds at each start); "
             "set GDJAX_CACHE_DIR to a writable folder to keep them",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+        private = pathlib.Path(tempfile.mkdtemp(prefix="gdjax-onednn-"))
         try:
             _compile(command, private / target.name)
-        except BaseException:
+            yield private / target.name
+        finally:
             shutil.rmtree(private, ignore_errors=True)
-            raise
-        _state["private"] = private  # removed once loaded (the mapping outlives the file)
-        return private / target.name
+    else:
+        yield cached
 
 
 def _cached(command: list[str], target: pathlib.Path) -> pathlib.Path:
@@ -192,17 +196,13 @@ def _load() -> str:
             f"{'.'.join(map(str, MIN_JAXLIB))}, whose CPU runtime the oneDNN path needs"
         )
     include, lib = _find_onednn()
-    path = _build(include, lib)
     # PyPI's oneDNN runs its CPU engine on the SYCL runtime, which finds the CPU device through
     # the OpenCL ICD loader: point that at the CPU runtime installed beside it.
     icd = lib / "libintelocl.so"
     if icd.is_file() and "OCL_ICD_FILENAMES" not in os.environ:
         os.environ["OCL_ICD_FILENAMES"] = str(icd)
-    try:
+    with _built(include, lib) as path:
         handle = ctypes.CDLL(str(path))
-    finally:
-        if "private" in _state:  # compiled for this process alone: nothing to keep on disk
-            shutil.rmtree(_state.pop("private"), ignore_errors=True)
     message = ctypes.create_string_buffer(1024)
     if handle.GdjaxOnednnCheck(message, ctypes.c_size_t(len(message))) != 0:
         raise RuntimeError(f"oneDNN could not set up a CPU convolution: {message.value.decode()}")

@@ -615,18 +615,23 @@ def test_missing_onednn_or_compiler_is_reported(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match=r"pip install 'gdjax\[onednn\]'"):
         _onednn._find_onednn()
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
-        _onednn._build(tmp_path, tmp_path)
+    with (
+        pytest.raises(RuntimeError, match="no C\\+\\+ compiler"),
+        _onednn._built(tmp_path, tmp_path),
+    ):
+        pass
 
 
 @needs_onednn
 def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
     monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path))
     include, lib = _onednn._find_onednn()
-    first = _onednn._build(include, lib)
-    assert first.is_file() and tmp_path in first.parents
+    with _onednn._built(include, lib) as first:
+        assert first.is_file() and tmp_path in first.parents
+    assert first.is_file()  # the cache's library stays
     stamp = first.stat().st_mtime_ns
-    assert _onednn._build(include, lib) == first
+    with _onednn._built(include, lib) as again:
+        assert again == first
     assert first.stat().st_mtime_ns == stamp  # not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left behind
 
@@ -681,8 +686,9 @@ def test_processes_that_start_together_compile_once(tmp_path):
     compiler.chmod(0o755)
     include, lib = _onednn._find_onednn()
     script = (
-        "import pathlib, sys; from gdjax.models import _onednn; "
-        "print(_onednn._build(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])))"
+        "import pathlib, sys\nfrom gdjax.models import _onednn\n"
+        "with _onednn._built(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])) as p:\n"
+        "    print(p)\n"
     )
     env = worker_env(CXX=str(compiler), GDJAX_CACHE_DIR=str(tmp_path / "cache"))
     argv = [sys.executable, "-c", script, str(include), str(lib)]
