@@ -37,7 +37,7 @@ import warnings
 
 from gdjax._extras import MissingExtraError
 
-__all__ = ["UsageError", "entry_point", "main"]
+__all__ = ["ConfigFileError", "UsageError", "entry_point", "main"]
 
 COMMANDS = ("train", "eval")
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use

@@ -65,6 +65,7 @@ __all__ = [
     "NEURONS",
     "VARIANTS",
     "AlexNet",
+    "grouping_problem",
     "min_input_size",
     "spatial_sizes",
     "takes_side",
@@ -308,11 +309,11 @@ def grouping_problem(variant: str, groups: int) -> str | None:
 def _divisors(variant: str) -> str:
     """The group counts that split every grouped convolution of the variant, in words."""
     convs = VARIANTS[variant].convs
-    sizes = [c.features for i, c in enumerate(convs) if c.grouped]
-    sizes += [convs[i - 1].features for i, c in enumerate(convs) if c.grouped]
-    common = math.gcd(*sizes) if sizes else 1
-    ok = [g for g in range(1, common + 1) if common % g == 0]
-    return "groups " + ", ".join(map(str, ok))
+    split = [
+        n for i, c in enumerate(convs) if c.grouped for n in (convs[i - 1].features, c.features)
+    ]
+    common = math.gcd(*split)
+    return "groups " + ", ".join(str(g) for g in range(1, common + 1) if common % g == 0)
 
 
 def takes_side(variant: str, side: int, overlapping_pool: bool = True) -> bool:

@@ -113,7 +113,9 @@ def _tree_zeros(owner: str, params: Any, dtype: Any = None, fill: ScalarOrSchedu
     return jax.tree_util.tree_map_with_path(make, params)
 
 
-def _check_like(owner: str, updates: Any, tree: Any, what: str) -> None:
+def _check_like(
+    owner: str, updates: Any, tree: Any, what: str = "the state init() built from the parameters"
+) -> None:
     """Refuse ``updates`` whose pytree structure or leaf shapes differ from ``tree`` (a state
     that ``init`` built from the parameters, or the parameters), naming the first difference;
     ``jax.tree.map`` would fail with a pytree or broadcasting error, or broadcast silently.
@@ -289,7 +291,7 @@ def trace(
             u = g32 + m * v_new if nesterov else v_new
             return u.astype(g.dtype), v_new.astype(v.dtype)
 
-        _check_like("trace", updates, state.trace, "the state init() built from the parameters")
+        _check_like("trace", updates, state.trace)
         pairs = jax.tree.map(leaf, updates, state.trace)
         new_updates, new_trace = _unzip(pairs, updates)
         return new_updates, TraceState(count=_increment(state.count), trace=new_trace)
@@ -351,12 +353,7 @@ def scale_by_adagrad(
             u = g32 * jax.lax.rsqrt(s_new + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s_new) + e32)
             return u.astype(g.dtype), s_new.astype(s.dtype)
 
-        _check_like(
-            "scale_by_adagrad",
-            updates,
-            state.sum_of_squares,
-            "the state init() built from the parameters",
-        )
+        _check_like("scale_by_adagrad", updates, state.sum_of_squares)
         new_updates, new_sum = _unzip(jax.tree.map(leaf, updates, state.sum_of_squares), updates)
         return new_updates, ScaleByAdagradState(
             count=_increment(state.count), sum_of_squares=new_sum
@@ -441,7 +438,7 @@ def scale_by_rms(
         def leaf(g, n):
             return _rms_leaf(g, n, None, rho, e, eps_in_sqrt)[:2]
 
-        _check_like("scale_by_rms", updates, state.nu, "the state init() built from the parameters")
+        _check_like("scale_by_rms", updates, state.nu)
         new_updates, new_nu = _unzip(jax.tree.map(leaf, updates, state.nu), updates)
         return new_updates, ScaleByRmsState(count=_increment(state.count), nu=new_nu)
 
@@ -490,9 +487,7 @@ def scale_by_stddev(
         def leaf(g, n, m):
             return _rms_leaf(g, n, m, rho, e, eps_in_sqrt)
 
-        _check_like(
-            "scale_by_stddev", updates, state.nu, "the state init() built from the parameters"
-        )
+        _check_like("scale_by_stddev", updates, state.nu)
         triples = jax.tree.map(leaf, updates, state.nu, state.mu)
         new_updates, new_nu, new_mu = _unzip(triples, updates, n=3)
         count = _increment(state.count)
@@ -596,9 +591,7 @@ def scale_by_adam(
         def leaf(g, m, v):
             return _adam_leaf(g, m, v, None, hp, t)[:3]
 
-        _check_like(
-            "scale_by_adam", updates, state.mu, "the state init() built from the parameters"
-        )
+        _check_like("scale_by_adam", updates, state.mu)
         triples = jax.tree.map(leaf, updates, state.mu, state.nu)
         new_updates, mu, nu = _unzip(triples, updates, n=3)
         return new_updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
@@ -647,9 +640,7 @@ def scale_by_amsgrad(
         def leaf(g, m, v, vmax):
             return _adam_leaf(g, m, v, vmax, hp, t)
 
-        _check_like(
-            "scale_by_amsgrad", updates, state.mu, "the state init() built from the parameters"
-        )
+        _check_like("scale_by_amsgrad", updates, state.mu)
         quads = jax.tree.map(leaf, updates, state.mu, state.nu, state.nu_max)
         new_updates, mu, nu, nu_max = _unzip(quads, updates, n=4)
         return new_updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
