@@ -119,6 +119,21 @@ def _check_data(c: ml_collections.ConfigDict) -> None:
     if c.eval_split == "val" and kind not in ("folder", "tfds"):
         fail("eval_split", c.eval_split, f"train or test for {kind}")
     _one_of(c, "input.augment", AUGMENTS)
+    # Switches of one augmentation that another would silently ignore.
+    if c.input.ten_crop and c.input.augment != "alexnet":
+        fail(
+            "input.ten_crop",
+            True,
+            f"False with input.augment={c.input.augment!r} (ten-crop evaluation belongs to the "
+            "alexnet augmentation)",
+        )
+    if c.input.flip and c.input.augment != "small":
+        fail(
+            "input.flip",
+            True,
+            f"False with input.augment={c.input.augment!r} (the small augmentation's mirror; "
+            "the alexnet augmentation always mirrors)",
+        )
     _at_least(c, "input.image_size", 0)
     _at_least(c, "input.crop", 1)
     _at_least(c, "input.pad", 0)

@@ -274,6 +274,15 @@ def test_a_config_that_is_no_configdict_says_so(tmp_path, config):
         ({"model.dropout_rate": 1.0}, r"config.model.dropout_rate must be in \[0, 1\)"),
         ({"model.variant": "big"}, r"config.model.variant must be one of"),
         ({"model.groups": 3}, r"config.model.groups=3 does not divide conv2's 32 input channels"),
+        # Switches another augmentation ignored without a word.
+        (
+            {"input.ten_crop": True},
+            r"config.input.ten_crop must be False with input.augment='small' \(ten-crop",
+        ),
+        (
+            {"input.flip": True, "input.augment": "alexnet", "input.image_size": 256},
+            r"config.input.flip must be False with input.augment='alexnet' .*always mirrors",
+        ),
         ({"eval_split": "nosuch"}, r"config.eval_split must be one of"),
         (
             {"dataset": "digits"},
