@@ -147,13 +147,23 @@ def build(c: ml_collections.ConfigDict) -> Run:
         c.parallel, model_parallel=c.model_parallel, label_smoothing=c.label_smoothing, l2=c.l2
     )
     parallel.check_batch_size(c.batch_size)
-    # Evaluation pads its batches anyway: round up to the devices instead of refusing.
-    # (num_devices counts every process's devices, so it divides by the processes too.)
-    eval_batch_size = -(-c.eval_batch_size // parallel.num_devices) * parallel.num_devices
+    # Evaluation pads its batches anyway: round up to the devices instead of refusing, and no
+    # batch is larger than the split (a batch of 100,000 for 1,000 images compiled and ran a
+    # step 100 times the size). num_devices counts every process's devices, so it divides by
+    # the processes too.
+    eval_batch = min(c.eval_batch_size, len(test_src))
+    eval_batch_size = -(-eval_batch // parallel.num_devices) * parallel.num_devices
     steps_per_epoch = len(train_src) // c.batch_size
     if steps_per_epoch < 1:
         fail("batch_size", c.batch_size, f"at most the {len(train_src)} training examples")
     total_steps = c.num_steps if c.num_steps > 0 else round(c.num_epochs * steps_per_epoch)
+    if total_steps < 1:  # a fraction of an epoch shorter than one step
+        fail(
+            "num_epochs",
+            c.num_epochs,
+            f"at least 1/{steps_per_epoch} (one step: an epoch is {steps_per_epoch} steps of "
+            f"{c.batch_size} examples), or num_steps >= 1",
+        )
     if c.max_steps > 0:
         total_steps = min(total_steps, c.max_steps)
 
