@@ -3,7 +3,8 @@
 usage:
   gdjax [train] [--config=PRESET|FILE] [--config.FIELD=VALUE ...] [--workdir=DIR] [--restart]
   gdjax eval --workdir=DIR [--config.FIELD=VALUE ...]
-  gdjax --version
+  gdjax --version                         # or: gdjax version
+  gdjax help [train|eval]                 # or: gdjax [COMMAND] --help
 
 examples:
   gdjax                                   # = gdjax train: small AlexNet on the embedded MNIST
@@ -414,17 +415,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     args = argv[1:]
     command = "train"
+    if args[:1] == ["version"]:
+        args = ["--version", *args[1:]]
     if args in (["--version"], ["-V"]):
         print(_versions())
         return 0
+    if args[:1] == ["help"]:  # gdjax help [COMMAND]
+        args = [*args[1:2], "--help"]
     if args and not args[0].startswith("-"):
         command, args = args[0], args[1:]
     if command not in COMMANDS:
-        hint = (
-            " (the benchmarks live in a source checkout: python experiments/bench.py)"
-            if command == "bench"
-            else ""
-        )
+        import difflib
+
+        if command == "bench":
+            hint = " (the benchmarks live in a source checkout: python experiments/bench.py)"
+        else:
+            near = difflib.get_close_matches(command.lower(), COMMANDS, n=1, cutoff=0.6)
+            hint = f" (did you mean gdjax {near[0]}?)" if near else ""
         print(
             f"gdjax: unknown command {command!r}; commands are {', '.join(COMMANDS)}{hint}",
             file=sys.stderr,

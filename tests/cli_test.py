@@ -99,6 +99,10 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["eval", "--workdir=/"], "no checkpoints in /checkpoints"),
         (["bench"], "unknown command 'bench'; commands are train, eval (the benchmarks live"),
         (["fit"], "unknown command 'fit'; commands are train, eval"),
+        (
+            ["Eval", "--workdir=w"],
+            "unknown command 'Eval'; commands are train, eval (did you mean ",
+        ),
         # multi-host flags: each was ignored (a one-process run), an IndexError or JAX's bare
         # "coordinator_address should be defined"
         (["train", "--num_processes=2", "--process_id=0"], "no coordinator: JAX detected no"),
@@ -179,7 +183,21 @@ def test_python_dash_m_gdjax_is_the_command():
         [sys.executable, "-m", "gdjax", "trian"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2, done
-    assert done.stderr.strip() == "gdjax: unknown command 'trian'; commands are train, eval"
+    assert done.stderr.strip() == (
+        "gdjax: unknown command 'trian'; commands are train, eval (did you mean gdjax train?)"
+    )
+
+
+def test_help_and_version_as_words(capsys):
+    """`gdjax help` and `gdjax version` were unknown commands."""
+    assert cli.main(["gdjax", "help"]) == 0
+    assert "flags of 'gdjax train'" in capsys.readouterr().out
+    assert cli.main(["gdjax", "help", "eval"]) == 0
+    assert "flags of 'gdjax eval'" in capsys.readouterr().out
+    assert cli.main(["gdjax", "version"]) == 0
+    assert capsys.readouterr().out.startswith("gdjax ")
+    assert cli.main(["gdjax", "help", "fit"]) == 2
+    assert "unknown command 'fit'" in capsys.readouterr().err
 
 
 def test_an_unknown_tfds_name_lists_a_few_close_matches(capsys, tmp_path):
