@@ -237,6 +237,8 @@ def test_sixteen_bit_png_keeps_its_range(tmp_path):
     root.mkdir(parents=True)
     ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
     Image.fromarray(ramp).save(root / "ramp.png")  # a 16-bit greyscale PNG
+    (root.parent / "b").mkdir()  # a second class: a training split needs two
+    Image.fromarray(ramp).save(root.parent / "b" / "ramp.png")
     image = data.load(f"folder:{tmp_path / 'set'}", "train", image_size=None)[0]["image"]
     want = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
     np.testing.assert_array_equal(image[..., 0], want)
@@ -271,10 +273,27 @@ def test_folder_errors(tmp_path, image_root):
     with pytest.raises(FileNotFoundError) as err:  # nothing split-like: no guess
         data.load(f"folder:{tmp_path}", "train")
     assert "pass its parent" not in str(err.value)
-    empty = tmp_path / "empty" / "train" / "cls"
-    empty.mkdir(parents=True)
+    for cls in ("cls", "other"):
+        (tmp_path / "empty" / "train" / cls).mkdir(parents=True)
     with pytest.raises(ValueError, match="no images found"):
         data.load(f"folder:{tmp_path / 'empty'}")
+
+
+def test_a_folder_the_classifier_cannot_learn_from_is_refused(tmp_path):
+    """A training split of one class trained a model that scored 100% (on that class); an
+    evaluation split with a class the training split lacks said "class folders ['c'] are not
+    in class_names", a name the command's user never gave."""
+    one = write_folder(tmp_path / "one", {"train": {"a": 2}, "test": {"a": 1}})
+    with pytest.raises(ValueError, match=r"has 1 class folder\(s\) \['a'\]; a classifier needs"):
+        data.load(f"folder:{one}", "train")
+    odd = write_folder(tmp_path / "odd", {"train": {"a": 1, "b": 1}, "test": {"a": 1, "c": 1}})
+    with pytest.raises(ValueError) as err:
+        data.load(f"folder:{odd}", "test")
+    assert str(err.value) == (
+        f"folder:{odd}: {odd / 'test'} has class folders ['c'] that {odd / 'train'} lacks (the "
+        "model learns the training split's classes: ['a', 'b'])"
+    )
+    assert data.load(f"folder:{odd}", "train").class_names == ["a", "b"]
 
 
 # --- specs -----------------------------------------------------------------------------------
