@@ -499,6 +499,9 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
             if inside is not None
             else ""
         )
+        other = next((o for o in ("val", "test") if o != split and o in present), None)
+        if not hint and split != "train" and other:
+            hint = f" (it has '{other}': evaluate on that, --config.eval_split={other})"
         raise FileNotFoundError(
             f"folder:{root}: no '{split}' sub-folder (found {present}); expected "
             f"{root}/{split}/<class>/<image>{hint}"

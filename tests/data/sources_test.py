@@ -273,6 +273,10 @@ def test_folder_errors(tmp_path, image_root):
     with pytest.raises(FileNotFoundError) as err:  # nothing split-like: no guess
         data.load(f"folder:{tmp_path}", "train")
     assert "pass its parent" not in str(err.value)
+    tested = write_folder(tmp_path / "tested", {"train": {"a": 1, "b": 1}, "test": {"a": 1}})
+    with pytest.raises(FileNotFoundError) as err:  # the paper preset evaluates on 'val'
+        data.load(f"folder:{tested}", "val")
+    assert str(err.value).endswith("(it has 'test': evaluate on that, --config.eval_split=test)")
     for cls in ("cls", "other"):
         (tmp_path / "empty" / "train" / cls).mkdir(parents=True)
     with pytest.raises(ValueError, match="no images found"):
