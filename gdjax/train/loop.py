@@ -67,6 +67,7 @@ from gdjax.train.validation import (
     check_config,
     differing_fields,
     fail,
+    field_changes,
 )
 
 __all__ = [
@@ -304,6 +305,26 @@ def _mismatch(
         f"{'config' if evaluating else 'run'}'s state cannot restore ({e.differences[0]}). "
         + advice
     )
+
+
+def _changes_since(workdir: pathlib.Path, c: ml_collections.ConfigDict) -> str:
+    """'; changed since that run: FIELD OLD -> NEW, ...' against the workdir's config.json
+    (empty when nothing changed or it is unreadable). A resume may change the recipe (train
+    longer, another learning rate); saying what changed keeps a typo from passing unseen."""
+    with contextlib.suppress(OSError, ValueError):
+        saved = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+        changes = field_changes(saved, c)
+        if changes:
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes)
+            batch = any(k == "batch_size" for k, _, _ in changes)
+            caveat = (
+                " (the loader goes on from the batch count reached, in batches of the new size: "
+                "the rest of this epoch is not the examples the run would have read)"
+                if batch
+                else ""
+            )
+            return f"; changed since that run: {listed}{caveat}"
+    return ""
 
 
 def _restore(
@@ -613,7 +634,11 @@ def _train(
         state, data_state, meta = restored
         batches.set_state(data_state)
         plateau.best, plateau.bad = meta["plateau_best"], meta["plateau_bad"]
-        print(f"resumed from step {int(state.step)} in {checkpointer.directory}", flush=True)
+        print(
+            f"resumed from step {int(state.step)} in {checkpointer.directory}"
+            f"{_changes_since(workdir, c)}",
+            flush=True,
+        )
     # Restored (or nothing to restore): only now is anything written.
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)

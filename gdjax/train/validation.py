@@ -263,8 +263,16 @@ def differing_fields(
     saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
 ) -> list[str]:
     """Dotted names of the fields whose values differ between two configs."""
+    return [name for name, _, _ in field_changes(saved, current)]
+
+
+def field_changes(
+    saved: ml_collections.ConfigDict, current: ml_collections.ConfigDict
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted name, saved value, current value)`` of each field that differs, by name."""
     a, b = _flat(saved.to_dict()), _flat(current.to_dict())
-    return sorted(k for k in a.keys() | b.keys() if _norm(a.get(k)) != _norm(b.get(k)))
+    names = sorted(k for k in a.keys() | b.keys() if _norm(a.get(k)) != _norm(b.get(k)))
+    return [(k, a.get(k), b.get(k)) for k in names]
 
 
 # Fields that define the function the checkpointed parameters compute. Changing one keeps

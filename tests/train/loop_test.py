@@ -248,6 +248,27 @@ def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
     assert lrs[25] == pytest.approx(0.001) and lrs[35] == pytest.approx(0.0001)
 
 
+def test_a_resume_says_what_changed_since_the_run(tmp_path, capsys):
+    """A resume under another config went on without a word: a mistyped value, or a
+    batch size whose change moves the loader's place in the epoch, passed unseen."""
+    train_and_evaluate(quick_config(num_steps=20), str(tmp_path))
+    capsys.readouterr()
+    train_and_evaluate(quick_config(num_steps=30, batch_size=16), str(tmp_path))
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("resumed")]
+    assert line == (
+        f"resumed from step 20 in {tmp_path / 'checkpoints'}; changed since that run: "
+        "batch_size 32 -> 16, num_steps 20 -> 30 (the loader goes on from the batch count "
+        "reached, in batches of the new size: the rest of this epoch is not the examples the "
+        "run would have read)"
+    )
+    train_and_evaluate(quick_config(num_steps=40, batch_size=16), str(tmp_path))
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("resumed")]
+    assert line.endswith("; changed since that run: num_steps 30 -> 40")
+    train_and_evaluate(quick_config(num_steps=40, batch_size=16), str(tmp_path))
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("resumed")]
+    assert line == f"resumed from step 40 in {tmp_path / 'checkpoints'}"
+
+
 def test_no_evaluation_batch_is_larger_than_the_split():
     """eval_batch_size=100000 padded every evaluation of mnist5k's 1,000 test images to a
     batch of 100,000 (a 45 s run where 9 s do); the batch is the split's size at most, still
