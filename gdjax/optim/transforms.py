@@ -119,12 +119,20 @@ def _check_like(
     """Refuse ``updates`` whose pytree structure or leaf shapes differ from ``tree`` (a state
     that ``init`` built from the parameters, or the parameters), naming the first difference;
     ``jax.tree.map`` would fail with a pytree or broadcasting error, or broadcast silently.
+    Integer updates are refused too (each would round to an integer step).
     Runs when ``update`` is traced, not in the compiled step."""
     u_def, t_def = jax.tree.structure(updates), jax.tree.structure(tree)
     if u_def == t_def:
         for (path, u), t in zip(
             jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(tree), strict=True
         ):
+            if not jnp.issubdtype(jnp.result_type(u), jnp.inexact):
+                # Each block returns its updates in their own dtype: an integer step of 0.3
+                # would be 0, and the parameters would never move.
+                raise TypeError(
+                    f"{owner}: update() got updates{jax.tree_util.keystr(path)} of dtype "
+                    f"{jnp.result_type(u)}; gradients must be floating point (or complex)"
+                )
             if jnp.shape(u) != jnp.shape(t):
                 raise ValueError(
                     f"{owner}: update() got updates{jax.tree_util.keystr(path)} of shape "

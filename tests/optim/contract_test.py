@@ -313,6 +313,11 @@ UNLIKE = {
         {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4), "scale": jnp.ones(())},
         r"another tree structure .*1 not in it \(\['scale'\]\)",
     ),
+    # Integer gradients gave integer updates: a step of 0.3 rounded to 0, no training at all.
+    "integer": (
+        {"kernel": jnp.ones((3, 4), jnp.int32), "bias": jnp.ones(4)},  # (masks keep kernels)
+        r"updates\['kernel'\] of dtype int32; gradients must be floating point",
+    ),
     # Broadcastable: it used to turn the state's (4,) into (1, 4) without a word.
     "shape": (
         {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((1, 4))},
@@ -328,12 +333,12 @@ def test_updates_unlike_the_parameters_are_refused_by_name(case, unlike):
     pytree or broadcasting error from inside jax.tree.map, or broadcast silently."""
     _, factory, kwargs = case
     grads, message = UNLIKE[unlike]
-    if unlike != "shape" and any("mask" in k for k in kwargs):
+    if unlike in ("missing", "extra") and any("mask" in k for k in kwargs):
         # Where optax.masked meets the updates before our blocks do, it maps the mask over
         # them first, and jax's error names the key.
         key = "bias" if unlike == "missing" else "scale"
         message = rf"{message}|symmetric difference on key sets is\n\s*{key}"
     params = _tree(0)
     tx = factory(**kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(TypeError if unlike == "integer" else ValueError, match=message):
         tx.update(grads, tx.init(params), params)
