@@ -68,6 +68,7 @@ from gdjax.train.validation import (
     differing_fields,
     fail,
     field_changes,
+    saved_config,
 )
 
 __all__ = [
@@ -283,12 +284,8 @@ def _mismatch(
     e: CheckpointMismatchError,
     evaluating: bool = False,
 ) -> WorkdirMismatchError:
-    saved = workdir / "config.json"
-    fields = []
-    if saved.is_file():
-        with contextlib.suppress(ValueError):
-            previous = ml_collections.ConfigDict(json.loads(saved.read_text()))
-            fields = differing_fields(previous, c)
+    previous = saved_config(workdir)
+    fields = differing_fields(previous, c) if previous is not None else []
     changed = f" (changed: {', '.join(fields)})" if fields else ""
     if evaluating:  # neither a new workdir nor --restart means anything to gdjax eval
         advice = (
@@ -311,20 +308,18 @@ def _changes_since(workdir: pathlib.Path, c: ml_collections.ConfigDict) -> str:
     """'; changed since that run: FIELD OLD -> NEW, ...' against the workdir's config.json
     (empty when nothing changed or it is unreadable). A resume may change the recipe (train
     longer, another learning rate); saying what changed keeps a typo from passing unseen."""
-    with contextlib.suppress(OSError, ValueError):
-        saved = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-        changes = field_changes(saved, c)
-        if changes:
-            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes)
-            batch = any(k == "batch_size" for k, _, _ in changes)
-            caveat = (
-                " (the loader goes on from the batch count reached, in batches of the new size: "
-                "the rest of this epoch is not the examples the run would have read)"
-                if batch
-                else ""
-            )
-            return f"; changed since that run: {listed}{caveat}"
-    return ""
+    saved = saved_config(workdir)
+    changes = field_changes(saved, c) if saved is not None else []
+    if not changes:
+        return ""
+    listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes)
+    caveat = (
+        " (the loader goes on from the batch count reached, in batches of the new size: the "
+        "rest of this epoch is not the examples the run would have read)"
+        if any(k == "batch_size" for k, _, _ in changes)
+        else ""
+    )
+    return f"; changed since that run: {listed}{caveat}"
 
 
 def _restore(

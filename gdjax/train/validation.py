@@ -147,7 +147,6 @@ def _check_data(c: ml_collections.ConfigDict) -> None:
     else:
         images = f"config.dataset={c.dataset!r} gives"
     variant, overlapping = c.model.variant, c.model.overlapping_pool
-    fits = next(s for s in range(1, 1024) if takes_side(variant, s, overlapping))
     if c.input.augment == "alexnet":
         if side is not None and c.input.crop > side:
             fail(
@@ -157,6 +156,7 @@ def _check_data(c: ml_collections.ConfigDict) -> None:
                 f"images; resize them with --config.input.image_size={_resize_for(c.input.crop)})",
             )
         if not takes_side(variant, c.input.crop, overlapping):
+            fits = _smallest_side(variant, overlapping)
             resize = (
                 f" and --config.input.image_size={_resize_for(fits)}"
                 if side is not None and side < fits
@@ -169,12 +169,19 @@ def _check_data(c: ml_collections.ConfigDict) -> None:
             )
         return
     if side is not None and not takes_side(variant, side, overlapping):  # the model's own rule
+        fits = _smallest_side(variant, overlapping)
         verb = "set" if c.input.image_size else "add"
         raise ConfigError(
             f"{images} {side}x{side} images; the {variant!r} AlexNet takes "
             f"{_sides(variant, fits)}: {verb} --config.input.image_size={max(fits, 16)} to "
             f"resize them"
         )
+
+
+def _smallest_side(variant: str, overlapping: bool) -> int:
+    """The smallest side :func:`takes_side` accepts (the paper's 227; the others' minimum);
+    searched only for an error's advice, not on every check."""
+    return next(s for s in range(1, 1024) if takes_side(variant, s, overlapping))
 
 
 def _resize_for(crop: int) -> int:
@@ -293,16 +300,23 @@ def _network(flat: dict[str, Any]) -> dict[str, Any]:
     return net
 
 
-def changed_network(workdir: str | os.PathLike, c: ml_collections.ConfigDict) -> list[str]:
-    """``field: saved -> given`` for each network-defining field in which ``c`` differs from
-    the workdir's ``config.json`` (none if it has no readable one)."""
+def saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict | None:
+    """The config the workdir's run saved (its ``config.json``); None if it has no readable
+    one."""
     try:
         saved = json.loads((pathlib.Path(workdir) / "config.json").read_text())
     except (OSError, ValueError):
+        return None
+    return ml_collections.ConfigDict(saved) if isinstance(saved, dict) else None
+
+
+def changed_network(workdir: str | os.PathLike, c: ml_collections.ConfigDict) -> list[str]:
+    """``field: saved -> given`` for each network-defining field in which ``c`` differs from
+    the workdir's ``config.json`` (none if it has no readable one)."""
+    saved = saved_config(workdir)
+    if saved is None:
         return []
-    if not isinstance(saved, dict):
-        return []
-    flat = _flat(saved)
+    flat = _flat(saved.to_dict())
     before, now = _network(flat), _network(_flat(c.to_dict()))
     # A field the saved config lacks (written by an older gdjax) cannot be compared.
     known = [k for k in NETWORK_FIELDS if k in flat]
