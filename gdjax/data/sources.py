@@ -506,15 +506,17 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
             f"folder:{root}: no '{split}' sub-folder (found {present}); expected "
             f"{root}/{split}/<class>/<image>{hint}"
         )
-    if split == "train" and "class_names" not in kwargs and len(_subfolders(sub)) < 2:
+    classes = _subfolders(sub)
+    if split == "train" and "class_names" not in kwargs and len(classes) < 2:
         raise ValueError(
-            f"folder:{root}: {sub} has {len(_subfolders(sub))} class folder(s) "
-            f"{_subfolders(sub)}; a classifier needs two or more ({sub}/<class>/<image>)"
+            f"folder:{root}: {sub} has {len(classes)} class folder(s) {classes}; a classifier "
+            f"needs two or more ({sub}/<class>/<image>)"
         )
     if "class_names" not in kwargs and split != "train" and (root / "train").is_dir():
         # Evaluation splits use the training split's class order, even if a class is absent.
+        # (FolderSource refuses other classes too, in terms of its class_names argument.)
         kwargs["class_names"] = _subfolders(root / "train")
-        extra = sorted(set(_subfolders(sub)) - set(kwargs["class_names"]))
+        extra = sorted(set(classes) - set(kwargs["class_names"]))
         if extra:
             raise ValueError(
                 f"folder:{root}: {sub} has class folders {extra} that {root / 'train'} lacks "
