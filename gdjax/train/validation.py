@@ -7,6 +7,7 @@ factory is called once with the config's values, as the run will call it.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import math
@@ -33,8 +34,19 @@ class ConfigError(ValueError):
     """A config field holds a value the run cannot use."""
 
 
-def fail(field: str, value: Any, expected: str) -> None:
-    raise ConfigError(f"config.{field} must be {expected}, got {value!r}")
+def fail(field: str, value: Any, expected: str, hint: str = "") -> None:
+    raise ConfigError(f"config.{field} must be {expected}, got {value!r}{hint}")
+
+
+def _near(value: Any, choices: Any) -> str:
+    """' (did you mean 'adam'?)' for a string near one of ``choices``: the same but for case,
+    else a close spelling; '' when none is."""
+    if not isinstance(value, str):
+        return ""
+    names = [str(choice) for choice in choices]
+    near = {name.lower(): name for name in names}.get(value.lower())
+    near = near or next(iter(difflib.get_close_matches(value.lower(), names, n=1)), None)
+    return f" (did you mean {near!r}?)" if near else ""
 
 
 def _at_least(c: ml_collections.ConfigDict, field: str, low: float, strict: bool = False) -> None:
@@ -52,7 +64,7 @@ def _unit(c: ml_collections.ConfigDict, field: str) -> None:
 def _one_of(c: ml_collections.ConfigDict, field: str, choices: Any) -> None:
     value = get_field(c, field)
     if value not in choices:
-        fail(field, value, f"one of {', '.join(map(str, choices))}")
+        fail(field, value, f"one of {', '.join(map(str, choices))}", _near(value, choices))
 
 
 def optimizer_kwargs(c: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -117,7 +129,12 @@ def _check_data(c: ml_collections.ConfigDict) -> None:
     _one_of(c, "eval_split", SPLITS)
     kind = c.dataset.partition(":")[0]
     if c.eval_split == "val" and kind not in ("folder", "tfds"):
-        fail("eval_split", c.eval_split, f"train or test for {kind}")
+        fail(
+            "eval_split",
+            c.eval_split,
+            f"train or test for {kind}",
+            " (set --config.eval_split=test)",
+        )
     _one_of(c, "input.augment", AUGMENTS)
     # Switches of one augmentation that another would silently ignore.
     if c.input.ten_crop and c.input.augment != "alexnet":

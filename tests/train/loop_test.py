@@ -394,6 +394,22 @@ def test_config_errors_are_clear_and_early(tmp_path, overrides, message):
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optimizer.name": "adamm"}, r"got 'adamm' \(did you mean 'adam'\?\)$"),
+        ({"optimizer.name": "SGD"}, r"got 'SGD' \(did you mean 'sgd'\?\)$"),
+        ({"model.variant": "Small"}, r"got 'Small' \(did you mean 'small'\?\)$"),
+        ({"schedule.name": "cosin"}, r"got 'cosin' \(did you mean 'cosine'\?\)$"),
+        ({"optimizer.name": "xyz"}, r"rmsprop, sgd, got 'xyz'$"),
+        ({"eval_split": "val"}, r"test for mnist5k, got 'val' \(set --config.eval_split=test\)$"),
+    ],
+)
+def test_a_choice_misspelt_or_in_another_case_names_the_one_meant(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(quick_config(**overrides), str(tmp_path))
+
+
 def test_learning_rate_recipes():
     from gdjax.train import make_optimizer
     from gdjax.train.recipe import current_learning_rate
