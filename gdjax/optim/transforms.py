@@ -113,32 +113,45 @@ def _tree_zeros(owner: str, params: Any, dtype: Any = None, fill: ScalarOrSchedu
     return jax.tree_util.tree_map_with_path(make, params)
 
 
+def _arrays(owner: str, updates: Any) -> Any:
+    """The updates as JAX arrays, as optax's blocks take them: a Python float leaf, or a NumPy
+    float64 one without ``jax_enable_x64``, becomes the array ``jnp.asarray`` makes of it
+    (``.astype`` failed on the first and warned of a truncation on every step for the second).
+    Integer updates are refused: each block returns updates in their own dtype, so a step of
+    0.3 would be 0 and the parameters would never move."""
+
+    def array(path: Any, u: Any) -> jax.Array:
+        u = jnp.asarray(u)
+        if not jnp.issubdtype(u.dtype, jnp.inexact):
+            raise TypeError(
+                f"{owner}: update() got updates{jax.tree_util.keystr(path)} of dtype "
+                f"{u.dtype}; gradients must be floating point (or complex)"
+            )
+        return u
+
+    return jax.tree_util.tree_map_with_path(array, updates)
+
+
 def _check_like(
     owner: str, updates: Any, tree: Any, what: str = "the state init() built from the parameters"
-) -> None:
+) -> Any:
     """Refuse ``updates`` whose pytree structure or leaf shapes differ from ``tree`` (a state
     that ``init`` built from the parameters, or the parameters), naming the first difference;
     ``jax.tree.map`` would fail with a pytree or broadcasting error, or broadcast silently.
-    Integer updates are refused too (each would round to an integer step).
-    Runs when ``update`` is traced, not in the compiled step."""
+    Runs when ``update`` is traced, not in the compiled step. Returns :func:`_arrays` of them
+    (integer updates refused)."""
+    updates = _arrays(owner, updates)
     u_def, t_def = jax.tree.structure(updates), jax.tree.structure(tree)
     if u_def == t_def:
         for (path, u), t in zip(
             jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(tree), strict=True
         ):
-            if not jnp.issubdtype(jnp.result_type(u), jnp.inexact):
-                # Each block returns its updates in their own dtype: an integer step of 0.3
-                # would be 0, and the parameters would never move.
-                raise TypeError(
-                    f"{owner}: update() got updates{jax.tree_util.keystr(path)} of dtype "
-                    f"{jnp.result_type(u)}; gradients must be floating point (or complex)"
-                )
             if jnp.shape(u) != jnp.shape(t):
                 raise ValueError(
                     f"{owner}: update() got updates{jax.tree_util.keystr(path)} of shape "
                     f"{jnp.shape(u)}, where {what} has shape {jnp.shape(t)}"
                 )
-        return
+        return updates
     paths = [
         {jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(x)[0]}
         for x in (updates, tree)
@@ -190,7 +203,7 @@ def scale_by_learning_rate(
             dt = _hparams.compute_dtype(g)
             return (sign * jnp.asarray(lr, dt) * g.astype(dt)).astype(g.dtype)
 
-        updates = jax.tree.map(leaf, updates)
+        updates = jax.tree.map(leaf, _arrays("scale_by_learning_rate", updates))
         return updates, ScaleByLearningRateState(count=_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -240,7 +253,7 @@ def add_decayed_weights(
             dt = _hparams.compute_dtype(g, p)
             return (g.astype(dt) + jnp.asarray(wd, dt) * jnp.asarray(p).astype(dt)).astype(g.dtype)
 
-        _check_like("add_decayed_weights", updates, params, "params")
+        updates = _check_like("add_decayed_weights", updates, params, "params")
         updates = jax.tree.map(leaf, updates, params)
         return updates, AddDecayedWeightsState(count=_increment(state.count))
 
@@ -299,7 +312,7 @@ def trace(
             u = g32 + m * v_new if nesterov else v_new
             return u.astype(g.dtype), v_new.astype(v.dtype)
 
-        _check_like("trace", updates, state.trace)
+        updates = _check_like("trace", updates, state.trace)
         pairs = jax.tree.map(leaf, updates, state.trace)
         new_updates, new_trace = _unzip(pairs, updates)
         return new_updates, TraceState(count=_increment(state.count), trace=new_trace)
@@ -361,7 +374,7 @@ def scale_by_adagrad(
             u = g32 * jax.lax.rsqrt(s_new + e32) if eps_in_sqrt else g32 / (jnp.sqrt(s_new) + e32)
             return u.astype(g.dtype), s_new.astype(s.dtype)
 
-        _check_like("scale_by_adagrad", updates, state.sum_of_squares)
+        updates = _check_like("scale_by_adagrad", updates, state.sum_of_squares)
         new_updates, new_sum = _unzip(jax.tree.map(leaf, updates, state.sum_of_squares), updates)
         return new_updates, ScaleByAdagradState(
             count=_increment(state.count), sum_of_squares=new_sum
@@ -446,7 +459,7 @@ def scale_by_rms(
         def leaf(g, n):
             return _rms_leaf(g, n, None, rho, e, eps_in_sqrt)[:2]
 
-        _check_like("scale_by_rms", updates, state.nu)
+        updates = _check_like("scale_by_rms", updates, state.nu)
         new_updates, new_nu = _unzip(jax.tree.map(leaf, updates, state.nu), updates)
         return new_updates, ScaleByRmsState(count=_increment(state.count), nu=new_nu)
 
@@ -495,7 +508,7 @@ def scale_by_stddev(
         def leaf(g, n, m):
             return _rms_leaf(g, n, m, rho, e, eps_in_sqrt)
 
-        _check_like("scale_by_stddev", updates, state.nu)
+        updates = _check_like("scale_by_stddev", updates, state.nu)
         triples = jax.tree.map(leaf, updates, state.nu, state.mu)
         new_updates, new_nu, new_mu = _unzip(triples, updates, n=3)
         count = _increment(state.count)
@@ -599,7 +612,7 @@ def scale_by_adam(
         def leaf(g, m, v):
             return _adam_leaf(g, m, v, None, hp, t)[:3]
 
-        _check_like("scale_by_adam", updates, state.mu)
+        updates = _check_like("scale_by_adam", updates, state.mu)
         triples = jax.tree.map(leaf, updates, state.mu, state.nu)
         new_updates, mu, nu = _unzip(triples, updates, n=3)
         return new_updates, ScaleByAdamState(count=t, mu=mu, nu=nu)
@@ -648,7 +661,7 @@ def scale_by_amsgrad(
         def leaf(g, m, v, vmax):
             return _adam_leaf(g, m, v, vmax, hp, t)
 
-        _check_like("scale_by_amsgrad", updates, state.mu)
+        updates = _check_like("scale_by_amsgrad", updates, state.mu)
         quads = jax.tree.map(leaf, updates, state.mu, state.nu, state.nu_max)
         new_updates, mu, nu, nu_max = _unzip(quads, updates, n=4)
         return new_updates, ScaleByAmsgradState(count=t, mu=mu, nu=nu, nu_max=nu_max)
@@ -723,7 +736,7 @@ def scale_by_trust_ratio(
             ratio = jnp.where((p_norm == 0) | (g_norm == 0), 1, c * p_norm / (g_norm + e))
             return (ratio.astype(dt) * g32).astype(g.dtype)
 
-        _check_like("scale_by_trust_ratio", updates, params, "params")
+        updates = _check_like("scale_by_trust_ratio", updates, params, "params")
         updates = jax.tree.map(leaf, updates, params)
         return updates, ScaleByTrustRatioState(count=_increment(state.count))
 

@@ -342,3 +342,59 @@ def test_updates_unlike_the_parameters_are_refused_by_name(case, unlike):
     tx = factory(**kwargs)
     with pytest.raises(TypeError if unlike == "integer" else ValueError, match=message):
         tx.update(grads, tx.init(params), params)
+
+
+EVERY = [
+    (f"{factory.__name__}-v{i}", factory, {**typical, **static})
+    for factory, (typical, _, variants) in SPECS.items()
+    for i, static in enumerate(variants)
+]
+
+
+@pytest.mark.parametrize("case", EVERY, ids=[c[0] for c in EVERY])
+def test_integer_gradients_are_refused_by_every_optimizer_and_block(case):
+    """Plain sgd (the learning rate alone) returned int32 updates of 0 for integer gradients,
+    so nothing trained, without a word; the stateful blocks already refused them."""
+    _, factory, kwargs = case
+    grads, message = UNLIKE["integer"]
+    params = _tree(0)
+    tx = factory(**kwargs)
+    with pytest.raises(TypeError, match=message):
+        tx.update(grads, tx.init(params), params)
+
+
+@pytest.mark.parametrize("case", EVERY, ids=[c[0] for c in EVERY])
+def test_numpy_float64_and_python_float_leaves_step_as_float32_arrays_do(case):
+    """As optax's do: a Python float leaf failed (``'float' object has no attribute
+    'astype'``) and a NumPy float64 one warned of a truncation to float32 on every update."""
+    import warnings
+
+    _, factory, kwargs = case
+    tx = factory(**kwargs)
+
+    def three_steps(params, grads):
+        state, out = tx.init(params), []
+        for _ in range(3):
+            updates, state = tx.update(grads, state, params)
+            out.append(updates)
+        return out
+
+    params, grads = _tree(0), _tree(1)
+    want = three_steps(params, grads)
+    as_f64 = lambda tree: jax.tree.map(lambda x: np.asarray(x, np.float64), tree)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = three_steps(as_f64(params), as_f64(grads))
+    for g, w in zip(got, want, strict=True):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), g, w)
+        if not any("mask" in k for k in kwargs):  # optax.masked hands masked leaves back as given
+            assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g))
+    # Scalars as Python floats: the same steps as the float32 scalars they stand for.
+    as_float = lambda tree: jax.tree.map(lambda x: float(x.ravel()[0]), tree)  # noqa: E731
+    as_f32 = lambda tree: jax.tree.map(lambda x: jnp.float32(x.ravel()[0]), tree)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = three_steps(as_float(params), as_float(grads))
+    want = three_steps(as_f32(params), as_f32(grads))
+    for g, w in zip(got, want, strict=True):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), g, w)
