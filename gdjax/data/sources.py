@@ -522,7 +522,7 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
                 f"folder:{root}: {sub} has class folders {extra} that {root / 'train'} lacks "
                 f"(the model learns the training split's classes: {kwargs['class_names']})"
             )
-    return FolderSource(sub, name=f"folder:{root}/{split}", **kwargs)
+    return FolderSource(sub, name=f"folder:{root}/{sub.name}", **kwargs)  # "test" may read val
 
 
 # ---------------------------------------------------------------------------------------------

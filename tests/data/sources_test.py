@@ -175,7 +175,8 @@ def test_folder_eval_split_keeps_the_training_class_order(image_root):
     val = data.load(f"folder:{image_root}", "val")
     assert val.class_names == ["cat", "dog", "emu"]  # "dog" has no val images
     assert val.labels.tolist() == [0, 2, 2]
-    assert len(data.load(f"folder:{image_root}", "test")) == 3  # "test" falls back to val
+    test = data.load(f"folder:{image_root}", "test")  # "test" falls back to val
+    assert len(test) == 3 and test.name == f"folder:{image_root}/val"  # and says so
 
 
 def test_folder_ignores_non_images_and_converts_grey_and_alpha(image_root):
