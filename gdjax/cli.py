@@ -388,10 +388,12 @@ def _run(command: str, args: list[str], start: float) -> int:
         speed = f"{result['train_images_per_second']:.0f} img/s in training"
     else:  # the first step compiles, and steps before an evaluation or a save are not timed
         speed = "too few steps to time the training"
+    # With 5 classes or fewer every label is in the top 5: its error, always 0, is left out.
+    top5 = f", top-5 error {result['top5_error']:.4f}" if result["num_classes"] > 5 else ""
     print(
         f"done: {result['steps']} step{'s' * (result['steps'] != 1)} "
-        f"({result['epochs']:.2f} epochs), {speed}; test accuracy "
-        f"{result['accuracy']:.4f}, top-5 error {result['top5_error']:.4f}; "
+        f"({result['epochs']:.2f} epochs), {speed}; {config.eval_split} accuracy "
+        f"{result['accuracy']:.4f}{top5}; "
         f"{time.perf_counter() - start:.0f} s in all; logs and checkpoints in {workdir}"
     )
     return 0

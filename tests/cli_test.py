@@ -284,6 +284,23 @@ def test_a_rerun_with_nothing_left_says_so(readme_data, capsys):
     assert "done: 2 steps" in out and "nothing left to train" in out and "img/s" not in out
 
 
+def test_the_done_line_names_the_split_evaluated_and_leaves_top5_out_below_six_classes(
+    readme_data, tmp_path, capsys
+):
+    """A two-class folder evaluated on val said "test accuracy 0.5000, top-5 error 0.0000":
+    another split's name, and an error that is 0 whatever the model does."""
+    _, _, imagenet = readme_data  # classes a and b, train and val
+    args = ["gdjax", "train", "--workdir", str(tmp_path / "run"), "--config.max_steps=2"]
+    args += [f"--config.dataset=folder:{imagenet}", "--config.eval_split=val"]
+    args += ["--config.input.image_size=32", "--config.batch_size=4", "--config.progress=False"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"; val accuracy [\d.]+; \d+ s in all", out), out
+    assert "top-5" not in out and "test " not in out, out
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["num_classes"] == 2 and result["top5_error"] == 0.0
+
+
 def test_a_run_too_short_to_time_says_so(tmp_path, capsys):
     """One step (it compiles, so it is not timed) printed "0 img/s in training"."""
     args = ["gdjax", "train", "--workdir", str(tmp_path / "run"), "--config.max_steps=1"]
@@ -321,7 +338,8 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     monkeypatch.chdir(tmp_path)
     assert cli.main(["gdjax", "--config.max_steps=100", "--config.progress=False"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"\d+ img/s in training; test accuracy .*; \d+ s in all", out)
+    assert re.search(r"\d+ img/s in training; test accuracy .*, top-5 error .*; \d+ s in all", out)
+    assert re.search(r"test loss [\d.]+  error [\d.]+  top-5 [\d.]+", out)  # 10 classes
     if onednn_status()[0]:  # the kernels run: nothing to say about them
         assert "run on XLA, not oneDNN" not in out
     result = json.loads((tmp_path / "runs" / "default" / "result.json").read_text())

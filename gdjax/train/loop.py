@@ -555,8 +555,8 @@ class _Evaluator:
                 )
         self._print(
             f"epoch {step / run.steps_per_epoch:6.2f}  step {step:6d}  lr {lr:.3g}  "
-            f"{c.eval_split} loss {self.last['loss']:.4f}  error {self.last['error']:.4f}  "
-            f"top-5 {self.last['top5_error']:.4f}"
+            f"{c.eval_split} loss {self.last['loss']:.4f}  error {self.last['error']:.4f}"
+            + (f"  top-5 {self.last['top5_error']:.4f}" if run.train_src.num_classes > 5 else "")
         )
         return state
 
@@ -586,8 +586,9 @@ def train_and_evaluate(
     ``restart=True`` moves existing checkpoints aside (``checkpoints.before-restart-*``) and
     starts from step 0. Returns the final test metrics with ``accuracy``, ``steps``,
     ``steps_this_run`` (0 when the checkpoint already had every step), ``epochs``,
-    ``wall_seconds`` (the whole call) and ``train_images_per_second`` (steady
-    training, without compilation, evaluation and checkpoints; 0.0 when no step was timed).
+    ``wall_seconds`` (the whole call), ``train_images_per_second`` (steady
+    training, without compilation, evaluation and checkpoints; 0.0 when no step was timed) and
+    ``num_classes`` (with 5 or fewer, the top-5 error is 0 by definition).
     Raises :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
     wall_start = time.perf_counter()
@@ -720,6 +721,7 @@ def _train(
         "epochs": step / run.steps_per_epoch,
         "wall_seconds": time.perf_counter() - wall_start,
         "train_images_per_second": log.images_per_second,
+        "num_classes": run.train_src.num_classes,
     }
     if is_main:
         plot_curves(workdir)
