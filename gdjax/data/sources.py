@@ -673,6 +673,8 @@ def load(
         raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}{hint}")
     if split == "val" and kind not in ("folder", "tfds"):
         raise ValueError(f"{spec}: has 'train' and 'test' splits, not 'val'")
+    if image_size is not _SOURCE_DEFAULT and image_size is not None:
+        check_positive_int("image_size", image_size, " or None")  # before any file is read
     if kind == "folder":
         if image_size is not _SOURCE_DEFAULT:
             kwargs["image_size"] = image_size
