@@ -396,6 +396,13 @@ def _run(command: str, args: list[str], start: float) -> int:
         f"{result['accuracy']:.4f}{top5}; "
         f"{time.perf_counter() - start:.0f} s in all; logs and checkpoints in {workdir}"
     )
+    if result["skipped_nonfinite_steps"]:  # optimizer.skip_nonfinite: say how many
+        print(
+            f"warning: {result['skipped_nonfinite_steps']} of the {result['steps']} steps were "
+            "skipped for non-finite updates (optimizer.skip_nonfinite); a lower learning "
+            "rate may train where these did not",
+            file=sys.stderr,
+        )
     return 0
 
 

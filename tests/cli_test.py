@@ -301,6 +301,16 @@ def test_the_done_line_names_the_split_evaluated_and_leaves_top5_out_below_six_c
     assert result["num_classes"] == 2 and result["top5_error"] == 0.0
 
 
+def test_a_run_that_skipped_nonfinite_steps_says_how_many(tmp_path, capsys):
+    args = ["gdjax", "train", "--workdir", str(tmp_path / "run"), "--config.max_steps=5"]
+    args += ["--config.optimizer.skip_nonfinite=True", "--config.optimizer.learning_rate=1e4"]
+    assert cli.main([*args, "--config.progress=False"]) == 0
+    err = capsys.readouterr().err
+    skipped = json.loads((tmp_path / "run" / "result.json").read_text())["skipped_nonfinite_steps"]
+    assert skipped >= 1
+    assert f"warning: {skipped} of the 5 steps were skipped for non-finite updates" in err, err
+
+
 def test_a_run_too_short_to_time_says_so(tmp_path, capsys):
     """One step (it compiles, so it is not timed) printed "0 img/s in training"."""
     args = ["gdjax", "train", "--workdir", str(tmp_path / "run"), "--config.max_steps=1"]
@@ -343,7 +353,7 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     if onednn_status()[0]:  # the kernels run: nothing to say about them
         assert "run on XLA, not oneDNN" not in out
     result = json.loads((tmp_path / "runs" / "default" / "result.json").read_text())
-    assert result["steps"] == 100
+    assert result["steps"] == 100 and result["skipped_nonfinite_steps"] == 0
     assert result["accuracy"] > 0.5, "100 steps of the default recipe must be far above chance"
     assert cli.main(["gdjax", "eval", "--workdir=runs/default"]) == 0
     out = capsys.readouterr().out

@@ -59,7 +59,13 @@ from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFin
 from gdjax.train.evaluation import evaluate
 from gdjax.train.metrics_writer import MetricsWriter, plot_curves
 from gdjax.train.parallel import Parallel
-from gdjax.train.recipe import Plateau, current_learning_rate, make_optimizer, scale_learning_rate
+from gdjax.train.recipe import (
+    Plateau,
+    current_learning_rate,
+    make_optimizer,
+    scale_learning_rate,
+    skipped_steps,
+)
 from gdjax.train.steps import TrainState
 from gdjax.train.validation import (
     ConfigError,
@@ -588,7 +594,8 @@ def train_and_evaluate(
     ``steps_this_run`` (0 when the checkpoint already had every step), ``epochs``,
     ``wall_seconds`` (the whole call), ``train_images_per_second`` (steady
     training, without compilation, evaluation and checkpoints; 0.0 when no step was timed) and
-    ``num_classes`` (with 5 or fewer, the top-5 error is 0 by definition).
+    ``num_classes`` (with 5 or fewer, the top-5 error is 0 by definition), and
+    ``skipped_nonfinite_steps`` (``optimizer.skip_nonfinite``: the updates skipped as non-finite).
     Raises :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
     wall_start = time.perf_counter()
@@ -722,6 +729,7 @@ def _train(
         "wall_seconds": time.perf_counter() - wall_start,
         "train_images_per_second": log.images_per_second,
         "num_classes": run.train_src.num_classes,
+        "skipped_nonfinite_steps": skipped_steps(run.parallel.get_state(state).opt_state),
     }
     if is_main:
         plot_curves(workdir)

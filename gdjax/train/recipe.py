@@ -30,6 +30,7 @@ __all__ = [
     "make_optimizer",
     "matrices_only",
     "scale_learning_rate",
+    "skipped_steps",
 ]
 
 OPTIMIZERS = {
@@ -121,6 +122,14 @@ def make_optimizer(
     if c.optimizer.skip_nonfinite:
         tx = optax.apply_if_finite(tx, max_consecutive_errors=10)
     return tx
+
+
+def skipped_steps(opt_state: Any) -> int:
+    """The updates ``optax.apply_if_finite`` skipped as non-finite in the whole run
+    (``optimizer.skip_nonfinite``; 0 without it), on the host."""
+    is_guard = lambda s: isinstance(s, optax.ApplyIfFiniteState)  # noqa: E731
+    guards = [s for s in jax.tree.leaves(opt_state, is_leaf=is_guard) if is_guard(s)]
+    return sum(int(np.ravel(jax.device_get(s.total_notfinite))[0]) for s in guards)
 
 
 def current_learning_rate(opt_state: Any) -> float:

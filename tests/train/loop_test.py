@@ -228,6 +228,12 @@ def test_skip_nonfinite_keeps_going(tmp_path):
     )
     result = train_and_evaluate(config, str(tmp_path))
     assert result["steps"] == 12
+    # ... and counts what it skipped (it finished without a word of it before).
+    assert 1 <= result["skipped_nonfinite_steps"] <= 12
+    assert (
+        json.loads((tmp_path / "result.json").read_text())["skipped_nonfinite_steps"]
+        == (result["skipped_nonfinite_steps"])
+    )
 
 
 def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
