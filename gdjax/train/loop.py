@@ -593,8 +593,8 @@ def train_and_evaluate(
     starts from step 0. Returns the final test metrics with ``accuracy``, ``steps``,
     ``steps_this_run`` (0 when the checkpoint already had every step), ``epochs``,
     ``wall_seconds`` (the whole call), ``train_images_per_second`` (steady
-    training, without compilation, evaluation and checkpoints; 0.0 when no step was timed) and
-    ``num_classes`` (with 5 or fewer, the top-5 error is 0 by definition), and
+    training, without compilation, evaluation and checkpoints; 0.0 when no step was timed),
+    ``num_classes`` (with 5 or fewer, the top-5 error is 0 by definition) and
     ``skipped_nonfinite_steps`` (``optimizer.skip_nonfinite``: the updates skipped as non-finite).
     Raises :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
