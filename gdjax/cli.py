@@ -506,10 +506,14 @@ def _unlink_shared_batches() -> None:
         return
     import gc
 
-    gc.collect()
-    deleter = getattr(getattr(module, "SharedMemoryArray", None), "_del_thread_pool", None)
+    arrays = getattr(module, "SharedMemoryArray", None)
+    deleter = getattr(arrays, "_del_thread_pool", None)
     if deleter is not None:  # a ThreadPool of one thread: a no-op through it waits for the rest
         deleter.apply(lambda: None)
+        # The rest are unlinked here, one after another: while grain's thread closed some and
+        # this one others, a descriptor could be closed twice and an unlink skipped (EBADF).
+        arrays._del_thread_pool = None
+    gc.collect()
 
 
 def entry_point() -> None:
