@@ -495,6 +495,9 @@ def _host_memory_setting() -> bool:
     return retain_host_memory(warn=False)
 
 
+_PARKED: list[object] = []  # grain's deleter pool, once _unlink_shared_batches took it away
+
+
 def _unlink_shared_batches() -> None:
     """Let go of the batches grain's worker processes handed over in shared memory, and wait
     until they are unlinked: grain unlinks each when the main process drops it, in a thread
@@ -511,7 +514,9 @@ def _unlink_shared_batches() -> None:
     if deleter is not None:  # a ThreadPool of one thread: a no-op through it waits for the rest
         deleter.apply(lambda: None)
         # The rest are unlinked here, one after another: while grain's thread closed some and
-        # this one others, a descriptor could be closed twice and an unlink skipped (EBADF).
+        # this one others, a close could fail (EBADF) and its unlink be skipped. The pool itself
+        # is kept (not finalized here), to be ended at exit as before.
+        _PARKED.append(deleter)
         arrays._del_thread_pool = None
     gc.collect()
 
