@@ -17,3 +17,13 @@ def check_positive_int(name: str, value: Any, alternative: str = "") -> None:
     ``value`` is an int >= 1."""
     if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int{alternative}, got {value!r}")
+
+
+def closest(value: str, names: Any) -> str | None:
+    """The one of ``names`` that ``value`` most likely meant: the same but for case, else the
+    closest spelling (``difflib``, its default cutoff 0.6); None when none is close."""
+    import difflib
+
+    names = [str(name) for name in names]
+    same = {name.lower(): name for name in names}.get(value.lower())
+    return same or next(iter(difflib.get_close_matches(value.lower(), names, n=1)), None)

@@ -434,13 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     if args and not args[0].startswith("-"):
         command, args = args[0], args[1:]
     if command not in COMMANDS:
-        import difflib
+        from gdjax._checks import closest
 
         if command == "bench":
             hint = " (the benchmarks live in a source checkout: python experiments/bench.py)"
         else:
-            near = difflib.get_close_matches(command.lower(), COMMANDS, n=1, cutoff=0.6)
-            hint = f" (did you mean gdjax {near[0]}?)" if near else ""
+            near = closest(command, COMMANDS)
+            hint = f" (did you mean gdjax {near}?)" if near else ""
         print(
             f"gdjax: unknown command {command!r}; commands are {', '.join(COMMANDS)}{hint}",
             file=sys.stderr,

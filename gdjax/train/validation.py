@@ -7,7 +7,6 @@ factory is called once with the config's values, as the run will call it.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import math
@@ -17,6 +16,7 @@ from typing import Any
 
 import ml_collections
 
+from gdjax._checks import closest
 from gdjax.configs.base import get_field, missing_fields, unset_required_fields
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, grouping_problem, takes_side
 from gdjax.models.conv import CONV_IMPLS
@@ -41,11 +41,7 @@ def fail(field: str, value: Any, expected: str, hint: str = "") -> None:
 def _near(value: Any, choices: Any) -> str:
     """' (did you mean 'adam'?)' for a string near one of ``choices``: the same but for case,
     else a close spelling; '' when none is."""
-    if not isinstance(value, str):
-        return ""
-    names = [str(choice) for choice in choices]
-    near = {name.lower(): name for name in names}.get(value.lower())
-    near = near or next(iter(difflib.get_close_matches(value.lower(), names, n=1)), None)
+    near = closest(value, choices) if isinstance(value, str) else None
     return f" (did you mean {near!r}?)" if near else ""
 
 
