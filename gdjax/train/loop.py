@@ -737,9 +737,13 @@ def _train(
     return result
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Test metrics of the latest readable checkpoint in ``workdir`` (ten crops when the
-    config's input pipeline is AlexNet's). Writes nothing."""
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, float | int | str]:
+    """Metrics of the latest readable checkpoint in ``workdir`` on ``config.eval_split`` (ten
+    crops when the config's input pipeline is AlexNet's): loss, error, top-5 error, accuracy,
+    the checkpoint's ``step``, the ``split`` and the number of ``examples`` scored. Writes
+    nothing."""
     c = _config_dict(config)
     check_config(c, jax.process_count())
     directory = _workdir(workdir) / "checkpoints"
@@ -768,4 +772,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     result = evaluate(
         run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size, c.eval_split
     )
-    return {**result, "accuracy": 1.0 - result["error"], "step": int(restored[0].step)}
+    return {
+        **result,
+        "accuracy": 1.0 - result["error"],
+        "step": int(restored[0].step),
+        "split": c.eval_split,
+        "examples": len(run.test_src) - int(result.get("skipped", 0)),
+    }
