@@ -463,3 +463,52 @@ def test_a_run_without_the_onednn_kernels_says_why_first(tmp_path):
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("gdjax train: config.model.impl='onednn' needs the oneDNN kernels"), line
     assert "pip install 'gdjax[onednn]'" in line and not (tmp_path / "insist").exists()
+
+
+def test_the_command_keeps_compiled_programs_for_the_next_run(tmp_path, monkeypatch):
+    """The console script points JAX's persistent compilation cache at gdjax's cache folder,
+    unless the user named one or turned it off: the second run of the same network reads its
+    training step instead of compiling it, and trains to the same numbers."""
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv(cli.XLA_CACHE_VARIABLE, raising=False)
+    monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path / "cache"))
+    assert cli._xla_cache_setting() == str(tmp_path / "cache" / "xla")
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cache" / "xla")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert cli._xla_cache_setting() is None  # the user's own cache is kept
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv(cli.XLA_CACHE_VARIABLE, "0")
+    assert cli._xla_cache_setting() is None and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    monkeypatch.setenv(cli.XLA_CACHE_VARIABLE, "1")
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path / "a file"))  # cannot hold a folder
+    assert cli._xla_cache_setting() is None and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env |= {"GDJAX_CACHE_DIR": str(tmp_path / "cache"), "JAX_LOG_COMPILES": "1"}
+    argv = [sys.executable, "-m", "gdjax", "train", "--config.max_steps=2",
+            "--config.batch_size=32", "--config.progress=False"]  # fmt: skip
+    runs = []
+    for name in ("first", "second"):
+        done = subprocess.run([*argv, f"--workdir={tmp_path / name}"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(done)
+    assert any((tmp_path / "cache" / "xla").glob("jit_train_step-*"))
+    assert "Persistent compilation cache hit for 'jit_train_step'" not in runs[0].stderr
+    assert "Persistent compilation cache hit for 'jit_train_step'" in runs[1].stderr
+    results = [json.loads((tmp_path / n / "result.json").read_text()) for n in ("first", "second")]
+    assert results[0]["loss"] == results[1]["loss"]
+
+
+def test_a_bad_value_of_the_cache_variable_is_one_line_with_status_2(monkeypatch, capsys):
+    monkeypatch.setenv(cli.XLA_CACHE_VARIABLE, "off")
+    monkeypatch.setattr(cli, "main", lambda: pytest.fail("main must not run"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.entry_point()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "gdjax: GDJAX_XLA_CACHE='off': expected 1 (keep compiled programs for later runs, the "
+        "default) or 0 (compile in every run)"
+    )

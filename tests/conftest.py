@@ -36,6 +36,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["GDJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="gdjax-cache-")
         _OWN_CACHE.append(os.environ["GDJAX_CACHE_DIR"])
     if os.environ.get("GDJAX_TEST_XLA_CACHE") == "0":
+        os.environ["GDJAX_XLA_CACHE"] = "0"  # nor the gdjax command's own cache
         return
     if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="gdjax-xla-cache-")
