@@ -502,13 +502,23 @@ def test_the_command_keeps_compiled_programs_for_the_next_run(tmp_path, monkeypa
     assert results[0]["loss"] == results[1]["loss"]
 
 
-def test_a_bad_value_of_the_cache_variable_is_one_line_with_status_2(monkeypatch, capsys):
-    monkeypatch.setenv(cli.XLA_CACHE_VARIABLE, "off")
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("GDJAX_RETAIN_HOST_MEMORY", "yes", "1 (keep freed memory for reuse, the default) or 0 "
+         "(leave malloc alone)"),
+        ("GDJAX_XLA_CACHE", "off", "1 (keep compiled programs for later runs, the default) or 0 "
+         "(compile in every run)"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_of_the_commands_variables_is_one_line_with_status_2(
+    monkeypatch, capsys, variable, value, expected
+):
+    """The console script's process settings, read before anything else runs."""
+    assert variable in (cli.HOST_MEMORY_VARIABLE, cli.XLA_CACHE_VARIABLE)
+    monkeypatch.setenv(variable, value)
     monkeypatch.setattr(cli, "main", lambda: pytest.fail("main must not run"))
     with pytest.raises(SystemExit) as exit_:
         cli.entry_point()
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip() == (
-        "gdjax: GDJAX_XLA_CACHE='off': expected 1 (keep compiled programs for later runs, the "
-        "default) or 0 (compile in every run)"
-    )
+    assert capsys.readouterr().err.strip() == f"gdjax: {variable}={value!r}: expected {expected}"

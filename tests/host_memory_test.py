@@ -128,17 +128,3 @@ def test_the_variable_turns_it_off(monkeypatch, value, called):
         cli.entry_point()
     assert exit_.value.code == 0
     assert calls == ([{"warn": False}] if called else [])
-
-
-def test_a_bad_value_of_the_variable_is_one_line_with_status_2(monkeypatch, capsys):
-    monkeypatch.setenv(cli.HOST_MEMORY_VARIABLE, "yes")
-    monkeypatch.setattr(cli, "main", lambda: pytest.fail("main must not run"))
-    with pytest.raises(SystemExit) as exit_:
-        cli.entry_point()
-    assert exit_.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0
-    assert err == (
-        "gdjax: GDJAX_RETAIN_HOST_MEMORY='yes': expected 1 (keep freed memory for reuse, the "
-        "default) or 0 (leave malloc alone)"
-    )
