@@ -42,6 +42,9 @@ __all__ = ["ConfigFileError", "UsageError", "entry_point", "main"]
 
 COMMANDS = ("train", "eval")
 INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use
+# After a Ctrl-C, how long the exit's clean-up (grain's shared batches, exit functions) may take
+# before the process leaves without it: a stopped run must never hang in its exit.
+EXIT_GRACE_SECONDS = 20.0
 HOST_MEMORY_VARIABLE = "GDJAX_RETAIN_HOST_MEMORY"
 XLA_CACHE_VARIABLE = "GDJAX_XLA_CACHE"
 FLAG_HELP = {
@@ -540,7 +543,7 @@ def _unlink_shared_batches() -> None:
     arrays = getattr(module, "SharedMemoryArray", None)
     deleter = getattr(arrays, "_del_thread_pool", None)
     if deleter is not None:  # a ThreadPool of one thread: a no-op through it waits for the rest
-        deleter.apply(lambda: None)
+        deleter.apply_async(lambda: None).wait(EXIT_GRACE_SECONDS / 2)
         # The rest are unlinked here, one after another: while grain's thread closed some and
         # this one others, a close could fail (EBADF) and its unlink be skipped. The pool itself
         # is kept (not finalized here), to be ended at exit as before.
@@ -563,6 +566,17 @@ def entry_point() -> None:
         # A Ctrl-C lets jaxlib's wait for a compilation return while XLA goes on compiling in
         # a thread of its own; the interpreter's teardown under that thread crashed the process
         # (SIGSEGV, after the message). Everything of ours is closed by now: skip the teardown.
+        # The clean-up left has a deadline: past it the process leaves without it (what it
+        # would have unlinked, multiprocessing's resource tracker unlinks).
+        import threading
+
+        def leave() -> None:
+            sys.stderr.flush()
+            os._exit(status)
+
+        deadline = threading.Timer(EXIT_GRACE_SECONDS, leave)
+        deadline.daemon = True
+        deadline.start()
         _unlink_shared_batches()
         atexit._run_exitfuncs()
         sys.stdout.flush()
