@@ -513,6 +513,8 @@ def _xla_cache_setting() -> str | None:
         )
     if value == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
+    if not _jaxlib_loads_cached_programs_quietly():
+        return None
     from gdjax._cache import cache_dir
 
     folder = cache_dir() / "xla"
@@ -524,6 +526,19 @@ def _xla_cache_setting() -> str | None:
         return None
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
     return str(folder)
+
+
+def _jaxlib_loads_cached_programs_quietly() -> bool:
+    """jaxlib 0.8 logs two error lines ("... could lead to execution errors such as SIGILL")
+    for every program it reads back from the cache on the machine that compiled it; 0.10 reads
+    them quietly (0.9 is not checked, so left to compile)."""
+    from importlib import metadata
+
+    try:
+        major, minor = (int(p) for p in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    return (major, minor) >= (0, 10)
 
 
 _PARKED: list[object] = []  # grain's deleter pool, once _unlink_shared_batches took it away
