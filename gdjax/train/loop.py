@@ -39,6 +39,7 @@ import pathlib
 import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -584,6 +585,28 @@ def _config_dict(config: Any) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(config)
 
 
+BATCHES_CLOSE_SECONDS = 10.0
+
+
+def _close_batches(batches: Any, timeout: float = BATCHES_CLOSE_SECONDS) -> None:
+    """``batches.close()`` (grain's: stops its prefetch thread, then the worker processes),
+    given ``timeout`` seconds. A Ctrl-C that lands inside grain's iterator can leave its
+    prefetch thread blocked on a full buffer that nothing drains, and grain's close joined that
+    thread forever: a run hung after its interrupted line (seen twice in CI; the thread stack
+    read off the live process). Past the timeout the thread is left to the process's exit."""
+    import threading
+
+    closer = threading.Thread(target=batches.close, name="gdjax-close-batches", daemon=True)
+    closer.start()
+    closer.join(timeout)
+    if closer.is_alive():
+        warnings.warn(
+            f"the input pipeline did not stop within {timeout:.0f} s (grain's prefetch thread "
+            "is blocked); it is left to the process's exit",
+            stacklevel=2,
+        )
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, *, restart: bool = False
 ) -> dict[str, Any]:
@@ -716,7 +739,7 @@ def _train(
         progress.close()
         writer.close()
         checkpointer.close()
-        batches.close()  # stops the loader's worker processes, if any
+        _close_batches(batches)  # stops the loader's worker processes, if any
 
     if not evaluator.last:  # resumed at the very end: evaluate the restored state
         evaluator(state, step)

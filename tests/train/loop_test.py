@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import flax.linen as nn
 import jax
@@ -815,6 +816,34 @@ def test_a_ctrl_c_unlinks_the_loaders_shared_batches_before_the_quick_exit():
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.split() == ["0", "left"], (done.stdout, done.stderr[-3000:])
         assert "leaked shared_memory" not in done.stderr, done.stderr
+
+
+def test_closing_the_loader_is_bounded_when_grains_close_blocks():
+    """grain's close() joined its prefetch thread, which a Ctrl-C inside grain's iterator can
+    leave blocked on a full buffer for good (a CI run hung so, read off the live process's
+    thread stacks). The trainer gives close() a deadline and says so when it passes."""
+    import threading
+
+    from gdjax.train import loop
+
+    class Closing:
+        def __init__(self, blocks):
+            self.blocks, self.calls = blocks, 0
+
+        def close(self):
+            self.calls += 1
+            if self.blocks:
+                threading.Event().wait()  # never returns
+
+    quick = Closing(blocks=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loop._close_batches(quick)  # a close that returns: no warning
+    assert quick.calls == 1
+    stuck = Closing(blocks=True)
+    with pytest.warns(UserWarning, match=r"did not stop within 0 s \(grain's prefetch thread"):
+        loop._close_batches(stuck, timeout=0.2)
+    assert stuck.calls == 1
 
 
 HANGING_EXIT = """
