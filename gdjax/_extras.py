@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["MissingExtraError", "require"]
+__all__ = ["MissingExtraError", "jaxlib_version", "require"]
 
 
 class MissingExtraError(ModuleNotFoundError):
@@ -33,3 +33,11 @@ def require(extra: str, feature: str, *modules: str) -> None:
             f"pip install 'gdjax[{extra}]'",
             name=missing[0],
         )
+
+
+def jaxlib_version() -> tuple[int, ...]:
+    """The installed jaxlib's release as integers, e.g. ``(0, 10, 2)`` (imports jaxlib's
+    version only, not jax)."""
+    import jaxlib
+
+    return tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())

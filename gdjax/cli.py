@@ -483,16 +483,19 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = formatwarning
 
 
+def _switch(variable: str, on: str, off: str) -> bool:
+    """``$variable`` as a switch of the command's process: 1 (``on``, the default) or 0
+    (``off``); any other value is a :class:`UsageError` saying both."""
+    value = os.environ.get(variable, "1").strip()
+    if value not in ("0", "1"):
+        raise UsageError(f"{variable}={value!r}: expected 1 ({on}, the default) or 0 ({off})")
+    return value == "1"
+
+
 def _host_memory_setting() -> bool:
     """Make ``gdjax.host_memory.retain_host_memory()`` unless ``$GDJAX_RETAIN_HOST_MEMORY`` is
     ``0``; whether it is now in effect. Runs before anything imports numpy or jax."""
-    value = os.environ.get(HOST_MEMORY_VARIABLE, "1").strip()
-    if value not in ("0", "1"):
-        raise UsageError(
-            f"{HOST_MEMORY_VARIABLE}={value!r}: expected 1 (keep freed memory for reuse, the "
-            "default) or 0 (leave malloc alone)"
-        )
-    if value == "0":
+    if not _switch(HOST_MEMORY_VARIABLE, "keep freed memory for reuse", "leave malloc alone"):
         return False
     from gdjax.host_memory import retain_host_memory
 
@@ -505,13 +508,10 @@ def _xla_cache_setting() -> str | None:
     again (the main job's start: about 4 s). Left alone where ``$JAX_COMPILATION_CACHE_DIR``
     already names one, where ``$GDJAX_XLA_CACHE`` is ``0``, and where the folder cannot be
     written. Sets the environment only, before anything imports jax; returns the folder."""
-    value = os.environ.get(XLA_CACHE_VARIABLE, "1").strip()
-    if value not in ("0", "1"):
-        raise UsageError(
-            f"{XLA_CACHE_VARIABLE}={value!r}: expected 1 (keep compiled programs for later "
-            "runs, the default) or 0 (compile in every run)"
-        )
-    if value == "0" or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    on = _switch(
+        XLA_CACHE_VARIABLE, "keep compiled programs for later runs", "compile in every run"
+    )
+    if not on or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return None
     if not _jaxlib_loads_cached_programs_quietly():
         return None
@@ -532,13 +532,9 @@ def _jaxlib_loads_cached_programs_quietly() -> bool:
     """jaxlib 0.8 logs two error lines ("... could lead to execution errors such as SIGILL")
     for every program it reads back from the cache on the machine that compiled it; 0.10 reads
     them quietly (0.9 is not checked, so left to compile)."""
-    from importlib import metadata
+    from gdjax import _extras
 
-    try:
-        major, minor = (int(p) for p in metadata.version("jaxlib").split(".")[:2])
-    except (metadata.PackageNotFoundError, ValueError):
-        return False
-    return (major, minor) >= (0, 10)
+    return _extras.jaxlib_version() >= (0, 10)
 
 
 _PARKED: list[object] = []  # grain's deleter pool, once _unlink_shared_batches took it away

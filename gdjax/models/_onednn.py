@@ -39,6 +39,7 @@ from typing import Any
 import jax
 
 from gdjax._cache import cache_dir, written_atomically
+from gdjax._extras import jaxlib_version
 
 logger = logging.getLogger("gdjax")
 
@@ -62,13 +63,6 @@ IMPLS = ("auto", "onednn", "xla")
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
-
-
-def jaxlib_version() -> tuple[int, ...]:
-    """The installed jaxlib's release as integers, e.g. ``(0, 10, 2)``."""
-    import jaxlib
-
-    return tuple(int(p) for p in jaxlib.__version__.split(".")[:3] if p.isdigit())
 
 
 def host_supported() -> bool:
