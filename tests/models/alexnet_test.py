@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_testing import normal
 
 from gdjax.models import AlexNet, count_params
 
@@ -23,8 +24,9 @@ CASES = [  # (variant, kwargs, input shape, num_classes)
 def init(model, shape, seed=0):
     """The model's variables, initialised under jit as the trainer does (one compiled program,
     which the session's XLA cache serves to every later test; eager init compiles each of its
-    ~80 operations in every process)."""
-    return jax.jit(model.init)(jax.random.key(seed), jnp.zeros(shape))
+    ~80 operations in every process). The variables do not depend on the batch size, so the
+    program is traced on a batch of one, which tests of other batch sizes share."""
+    return jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, *shape[1:])))
 
 
 def shapes(model, shape):
@@ -36,7 +38,7 @@ def shapes(model, shape):
 def test_output_shapes(variant, kwargs, shape, classes):
     model = AlexNet(num_classes=classes, variant=variant, **kwargs)
     variables = init(model, shape)
-    x = jax.random.normal(jax.random.key(1), shape)
+    x = normal(1, shape)
     logits = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
     assert logits.shape == (shape[0], classes)
     assert bool(jnp.all(jnp.isfinite(logits)))
@@ -83,7 +85,7 @@ def test_init_and_apply_are_deterministic_given_the_key():
     eager = model.init(jax.random.key(0), jnp.zeros((2, 32, 32, 3)))
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=2e-7, atol=1e-8), a, eager)
     assert not np.array_equal(a["params"]["conv1"]["kernel"], c["params"]["conv1"]["kernel"])
-    x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+    x = normal(2, (2, 32, 32, 3))
     run = lambda key: model.apply(a, x, train=True, rngs={"dropout": key})  # noqa: E731
     np.testing.assert_array_equal(run(jax.random.key(3)), run(jax.random.key(3)))
     assert not np.array_equal(run(jax.random.key(3)), run(jax.random.key(4)))
@@ -92,7 +94,7 @@ def test_init_and_apply_are_deterministic_given_the_key():
 def test_dropout_only_in_train_mode():
     model = AlexNet(variant="small", num_classes=10)
     variables = init(model, (8, 32, 32, 3))
-    x = jax.random.normal(jax.random.key(2), (8, 32, 32, 3))
+    x = normal(2, (8, 32, 32, 3))
     eval1 = model.apply(variables, x)
     eval2 = model.apply(variables, x, train=False)
     np.testing.assert_array_equal(eval1, eval2)
@@ -111,7 +113,7 @@ def test_grouping_really_splits_channels():
     model = AlexNet(variant="paper", num_classes=10)
     variables = init(model, (1, 227, 227, 3))
     assert variables["params"]["conv2"]["kernel"].shape == (5, 5, 48, 256)
-    x = jax.random.normal(jax.random.key(1), (1, 227, 227, 3))
+    x = normal(1, (1, 227, 227, 3))
 
     def conv2_output(perturb):
         """Run the model, perturbing conv2's input with `perturb`; return conv2's output."""
@@ -140,7 +142,7 @@ def test_grouping_really_splits_channels():
 def test_activation_is_selectable(activation):
     model = AlexNet(variant="small", num_classes=10, activation=activation)
     variables = init(model, (2, 28, 28, 3))
-    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 3))
+    x = normal(1, (2, 28, 28, 3))
     relu = AlexNet(variant="small", num_classes=10).apply(variables, x)
     out = model.apply(variables, x)
     assert (activation == "relu") == bool(np.allclose(out, relu))
@@ -149,7 +151,7 @@ def test_activation_is_selectable(activation):
 def test_lrn_can_be_switched_off():
     model = AlexNet(variant="small", num_classes=10)
     variables = init(model, (2, 32, 32, 3))
-    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3)) * 50
+    x = normal(1, (2, 32, 32, 3)) * 50
     without = AlexNet(variant="small", num_classes=10, lrn=False).apply(variables, x)
     assert not np.allclose(model.apply(variables, x), without)
 
@@ -163,7 +165,7 @@ def test_bfloat16_compute_with_float32_params(variant, shape):
     variables = init(bf16, shape)
     for leaf in jax.tree.leaves(variables):
         assert leaf.dtype == jnp.float32
-    x = jax.random.normal(jax.random.key(1), shape)
+    x = normal(1, shape)
     lo, hi = bf16.apply(variables, x), f32.apply(variables, x)
     assert lo.dtype == jnp.bfloat16
     scale = float(jnp.max(jnp.abs(hi)))
@@ -301,7 +303,7 @@ def test_every_autodiff_mode_on_the_xla_path(variant, shape):
     (forward-over-reverse = reverse-over-reverse) and per-example gradients (vmap of grad).
     The layers' derivatives are checked exactly in layers_test.py."""
     model = AlexNet(num_classes=5, variant=variant, in_channels=shape[-1], impl="xla")
-    x = jax.random.normal(jax.random.key(0), shape)
+    x = normal(0, shape)
     params = init(model, shape)["params"]
     rng = np.random.default_rng(1)  # numpy's draws: no program to compile per leaf shape
     v = jax.tree.map(lambda p: rng.standard_normal(p.shape, np.float32) * np.std(p), params)

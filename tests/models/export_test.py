@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_testing import normal
 
 from gdjax.models import AlexNet, export, onednn_status, portable
 
@@ -14,7 +15,7 @@ SIZES = {"small": 32, "paper": 227}
 def _live(variant):
     size = SIZES[variant]
     model = AlexNet(num_classes=10, variant=variant)  # impl="auto": oneDNN where it loads
-    x = jax.random.normal(jax.random.key(0), (3, size, size, 3))
+    x = normal(0, (3, size, size, 3))
     variables = jax.jit(model.init)(jax.random.key(1), x[:1])
     return model, variables, x, np.asarray(jax.jit(model.apply)(variables, x))
 

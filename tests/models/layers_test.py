@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_testing import normal
 
 from gdjax.models import LocalResponseNorm, adaptive_avg_pool, local_response_norm
 
@@ -135,10 +136,10 @@ def test_max_pool_equals_flax_in_value_and_gradient(window, stride, shape, impl)
         lowered = jax.jit(lambda v: max_pool(v, window, stride)).lower(jnp.zeros(shape))
         assert "gdjax_max_pool_fwd" in lowered.as_text()
 
-    x = jnp.maximum(jax.random.normal(jax.random.key(0), shape), 0.0)  # many ties at zero
+    x = jnp.maximum(normal(0, shape), 0.0)  # many ties at zero
     ref = nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
     np.testing.assert_array_equal(max_pool(x, window, stride, impl=impl), ref)
-    w = jax.random.normal(jax.random.key(1), ref.shape)
+    w = normal(1, ref.shape)
     g_ref = jax.grad(
         lambda v: jnp.sum(
             nn.max_pool(v, (window, window), strides=(stride, stride), padding="VALID") * w

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from jax import export as jax_export
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from model_testing import normal
 
 from gdjax.models import (
     AlexNet,
@@ -148,7 +149,7 @@ def test_auto_differentiates_to_any_order_taking_xla_where_it_must():
     stays on oneDNN; impl='onednn' there is an error that says why."""
     kw = dict(variant="small", num_classes=10, in_channels=1)
     nets = {impl: AlexNet(**kw, impl=impl) for impl in ("auto", "xla", "onednn")}
-    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1))
+    x = normal(0, (2, 28, 28, 1))
     params = jax.jit(nets["xla"].init)(jax.random.key(1), x)["params"]
     rng = np.random.default_rng(2)  # numpy's draws: no program to compile per leaf shape
     t = jax.tree.map(lambda p: rng.standard_normal(p.shape, np.float32) * np.std(p), params)
@@ -346,7 +347,7 @@ def test_alexnet_with_fused_relu_is_the_same_network(variant, size):
     """Same parameter tree and initialisation, same outputs and gradients (dropout on)."""
     plain = AlexNet(num_classes=10, variant=variant, fused_relu=False)
     fused = AlexNet(num_classes=10, variant=variant, fused_relu=True)
-    x = jax.random.normal(jax.random.key(0), (4, size, size, 3))
+    x = normal(0, (4, size, size, 3))
     params = jax.jit(plain.init)(jax.random.key(1), x)
     fused_params = jax.jit(fused.init)(jax.random.key(1), x)
     assert jax.tree.structure(params) == jax.tree.structure(fused_params)
@@ -400,7 +401,7 @@ def test_unsupported_calls_fall_back_to_xla_or_raise(kwargs, reason):
 
 
 def test_max_pool_falls_back_or_raises():
-    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 4))
+    x = normal(0, (2, 9, 9, 4))
     ref = max_pool(x, 3, 2, impl="xla")
     for y, reason in ((x.astype(jnp.bfloat16), "bfloat16"), (x[None], "rank")):
         assert "gdjax_" not in jax.jit(lambda v: max_pool(v, 3, 2)).lower(y).as_text()
@@ -561,7 +562,7 @@ def test_alexnet_on_onednn_matches_float64_truth(variant, size, x64, monkeypatch
     recorded from its own jitted forward pass. Measured relative errors are then 0.1-6e-6; the
     bound, 1e-4 (about 840 float32 ulps), is far below what a wrong kernel gives (order 1).
     """
-    x = jax.random.normal(jax.random.key(0), (2, size, size, 3), jnp.float32)
+    x = normal(0, (2, size, size, 3))
     labels = jnp.array([1, 2])
     shapes = jax.eval_shape(AlexNet(num_classes=10, variant=variant).init, jax.random.key(1), x)
     params = _well_conditioned(shapes["params"])
@@ -602,7 +603,7 @@ def test_alexnet_on_onednn_matches_float64_truth(variant, size, x64, monkeypatch
 def test_flax_conv_takes_it_as_a_drop_in():
     layer = nn.Conv(6, (3, 3), feature_group_count=2, conv_general_dilated=conv_general_dilated)
     plain = nn.Conv(6, (3, 3), feature_group_count=2)
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+    x = normal(0, (2, 8, 8, 4))
     variables = plain.init(jax.random.key(1), x)
     _close(layer.apply(variables, x), plain.apply(variables, x))
 
@@ -819,7 +820,7 @@ def test_lrn_on_onednn_matches_float64_truth(shape, groups, alpha, beta, k, x64)
 
 @needs_onednn
 def test_lrn_falls_back_or_raises():
-    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 32))
+    x = normal(0, (2, 5, 5, 32))
     ref = local_response_norm(x, impl="xla")
     cases = [
         (dict(x=x.astype(jnp.bfloat16)), "bfloat16"),
@@ -840,8 +841,8 @@ def test_lrn_falls_back_or_raises():
 
 @needs_onednn
 def test_lrn_under_vmap_pmap_and_a_sharded_jit_matches_xla():
-    x = jax.random.normal(jax.random.key(0), (8, 5, 5, 32)) * 4
-    w = jax.random.normal(jax.random.key(1), x.shape)
+    x = normal(0, (8, 5, 5, 32)) * 4
+    w = normal(1, x.shape)
 
     def grad(impl):
         return jax.grad(lambda v, w: jnp.sum(local_response_norm(v, alpha=1e-2, impl=impl) * w))

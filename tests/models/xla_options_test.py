@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from model_testing import normal
 
 import gdjax
 from gdjax.models import AlexNet, compiler_options, xla_options
@@ -38,7 +39,7 @@ def test_an_option_this_jaxlib_lacks_is_left_out(monkeypatch):
 
 def test_inference_keeps_dense_layers_off_ynnpack_and_gives_the_same_logits():
     model = AlexNet(num_classes=10, variant="small")
-    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+    x = normal(0, (8, 32, 32, 3))
     params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
 
     def forward(p):
@@ -59,7 +60,7 @@ def test_inference_keeps_dense_layers_off_ynnpack_and_gives_the_same_logits():
 
 def test_a_donated_step_with_the_training_options_gives_the_same_state():
     model = AlexNet(num_classes=10, variant="small")
-    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 3))
+    x = normal(0, (8, 32, 32, 3))
     y = jnp.arange(8) % 10
     params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
     tx = gdjax.momentum(0.1)
