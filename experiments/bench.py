@@ -95,7 +95,9 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
     shape = (batch, size, size, channels)
     x = jax.random.normal(jax.random.key(0), shape)
     y = jnp.zeros((batch,), jnp.int32)
-    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
+    params = jax.jit(model.init, compiler_options=compiler_options("init"))(
+        jax.random.key(1), x[:1]
+    )["params"]
     tx = gdjax.momentum(0.01)
     opt_state = tx.init(params)
 

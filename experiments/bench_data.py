@@ -26,7 +26,7 @@ from common import nonnegative_int, positive_int
 
 import gdjax
 from gdjax import data
-from gdjax.models import AlexNet
+from gdjax.models import AlexNet, compiler_options
 
 
 def write_jpegs(root: pathlib.Path, count: int, classes: int = 8, size=(375, 500)) -> None:
@@ -66,7 +66,9 @@ def pipeline_rate(src, stats, batch: int, workers: int, batches: int) -> float:
 
 def step_rate(batch: int, steps: int) -> float:
     model = AlexNet(num_classes=1000, variant="torchvision")
-    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
+    params = jax.jit(model.init, compiler_options=compiler_options("init"))(
+        jax.random.key(0), jnp.zeros((1, 224, 224, 3))
+    )["params"]
     tx = gdjax.momentum(0.01)
     opt_state = tx.init(params)
 

@@ -46,7 +46,7 @@ import optax
 from common import case_spec, positive_int
 
 import gdjax
-from gdjax.models import AlexNet, layers, onednn_status
+from gdjax.models import AlexNet, compiler_options, layers, onednn_status
 from gdjax.models.xla_options import CPU_OPTIONS, _supported
 
 # lever -> (AlexNet keyword arguments, XLA compiler options) with the lever; without it, none.
@@ -88,7 +88,9 @@ def _programs(
     model = AlexNet(num_classes=10 if variant == "small" else 1000, variant=variant, **model_kwargs)
     x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
     y = jnp.zeros((batch,), jnp.int32)
-    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
+    params = jax.jit(model.init, compiler_options=compiler_options("init"))(
+        jax.random.key(1), x[:1]
+    )["params"]
     tx = gdjax.momentum(0.01)
 
     def train(p, s, key):

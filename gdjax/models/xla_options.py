@@ -1,7 +1,9 @@
-"""XLA compiler options that make a model's compiled programs faster on the CPU.
+"""XLA compiler options that make a model's compiled programs faster on the CPU, or faster
+to compile.
 
-Both were measured on a 2-core AVX-512 Xeon (jaxlib 0.10), each against the program without
-it in one process (README, "Where the speed comes from"):
+Each was measured against the program without it in one process (README, "Where the speed
+comes from"; the first two on a 2-core AVX-512 Xeon, the third on a 2-core AVX-512 AMD EPYC
+Zen 4, jaxlib 0.10):
 
 ``"train"`` (a training step that donates its state)
     ``xla_cpu_copy_insertion_use_region_analysis``: without it XLA's copy insertion copies
@@ -15,6 +17,13 @@ it in one process (README, "Where the speed comes from"):
     on XLA's own dot emitter instead of YNNPACK, which at a batch of 32 took twice as long for
     fc6/fc7 (inference: torchvision 1.07-1.23x, small 1.05-1.14x, paper 1.07x). Not in
     training: there the same change was 0.91-1.03x.
+``"init"`` (a model's ``init``: its parameters drawn from a key)
+    ``xla_backend_optimization_level=1``: LLVM's O1 pipeline instead of O3 for the threefry
+    and inverse-CDF loops that draw the parameters. Compiling the init took 1.0-1.8 s instead
+    of 1.9-3.0 s (small, paper, torchvision AlexNet), drawing the 61 M parameters of the paper
+    and torchvision networks took 0.51-0.57 s either way, and the parameters are the same bits
+    (a test checks it on every variant). Not in training: a step compiled 5-15% faster at O1
+    and ran no faster.
 
 An option this jaxlib does not know is left out (each is checked once by compiling a trivial
 function), so the same call works on every jaxlib; on other backends there are none.
@@ -27,12 +36,13 @@ from typing import Any
 
 import jax
 
-KINDS = ("train", "infer")
+KINDS = ("train", "infer", "init")
 
 # kind -> the options on the CPU (experiments/levers.py times each against the program without).
 CPU_OPTIONS = {
     "train": {"xla_cpu_copy_insertion_use_region_analysis": True},
     "infer": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
+    "init": {"xla_backend_optimization_level": 1},
 }
 
 
@@ -50,8 +60,8 @@ def _supported(backend: str, name: str, value: Any) -> bool:
 
 def compiler_options(kind: str = "train", backend: str | None = None) -> dict[str, Any] | None:
     """XLA compiler options for a program of ``kind`` (``"train"``: a training step that
-    donates its state; ``"infer"``: a forward pass) on ``backend`` (default: JAX's default
-    backend), or ``None`` where there are none.
+    donates its state; ``"infer"``: a forward pass; ``"init"``: a model's ``init``) on
+    ``backend`` (default: JAX's default backend), or ``None`` where there are none.
 
     Pass them to ``jax.jit(..., compiler_options=...)`` or ``.lower(...).compile(...)``;
     ``gdjax.train`` compiles its steps with them. See the module docstring for what each does

@@ -55,7 +55,7 @@ import ml_collections
 import numpy as np
 
 from gdjax import data
-from gdjax.models import AlexNet, _onednn, onednn_status
+from gdjax.models import AlexNet, _onednn, compiler_options, onednn_status
 from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
 from gdjax.train.evaluation import evaluate
 from gdjax.train.metrics_writer import MetricsWriter, plot_curves
@@ -193,7 +193,8 @@ def build(c: ml_collections.ConfigDict) -> Run:
         partitioned=c.parallel == "sharded",
     )
     init_key, state_key = jax.random.split(jax.random.key(c.seed))
-    variables = jax.jit(model.init)(init_key, jnp.zeros((1, *image_shape), jnp.float32))
+    init = jax.jit(model.init, compiler_options=compiler_options("init"))
+    variables = init(init_key, jnp.zeros((1, *image_shape), jnp.float32))
     tx = make_optimizer(c, steps_per_epoch, total_steps)
     state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, rng=state_key)
     # The partitioning boxes (sharded runs) say where each leaf goes; the state drops them.

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_testing import normal
+from model_testing import jit_init, normal
 
 from gdjax.models import AlexNet, count_params
 
@@ -26,7 +26,7 @@ def init(model, shape, seed=0):
     which the session's XLA cache serves to every later test; eager init compiles each of its
     ~80 operations in every process). The variables do not depend on the batch size, so the
     program is traced on a batch of one, which tests of other batch sizes share."""
-    return jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, *shape[1:])))
+    return jit_init(model)(jax.random.key(seed), jnp.zeros((1, *shape[1:])))
 
 
 def shapes(model, shape):

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_testing import normal
+from model_testing import jit_init, normal
 
 from gdjax.models import AlexNet, export, onednn_status, portable
 
@@ -16,7 +16,7 @@ def _live(variant):
     size = SIZES[variant]
     model = AlexNet(num_classes=10, variant=variant)  # impl="auto": oneDNN where it loads
     x = normal(0, (3, size, size, 3))
-    variables = jax.jit(model.init)(jax.random.key(1), x[:1])
+    variables = jit_init(model)(jax.random.key(1), x[:1])
     return model, variables, x, np.asarray(jax.jit(model.apply)(variables, x))
 
 
@@ -65,7 +65,7 @@ def test_the_fast_path_is_what_plain_export_refuses():
     assert onednn_status()[0], onednn_status()[1]
     model = AlexNet(num_classes=10, variant="small")
     x = jnp.zeros((2, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(0), x)
+    variables = jit_init(model)(jax.random.key(0), x)
 
     def apply(m):
         return jax.export.export(jax.jit(lambda v, i: m.apply(v, i)), platforms=("cpu",))
@@ -100,7 +100,7 @@ def test_one_platform_name_and_a_nested_list_input_are_taken():
     no ``.shape``."""
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
     x = np.linspace(0, 1, 2 * 16 * 16).reshape(2, 16, 16, 1)
-    variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+    variables = jit_init(model)(jax.random.key(0), x[:1])
     exported = export(model, variables, x.tolist(), platforms="cpu")
     assert exported.platforms == ("cpu",)
     aval = exported.in_avals[-1]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax import export as jax_export
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from model_testing import normal
+from model_testing import jit_init, normal
 
 from gdjax.models import (
     AlexNet,
@@ -150,7 +150,7 @@ def test_auto_differentiates_to_any_order_taking_xla_where_it_must():
     kw = dict(variant="small", num_classes=10, in_channels=1)
     nets = {impl: AlexNet(**kw, impl=impl) for impl in ("auto", "xla", "onednn")}
     x = normal(0, (2, 28, 28, 1))
-    params = jax.jit(nets["xla"].init)(jax.random.key(1), x)["params"]
+    params = jit_init(nets["xla"])(jax.random.key(1), x)["params"]
     rng = np.random.default_rng(2)  # numpy's draws: no program to compile per leaf shape
     t = jax.tree.map(lambda p: rng.standard_normal(p.shape, np.float32) * np.std(p), params)
     assert nets["auto"].lrn and nets["auto"].fused_relu is not False  # every kernel is in it
@@ -348,8 +348,8 @@ def test_alexnet_with_fused_relu_is_the_same_network(variant, size):
     plain = AlexNet(num_classes=10, variant=variant, fused_relu=False)
     fused = AlexNet(num_classes=10, variant=variant, fused_relu=True)
     x = normal(0, (4, size, size, 3))
-    params = jax.jit(plain.init)(jax.random.key(1), x)
-    fused_params = jax.jit(fused.init)(jax.random.key(1), x)
+    params = jit_init(plain)(jax.random.key(1), x)
+    fused_params = jit_init(fused)(jax.random.key(1), x)
     assert jax.tree.structure(params) == jax.tree.structure(fused_params)
     jax.tree.map(np.testing.assert_array_equal, params, fused_params)
 

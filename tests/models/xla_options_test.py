@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from model_testing import normal
+from model_testing import jit_init, normal
 
 import gdjax
 from gdjax.models import AlexNet, compiler_options, xla_options
@@ -21,15 +21,33 @@ YNN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
 def test_each_kind_on_the_cpu_and_none_elsewhere():
     assert compiler_options("train", "cpu") == {"xla_cpu_copy_insertion_use_region_analysis": True}
     assert compiler_options("infer", "cpu") == YNN
+    assert compiler_options("init", "cpu") == {"xla_backend_optimization_level": 1}
     assert compiler_options() == compiler_options("train", "cpu")  # the tests run on the CPU
     for backend in ("gpu", "tpu"):
-        assert compiler_options("train", backend) is None
-        assert compiler_options("infer", backend) is None
+        for kind in ("train", "infer", "init"):
+            assert compiler_options(kind, backend) is None
 
 
 def test_a_bad_kind_is_named():
-    with pytest.raises(ValueError, match=r"kind='eval', expected one of \('train', 'infer'\)"):
+    with pytest.raises(
+        ValueError, match=r"kind='eval', expected one of \('train', 'infer', 'init'\)"
+    ):
         compiler_options("eval")
+
+
+@pytest.mark.parametrize(
+    "variant, shape",
+    [("small", (1, 28, 28, 1)), ("torchvision", (1, 224, 224, 3)), ("paper", (1, 227, 227, 3))],
+)
+def test_init_compiled_at_o1_draws_the_same_bits_as_at_o3(variant, shape):
+    """The "init" kind changes how long the program takes to compile, not a bit of what it
+    draws: every parameter equals XLA's default (O3) program's, bit for bit."""
+    model = AlexNet(num_classes=10, variant=variant, in_channels=shape[-1])
+    key, x = jax.random.key(3), jnp.zeros(shape)
+    want = jax.jit(model.init)(key, x)
+    got = jax.jit(model.init, compiler_options=compiler_options("init"))(key, x)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_an_option_this_jaxlib_lacks_is_left_out(monkeypatch):
@@ -40,7 +58,7 @@ def test_an_option_this_jaxlib_lacks_is_left_out(monkeypatch):
 def test_inference_keeps_dense_layers_off_ynnpack_and_gives_the_same_logits():
     model = AlexNet(num_classes=10, variant="small")
     x = normal(0, (8, 32, 32, 3))
-    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
+    params = jit_init(model)(jax.random.key(1), x[:1])["params"]
 
     def forward(p):
         return model.apply({"params": p}, x)
@@ -62,7 +80,7 @@ def test_a_donated_step_with_the_training_options_gives_the_same_state():
     model = AlexNet(num_classes=10, variant="small")
     x = normal(0, (8, 32, 32, 3))
     y = jnp.arange(8) % 10
-    params = jax.jit(model.init)(jax.random.key(1), x[:1])["params"]
+    params = jit_init(model)(jax.random.key(1), x[:1])["params"]
     tx = gdjax.momentum(0.1)
 
     def step(p, s):

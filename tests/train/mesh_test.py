@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_testing import jit_init
 from scale_model import compile_step, per_device_bytes
 from train.parallel_test import batches, max_diff
 
@@ -27,7 +28,7 @@ def run(mode, model_parallel=1, impl="auto", **model_fields):
         impl=impl,
         **model_fields,
     )
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )
@@ -196,7 +197,7 @@ def train_on_mesh(mode, model_parallel=1, steps=3, batch_size=16):
         num_classes=10, variant="small", in_channels=1, groups=2, dropout_rate=0.5,
         partitioned=True,
     )  # fmt: skip
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_testing import jit_init
 from processes import run_workers
 
 import gdjax
@@ -28,7 +29,7 @@ def batches(n=3, size=32, seed=0):
 
 def run(mode, dropout_rate=0.0, data=None):
     model = AlexNet(num_classes=10, variant="small", in_channels=1, dropout_rate=dropout_rate)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )
@@ -84,7 +85,7 @@ def test_the_step_updates_donated_parameters_in_place(mode):
     reads (on one device: conv2-5 and fc6-8) before the step; the step that Parallel compiles,
     with compiler_options("train"), copies none, and computes the same thing."""
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )
@@ -105,7 +106,7 @@ def test_the_step_updates_donated_parameters_in_place(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_no_recompilation_after_the_first_step(mode, compile_counter):
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.adam(1e-3), rng=jax.random.key(1)
     )
@@ -144,7 +145,7 @@ def test_an_evaluation_between_donating_steps_sees_the_current_parameters():
     from gdjax.train.steps import eval_step
 
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )
@@ -224,7 +225,7 @@ def train_on_process_slices(mode, steps=3, batch_size=16):
         global_source(), batch_size=batch_size, transform=data.SmallEval(stats), seed=5
     )
     model = AlexNet(num_classes=10, variant="small", in_channels=1, dropout_rate=0.0)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     state = TrainState.create(
         apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
     )

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from model_testing import jit_init
 
 import gdjax
 from gdjax import data
@@ -90,7 +91,7 @@ def mnist_setup():
         )
     )
     model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     return model, variables, batch
 
 
