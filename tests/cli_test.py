@@ -480,9 +480,16 @@ def test_the_command_keeps_compiled_programs_for_the_next_run(tmp_path, monkeypa
     monkeypatch.setattr(cli, "_jaxlib_loads_cached_programs_quietly", lambda: True)
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     monkeypatch.delenv(cli.XLA_CACHE_VARIABLE, raising=False)
+    monkeypatch.delenv(cli.MIN_COMPILE_TIME_VARIABLE, raising=False)
     monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path / "cache"))
     assert cli._xla_cache_setting() == str(tmp_path / "cache" / "xla")
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cache" / "xla")
+    assert os.environ[cli.MIN_COMPILE_TIME_VARIABLE] == "0"  # every program, not only slow ones
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv(cli.MIN_COMPILE_TIME_VARIABLE, "2.5")
+    assert cli._xla_cache_setting() == str(tmp_path / "cache" / "xla")
+    assert os.environ[cli.MIN_COMPILE_TIME_VARIABLE] == "2.5"  # the user's own is kept
+    monkeypatch.delenv(cli.MIN_COMPILE_TIME_VARIABLE)
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
     assert cli._xla_cache_setting() is None  # the user's own cache is kept
     assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")
@@ -497,7 +504,9 @@ def test_the_command_keeps_compiled_programs_for_the_next_run(tmp_path, monkeypa
     monkeypatch.setattr(cli, "_jaxlib_loads_cached_programs_quietly", lambda: False)
     assert cli._xla_cache_setting() is None and "JAX_COMPILATION_CACHE_DIR" not in os.environ
 
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    # The command's own cache settings: neither the session's cache nor its threshold.
+    theirs = ("JAX_COMPILATION_CACHE_DIR", cli.MIN_COMPILE_TIME_VARIABLE)
+    env = {k: v for k, v in os.environ.items() if k not in theirs}
     env |= {"GDJAX_CACHE_DIR": str(tmp_path / "cache"), "JAX_LOG_COMPILES": "1"}
     argv = [sys.executable, "-m", "gdjax", "train", "--config.max_steps=2",
             "--config.batch_size=32", "--config.progress=False"]  # fmt: skip
@@ -510,6 +519,8 @@ def test_the_command_keeps_compiled_programs_for_the_next_run(tmp_path, monkeypa
     assert any((tmp_path / "cache" / "xla").glob("jit_train_step-*")) == quiet
     assert "Persistent compilation cache hit for 'jit_train_step'" not in runs[0].stderr
     assert ("Persistent compilation cache hit for 'jit_train_step'" in runs[1].stderr) == quiet
+    # A program that compiles in well under JAX's default 1 s threshold is kept and read too.
+    assert ("Persistent compilation cache hit for 'jit__all_finite'" in runs[1].stderr) == quiet
     assert "SIGILL" not in runs[1].stderr
     results = [json.loads((tmp_path / n / "result.json").read_text()) for n in ("first", "second")]
     assert results[0]["loss"] == results[1]["loss"]
