@@ -166,7 +166,7 @@ def test_bfloat16_compute_with_float32_params(variant, shape):
     for leaf in jax.tree.leaves(variables):
         assert leaf.dtype == jnp.float32
     x = normal(1, shape)
-    lo, hi = bf16.apply(variables, x), f32.apply(variables, x)
+    lo, hi = jax.jit(bf16.apply)(variables, x), jax.jit(f32.apply)(variables, x)
     assert lo.dtype == jnp.bfloat16
     scale = float(jnp.max(jnp.abs(hi)))
     assert float(jnp.max(jnp.abs(lo.astype(jnp.float32) - hi))) < 0.05 * scale + 1e-3
@@ -276,13 +276,14 @@ def test_parameters_applied_to_images_of_another_size_say_so(impl):
     model = AlexNet(variant="small", num_classes=10, in_channels=1, impl=impl)
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
-    assert model.apply(params, jnp.zeros((2, 30, 30, 1))).shape == (2, 10)  # same last map
+    apply = jax.jit(model.apply)  # the check is made as the network is traced
+    assert apply(params, jnp.zeros((2, 30, 30, 1))).shape == (2, 10)  # same last map
     with pytest.raises(
         ValueError,
         match=r"made for images of 23 to 30 px a side \(fc6 takes 256 inputs\), got 32x32 "
         r"images \(576\)",
     ):
-        model.apply(params, jnp.zeros((2, 32, 32, 1)))
+        apply(params, jnp.zeros((2, 32, 32, 1)))
 
 
 def _tree_vdot(a, b):

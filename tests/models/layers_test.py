@@ -1,6 +1,8 @@
 """Local response normalization against the paper's formula and torch.nn.LocalResponseNorm;
 adaptive average pooling against torch.nn.AdaptiveAvgPool2d."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,9 +168,12 @@ def test_lrn_gradient_equals_autodiff_of_the_formula(beta, size, groups, x64):
     def ours(x):
         return local_response_norm(x, size, alpha, beta, k, groups)
 
-    np.testing.assert_allclose(ours(a), formula(a), rtol=1e-12)
-    g = jax.grad(lambda x: jnp.sum(ours(x) * w))(a)
-    g_ref = jax.grad(lambda x: jnp.sum(formula(x) * w))(a)
+    @functools.partial(jax.jit, static_argnums=0)  # one program, not a primitive at a time
+    def value_and_gradient(f, a, w):
+        return f(a), jax.grad(lambda x: jnp.sum(f(x) * w))(a)
+
+    (value, g), (value_ref, g_ref) = (value_and_gradient(f, a, w) for f in (ours, formula))
+    np.testing.assert_allclose(value, value_ref, rtol=1e-12)
     np.testing.assert_allclose(g, g_ref, rtol=1e-10, atol=1e-12)
 
 
@@ -198,18 +203,21 @@ def test_lrn_forward_mode_and_second_derivatives_equal_autodiff_of_the_formula(
     def ours(x):
         return local_response_norm(x, size, alpha, beta, k, groups, impl="xla")
 
-    np.testing.assert_allclose(ours(a), formula(a), rtol=1e-12)
-    tangent, tangent_ref = jax.jvp(ours, (a,), (v,))[1], jax.jvp(formula, (a,), (v,))[1]
+    @functools.partial(jax.jit, static_argnums=0)  # one program, not a primitive at a time
+    def derivatives(f, a, v, w):
+        loss = lambda x: jnp.sum(jnp.sin(f(x)) * w)  # noqa: E731  (curved: H != 0)
+        small = a[:1, :1, :2]  # jax.hessian (jacfwd of jacrev) on a small input
+        hessian = jax.hessian(lambda x: jnp.sum(f(x) ** 3))(small)
+        return f(a), jax.jvp(f, (a,), (v,))[1], _hvp_both_ways(loss, a, v), hessian
+
+    value, tangent, hvps, hessian = derivatives(ours, a, v, w)
+    value_ref, tangent_ref, (want, _), hessian_ref = derivatives(formula, a, v, w)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-12)
     np.testing.assert_allclose(tangent, tangent_ref, rtol=1e-10, atol=1e-12)
-    loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)) * w)  # noqa: E731  (curved: H != 0)
-    want = _hvp_both_ways(loss(formula), a, v)[0]
     assert float(jnp.max(jnp.abs(want))) > 1e-3, "the Hessian must act to be tested"
-    for got in _hvp_both_ways(loss(ours), a, v):
+    for got in hvps:
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
-    small = a[:1, :1, :2]  # jax.hessian (jacfwd of jacrev) on a small input
-    h = jax.hessian(lambda x: jnp.sum(ours(x) ** 3))
-    h_ref = jax.hessian(lambda x: jnp.sum(formula(x) ** 3))
-    np.testing.assert_allclose(h(small), h_ref(small), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(hessian, hessian_ref, rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("window, stride", [(3, 2), (2, 2), (3, 1)])
@@ -231,11 +239,16 @@ def test_max_pool_forward_mode_and_second_derivatives_equal_flax(window, stride,
         return max_pool(y, window, stride, impl="xla")
 
     w = jnp.asarray(rng.standard_normal(ref(x).shape), jnp.float64)
-    np.testing.assert_array_equal(jax.jvp(ours, (x,), (v,))[1], jax.jvp(ref, (x,), (v,))[1])
-    loss = lambda f: lambda y: jnp.sum(f(y) ** 3 * w)  # noqa: E731
-    want = _hvp_both_ways(loss(ref), x, v)[1]
+
+    @functools.partial(jax.jit, static_argnums=0)  # one program, not a primitive at a time
+    def derivatives(f, x, v, w):
+        return jax.jvp(f, (x,), (v,))[1], _hvp_both_ways(lambda y: jnp.sum(f(y) ** 3 * w), x, v)
+
+    tangent, hvps = derivatives(ours, x, v, w)
+    tangent_ref, (_, want) = derivatives(ref, x, v, w)
+    np.testing.assert_array_equal(tangent, tangent_ref)
     assert float(jnp.max(jnp.abs(want))) > 1e-3
-    for got in _hvp_both_ways(loss(ours), x, v):
+    for got in hvps:
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -247,6 +260,10 @@ def test_lrn_backward_of_the_onednn_path_without_onednns_backward(x64):
     rng = np.random.default_rng(6)
     a = jnp.asarray(rng.standard_normal((7, 12)) * 5, jnp.float64)
     g = jnp.asarray(rng.standard_normal(a.shape), jnp.float64)
-    (got,) = layers._onednn_lrn_bwd(5, 1e-2, 0.75, 2.0, False, a, g)
-    want = jax.vjp(lambda x: lrn_formula_jax(x, 5, 1e-2, 0.75, 2.0), a)[1](g)[0]
+    (got,) = jax.jit(functools.partial(layers._onednn_lrn_bwd, 5, 1e-2, 0.75, 2.0, False))(a, g)
+
+    def formula_vjp(a, g):
+        return jax.vjp(lambda x: lrn_formula_jax(x, 5, 1e-2, 0.75, 2.0), a)[1](g)[0]
+
+    want = jax.jit(formula_vjp)(a, g)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)

@@ -430,9 +430,10 @@ def test_learning_rate_recipes():
         tx = make_optimizer(c, steps_per_epoch=10, total_steps=100)
         params = {"w": np.ones(3, np.float32)}
         state = tx.init(params)
+        update = jax.jit(tx.update)  # as the trainer runs it (and not 100 eager dispatches)
         out = []
         for _ in range(100):  # the state holds the learning rate its last update used
-            _, state = tx.update({"w": np.ones(3, np.float32)}, state, params)
+            _, state = update({"w": np.ones(3, np.float32)}, state, params)
             out.append(current_learning_rate(state))
         return np.asarray(out)
 
