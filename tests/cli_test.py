@@ -63,6 +63,19 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
             ["train", "--config.optimizer.learning_rate=inf"],
             "config.optimizer.learning_rate: momentum: learning_rate must be a finite number >= 0",
         ),
+        # an infinite count or length failed as an OverflowError, or only once training began
+        *[
+            (["train", f"--config.{field}=inf"], f"config.{field} must be a finite number >")
+            for field in (
+                "num_epochs",
+                "schedule.warmup_epochs",
+                "eval_every_epochs",
+                "l2",
+                "optimizer.grad_clip_norm",
+                "input.pca_std",
+            )
+        ],
+        (["train", "--config.l2=nan"], "config.l2 must be a finite number >= 0, got nan"),
         (["train", "--config.dataset=cifar10"], "'cifar10' needs a path: cifar10:PATH"),
         (["train", "--config.optimizer.hparams.momentum=1.5"], "must be in [0, 1), got 1.5"),
         (["train", "--config.model.variant=big"], "config.model.variant must be one of"),

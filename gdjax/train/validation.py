@@ -46,9 +46,14 @@ def _near(value: Any, choices: Any) -> str:
 
 
 def _at_least(c: ml_collections.ConfigDict, field: str, low: float, strict: bool = False) -> None:
+    """``field`` >= ``low`` (> with ``strict``), and finite: an infinite number of epochs or
+    steps is no run (it failed converting to an int), nor an infinite warm-up or clip norm."""
     value = get_field(c, field)
-    if not (value > low if strict else value >= low) or math.isnan(value):
-        fail(field, value, f"{'>' if strict else '>='} {low:g}")
+    bound = f"{'>' if strict else '>='} {low:g}"
+    if not math.isfinite(value):
+        fail(field, value, f"a finite number {bound}")
+    if not (value > low if strict else value >= low):
+        fail(field, value, bound)
 
 
 def _unit(c: ml_collections.ConfigDict, field: str) -> None:
@@ -111,7 +116,7 @@ def _check_schedule(c: ml_collections.ConfigDict) -> None:
             "0 with schedule.name='plateau' (warm up with constant, step or cosine)",
         )
     epochs = list(c.schedule.step_epochs)
-    if any(e <= 0 for e in epochs) or epochs != sorted(epochs):
+    if any(not 0 < e < math.inf for e in epochs) or epochs != sorted(epochs):
         fail("schedule.step_epochs", tuple(epochs), "increasing positive epochs")
 
 

@@ -381,6 +381,11 @@ def test_a_config_that_is_no_configdict_says_so(tmp_path, config):
         ({"optimizer.lr_scaling": "log"}, r"config.optimizer.lr_scaling must be one of linear"),
         ({"optimizer.reference_batch_size": -1}, r"reference_batch_size must be >= 0, got -1"),
         (
+            {"schedule.name": "step", "schedule.step_epochs": (30, float("inf"))},
+            r"config.schedule.step_epochs must be increasing positive epochs, got \(30, inf\)",
+        ),
+        ({"num_steps": 0, "num_epochs": float("inf")}, r"num_epochs must be a finite number >= 0"),
+        (
             {"optimizer.name": "lars", "optimizer.hparams.trust_coefficient": -0.1},
             r"config.optimizer.hparams.trust_coefficient: .* must be >= 0, got -0.1",
         ),
