@@ -215,10 +215,26 @@ def _apply_overrides(config: object, overrides: list[str]) -> None:
             current = get_field(config, field)
         except (KeyError, AttributeError, TypeError):
             raise UsageError(f"unknown config field {field!r}{_field_hint(field)}") from None
+        if hasattr(current, "items"):  # a section: ml_collections' own words were a type error
+            raise UsageError(_section_hint(field, text, current)) from None
         try:
             override(config, **{field: _parse_value(field, text, current)})
         except TypeError as e:
             raise UsageError(f"--config.{field}={text}: {e}") from None
+
+
+# The field of a section that chooses among its kinds (--config.optimizer=adam meant its name).
+_SECTION_CHOICE = {"optimizer": "name", "schedule": "name", "model": "variant"}
+
+
+def _section_hint(field: str, text: str, section: object) -> str:
+    """The error for a value given to a section of the config rather than to one of its fields."""
+    start = f"config.{field} is a section, not a value"
+    choice = _SECTION_CHOICE.get(field)
+    if choice:
+        return f"{start}: did you mean --config.{field}.{choice}={text}?"
+    fields = ", ".join(section.keys())  # type: ignore[attr-defined]
+    return f"{start}: set one of its fields ({fields})"
 
 
 # Other libraries' names of config fields, for the hint of an unknown field.

@@ -54,6 +54,17 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
             ["train", "--config.model.width=2"],
             "'model.width' (model's fields: variant, dropout_rate, activation, groups, lrn,",
         ),
+        # a value for a section was ml_collections' "cannot be casted to type ConfigDict"
+        (
+            ["train", "--config.optimizer=adam"],
+            "config.optimizer is a section, not a value: did you mean --config.optimizer.name=adam",
+        ),
+        (["train", "--config.schedule=cosine"], "did you mean --config.schedule.name=cosine?"),
+        (["train", "--config.model=small"], "did you mean --config.model.variant=small?"),
+        (
+            ["train", "--config.optimizer.hparams=0.9"],
+            "config.optimizer.hparams is a section, not a value: set one of its fields (amsgrad,",
+        ),
         (["train", "--config=imagenet21k"], "not a preset (default, cifar10, paper) nor a file"),
         (["train", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
         (["train", "--config.seed=abc"], "--config.seed=abc: expected int, like 0"),
