@@ -1,7 +1,7 @@
 r"""AlexNet in Flax: the 2012 paper's network, torchvision's layout, and a small variant.
 
-All variants take NHWC images (``float`` in any dtype; normalisation is the data pipeline's
-job) and return logits of shape ``(N, num_classes)``. Dropout follows the ``train`` flag and
+All variants take NHWC images (floating point in any precision, integer pixels are refused;
+normalisation is the data pipeline's job) and return logits of shape ``(N, num_classes)``. Dropout follows the ``train`` flag and
 draws from the caller's ``'dropout'`` RNG stream::
 
     model = AlexNet(num_classes=1000, variant="paper")
@@ -434,6 +434,13 @@ class AlexNet(nn.Module):
             raise ValueError(
                 f"AlexNet({self.variant!r}): expected {self.in_channels} channels (shape "
                 f"{expected}), got shape {x.shape}; {hint}"
+            )
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            # flax's Conv promoted uint8 pixels silently: a forward pass on 0..255 values
+            raise TypeError(
+                f"AlexNet({self.variant!r}): expected floating-point images, normalised as the "
+                f"training data was, got dtype {x.dtype}; for raw pixels pass "
+                f"(x.astype(jnp.float32) / 255 - mean) / std"
             )
         h, w = x.shape[1], x.shape[2]
         if not all(takes_side(self.variant, s, self.overlapping_pool) for s in (h, w)):

@@ -207,6 +207,20 @@ def test_array_likes_are_arrays():
         model.apply(params, [[0.0]])
 
 
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int32, jnp.bool_])
+def test_integer_images_are_refused_not_promoted(dtype):
+    """Raw uint8 pixels were promoted by flax's Conv and ran through the network as 0..255
+    values: a confident answer on unnormalised input. Integer images are a TypeError now."""
+    model = AlexNet(variant="small", num_classes=10)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    message = rf"expected floating-point images, .* got dtype {jnp.dtype(dtype).name}"
+    with pytest.raises(TypeError, match=message):
+        model.apply(params, jnp.zeros((2, 32, 32, 3), dtype))
+    with pytest.raises(TypeError, match=message):
+        model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), dtype))
+    assert model.apply(params, np.zeros((2, 32, 32, 3), np.float16)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("variant, kwargs, shape, message", BAD_INPUTS)
 def test_bad_input_names_the_expected_shape(variant, kwargs, shape, message):
     model = AlexNet(variant=variant, **kwargs)
