@@ -107,6 +107,8 @@ def compute_stats(source: Any, max_examples: int | None = 10_000, seed: int = 0)
     With ``max_examples`` below ``len(source)``, a seeded random sample is used (the covariance
     of 10,000 images is accurate to well under 1%).
     """
+    if max_examples is not None:
+        check_positive_int("compute_stats: max_examples", max_examples, " or None (all)")
     n = len(source)
     if n == 0:
         raise ValueError("compute_stats: the source is empty")

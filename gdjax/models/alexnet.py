@@ -1,8 +1,8 @@
 r"""AlexNet in Flax: the 2012 paper's network, torchvision's layout, and a small variant.
 
 All variants take NHWC images (floating point in any precision, integer pixels are refused;
-normalisation is the data pipeline's job) and return logits of shape ``(N, num_classes)``. Dropout follows the ``train`` flag and
-draws from the caller's ``'dropout'`` RNG stream::
+normalisation is the data pipeline's job) and return logits of shape ``(N, num_classes)``.
+Dropout follows the ``train`` flag and draws from the caller's ``'dropout'`` RNG stream::
 
     model = AlexNet(num_classes=1000, variant="paper")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 227, 227, 3)))

@@ -41,6 +41,17 @@ def test_compute_stats_matches_numpy():
     assert stats.count == 400
 
 
+@pytest.mark.parametrize("bad", [0, -5, 2.5, "all"])
+def test_compute_stats_refuses_a_bad_sample_size(bad):
+    """max_examples=0 was an IndexError from numpy, deep inside."""
+    with pytest.raises(
+        ValueError, match=rf"max_examples must be a positive int or None \(all\), got {bad!r}"
+    ):
+        data.compute_stats(ListSource(correlated_images(10)), max_examples=bad)
+    # a sample of 3 of 10 images: the count says so
+    assert data.compute_stats(ListSource(correlated_images(10)), max_examples=3).count == 3
+
+
 def test_stats_are_stored_and_not_recomputed(tmp_path, monkeypatch):
     src = ListSource(correlated_images(50))
     first = data.load_or_compute_stats(src, cache_dir=tmp_path)
