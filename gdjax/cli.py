@@ -143,6 +143,7 @@ def _config_file_errors(value: object, path: pathlib.Path, doing: str):
 
 def _base_config(flags: dict[str, str | bool]) -> tuple[object, str]:
     """The config named by ``--config`` (a preset or a file) and a name for the workdir."""
+    from gdjax._checks import closest
     from gdjax.configs import PRESETS, get_config
 
     value = flags.get("config")
@@ -151,7 +152,9 @@ def _base_config(flags: dict[str, str | bool]) -> tuple[object, str]:
         return get_config(name), name
     path = pathlib.Path(str(value))
     if not path.is_file():
-        raise UsageError(f"--config={value}: not a preset ({', '.join(PRESETS)}) nor a file")
+        near = closest(str(value), PRESETS) if "/" not in str(value) else None
+        hint = f" (did you mean --config={near}?)" if near else ""
+        raise UsageError(f"--config={value}: not a preset ({', '.join(PRESETS)}) nor a file{hint}")
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(f"gdjax_user_config_{path.stem}", path)

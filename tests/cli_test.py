@@ -66,6 +66,8 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
             "config.optimizer.hparams is a section, not a value: set one of its fields (amsgrad,",
         ),
         (["train", "--config=imagenet21k"], "not a preset (default, cifar10, paper) nor a file"),
+        (["train", "--config=Paper"], "nor a file (did you mean --config=paper?)"),
+        (["train", "--config=defualt"], "nor a file (did you mean --config=default?)"),
         (["train", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
         (["train", "--config.seed=abc"], "--config.seed=abc: expected int, like 0"),
         (["train", "--config.optimizer.name=lbfgs"], "config.optimizer.name must be one of"),

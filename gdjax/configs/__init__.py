@@ -13,6 +13,7 @@ import importlib
 import pathlib
 
 from gdjax import _extras
+from gdjax._checks import closest
 
 _extras.require("train", "gdjax.configs", "ml_collections")
 
@@ -28,7 +29,9 @@ PRESETS = ("default", "cifar10", "paper")
 def preset_path(name: str) -> pathlib.Path:
     """The file of a preset (what ``--config=NAME`` resolves to)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown config preset {name!r}; presets are {', '.join(PRESETS)}")
+        near = closest(name, PRESETS) if isinstance(name, str) else None
+        hint = f" (did you mean {near!r}?)" if near else ""
+        raise ValueError(f"unknown config preset {name!r}{hint}; presets are {', '.join(PRESETS)}")
     return pathlib.Path(__file__).with_name(f"{name}.py")
 
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gdjax._checks import is_int
+
 __all__ = [
     "TrainState",
     "cross_entropy",
@@ -80,9 +82,26 @@ class TrainState:
         )
 
 
+def _check_logits_and_labels(fn: str, logits: jax.Array, labels: jax.Array) -> None:
+    """Logits ``(..., classes)`` and integer labels of the same leading shape, or a ValueError
+    naming both shapes (optax's and jnp's were a broadcasting error, or a silent broadcast)."""
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"{fn}: labels must have the shape of logits without its last (class) axis, got "
+            f"logits {logits.shape} and labels {labels.shape}"
+        )
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"{fn}: labels must be integer class indices, got dtype {labels.dtype}")
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy (computed in float32) with optional label smoothing."""
-    logits = logits.astype(jnp.float32)
+    """Per-example softmax cross-entropy (computed in float32) with optional label smoothing.
+
+    ``logits`` is ``(..., classes)``; ``labels`` holds integer class indices of shape ``(...)``.
+    """
+    _check_logits_and_labels("cross_entropy", logits, labels)
+    logits = jnp.asarray(logits).astype(jnp.float32)
     if label_smoothing:
         k = logits.shape[-1]
         targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
@@ -95,8 +114,16 @@ def top_k_error(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
     Classes are ranked by logit, ties broken by class index (as ``lax.top_k`` and a stable
     sort do), so a constant or tied prediction is right for at most ``k`` of the classes, not
-    all of them. A row with a NaN logit (a diverged model) is always an error.
+    all of them. A row with a NaN logit (a diverged model) is always an error. ``logits`` is
+    ``(N, classes)``, ``labels`` ``(N,)`` integers, ``k >= 1`` (above the class count, every
+    row is right unless it holds a NaN).
     """
+    _check_logits_and_labels("top_k_error", logits, labels)
+    if jnp.ndim(logits) != 2:
+        raise ValueError(f"top_k_error: logits must be (N, classes), got shape {logits.shape}")
+    if not is_int(k) or k < 1:
+        raise ValueError(f"top_k_error: k must be an int >= 1, got {k!r}")
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     k = min(k, logits.shape[-1])
     label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
     classes = jnp.arange(logits.shape[-1])[None, :]

@@ -299,6 +299,21 @@ def test_a_config_that_is_no_configdict_says_so(tmp_path, config):
 
 
 @pytest.mark.parametrize(
+    "name, message",
+    [
+        ("defualt", r"unknown config preset 'defualt' \(did you mean 'default'\?\); presets are"),
+        ("CIFAR10", r"'CIFAR10' \(did you mean 'cifar10'\?\)"),
+        ("imagenet", r"unknown config preset 'imagenet'; presets are default, cifar10, paper"),
+    ],
+)
+def test_an_unknown_preset_names_the_near_one(name, message):
+    from gdjax.configs import get_config
+
+    with pytest.raises(ValueError, match=message):
+        get_config(name)
+
+
+@pytest.mark.parametrize(
     "overrides, message",
     [
         ({"optimizer.name": "lbfgs"}, r"config.optimizer.name must be one of"),

@@ -74,6 +74,53 @@ def test_top_k_error_on_ties_nan_and_infinities():
         assert got[20:30].all()
 
 
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        # optax's broadcasting error, deep in jnp
+        (
+            lambda: cross_entropy(jnp.zeros((4, 10)), jnp.zeros(5, jnp.int32)),
+            ValueError,
+            r"cross_entropy: labels must have the shape .* got logits \(4, 10\) and labels \(5,\)",
+        ),
+        # one-hot labels broadcast against the logits
+        (
+            lambda: top_k_error(jnp.zeros((4, 10)), jnp.zeros((4, 10), jnp.int32), 1),
+            ValueError,
+            r"top_k_error: labels must have the shape .* labels \(4, 10\)",
+        ),
+        (
+            lambda: cross_entropy(jnp.zeros((4, 10)), jnp.zeros(4)),
+            TypeError,
+            "labels must be integer class indices, got dtype float32",
+        ),
+        # k=0 said every example was wrong
+        (
+            lambda: top_k_error(jnp.zeros((4, 10)), jnp.zeros(4, jnp.int32), 0),
+            ValueError,
+            "top_k_error: k must be an int >= 1, got 0",
+        ),
+        (
+            lambda: top_k_error(jnp.zeros((2, 4, 10)), jnp.zeros((2, 4), jnp.int32), 1),
+            ValueError,
+            r"top_k_error: logits must be \(N, classes\), got shape \(2, 4, 10\)",
+        ),
+    ],
+)
+def test_bad_logits_or_labels_say_which(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_cross_entropy_takes_any_leading_shape():
+    """(..., classes) with labels (...): the same numbers as the flattened batch."""
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.standard_normal((2, 3, 7)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 7, (2, 3)))
+    want = cross_entropy(logits.reshape(6, 7), labels.reshape(6)).reshape(2, 3)
+    np.testing.assert_allclose(cross_entropy(logits, labels), want, rtol=1e-6)
+
+
 def test_l2_penalty_counts_kernels_not_biases():
     params = {"dense": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 5.0)}}
     assert float(l2_penalty(params)) == pytest.approx(0.5 * 6 * 4.0)
