@@ -117,3 +117,21 @@ def compute_dtype(*dtypes: Any) -> jnp.dtype:
     updates keep the gradients' dtype and state keeps its own without losing the arithmetic.
     """
     return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+
+
+def check_dtype(owner: str, name: str, dtype: Any) -> None:
+    """``dtype`` is None or a floating-point (or complex) dtype; checked where the optimizer
+    is built (an integer one was reported as an integer *parameter* at ``init``)."""
+    if dtype is None:
+        return
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"{owner}: {name} must be a dtype (e.g. jnp.bfloat16) or None, got {dtype!r}"
+        ) from None
+    if not jnp.issubdtype(dt, jnp.inexact):
+        raise TypeError(
+            f"{owner}: {name} must be a floating-point dtype (or None for the parameters' "
+            f"own), got {dt}: an integer state would round every step"
+        )

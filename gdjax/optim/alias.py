@@ -104,6 +104,7 @@ def _heavy_ball(
         unit={"momentum": momentum},
     )
     _check_flag(owner, "nesterov", nesterov)
+    _hparams.check_dtype(owner, "accumulator_dtype", accumulator_dtype)
     return _chain(
         _decay(weight_decay),
         T.trace(momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype),
@@ -268,6 +269,7 @@ def alexnet_sgd(
         nonnegative={"learning_rate": learning_rate, "weight_decay": weight_decay},
         unit={"momentum": momentum},
     )
+    _hparams.check_dtype("alexnet_sgd", "accumulator_dtype", accumulator_dtype)
     return _chain(
         _decay(weight_decay),
         T.scale_by_learning_rate(learning_rate),
@@ -405,6 +407,12 @@ def rmsprop(
     )
     _check_flag("rmsprop", "centered", centered)
     _check_flag("rmsprop", "eps_in_sqrt", eps_in_sqrt)
+    _hparams.check_dtype("rmsprop", "accumulator_dtype", accumulator_dtype)
+    if accumulator_dtype is not None and momentum is None:  # it was dropped without a word
+        raise ValueError(
+            f"rmsprop: accumulator_dtype is the momentum buffer's dtype and needs momentum, "
+            f"got {accumulator_dtype!r} with momentum=None"
+        )
     scale = T.scale_by_stddev if centered else T.scale_by_rms
     return _chain(
         _decay(weight_decay),
@@ -474,6 +482,7 @@ def adam(
     """
     _validate_adam("adam", learning_rate, b1, b2, eps, eps_root, weight_decay)
     _check_flag("adam", "amsgrad", amsgrad)
+    _hparams.check_dtype("adam", "mu_dtype", mu_dtype)
     return _chain(
         _decay(weight_decay),
         _adam_block(b1, b2, eps, eps_root, mu_dtype, amsgrad),
@@ -531,6 +540,7 @@ def adamw(
     """
     _validate_adam("adamw", learning_rate, b1, b2, eps, eps_root, weight_decay)
     _check_flag("adamw", "amsgrad", amsgrad)
+    _hparams.check_dtype("adamw", "mu_dtype", mu_dtype)
     return _chain(
         _adam_block(b1, b2, eps, eps_root, mu_dtype, amsgrad),
         _decay(weight_decay, mask),

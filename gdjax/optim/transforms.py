@@ -297,6 +297,7 @@ def trace(
     _hparams.check_range("trace", "decay", decay, low=0.0, high=1.0)
     if not isinstance(nesterov, bool):
         raise TypeError(f"trace: nesterov must be a bool, got {nesterov!r}")
+    _hparams.check_dtype("trace", "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params: Any) -> TraceState:
         return TraceState(count=_zeros(), trace=_tree_zeros("trace", params, accumulator_dtype))
@@ -596,6 +597,7 @@ def scale_by_adam(
       An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByAdamState`.
     """
     _check_adam("scale_by_adam", b1, b2, eps, eps_root)
+    _hparams.check_dtype("scale_by_adam", "mu_dtype", mu_dtype)
 
     def init_fn(params: Any) -> ScaleByAdamState:
         return ScaleByAdamState(
@@ -646,6 +648,7 @@ def scale_by_amsgrad(
       An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByAmsgradState`.
     """
     _check_adam("scale_by_amsgrad", b1, b2, eps, eps_root)
+    _hparams.check_dtype("scale_by_amsgrad", "mu_dtype", mu_dtype)
 
     def init_fn(params: Any) -> ScaleByAmsgradState:
         owner = "scale_by_amsgrad"

@@ -153,6 +153,49 @@ def test_accumulator_dtype_is_the_users_choice(tx, field):
         assert leaf.dtype == jnp.float32  # only the named accumulator changes dtype
 
 
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        # reported at init() as "parameter params['b'] has dtype int32"
+        (lambda: gdjax.adam(0.1, mu_dtype=jnp.int32), "adam: mu_dtype must be a floating-point"),
+        (lambda: gdjax.adamw(0.1, mu_dtype=bool), "adamw: mu_dtype must be a floating-point"),
+        (lambda: gdjax.adam(0.1, mu_dtype="floaty"), "adam: mu_dtype must be a dtype"),
+        (
+            lambda: gdjax.momentum(0.1, accumulator_dtype="int8"),
+            "momentum: accumulator_dtype must be a floating-point dtype",
+        ),
+        (
+            lambda: gdjax.sgd(0.1, 0.9, accumulator_dtype=jnp.int32),
+            "sgd: accumulator_dtype must be a floating-point dtype",
+        ),
+        (
+            lambda: gdjax.alexnet_sgd(0.1, accumulator_dtype=jnp.uint8),
+            "alexnet_sgd: accumulator_dtype must be a floating-point dtype",
+        ),
+        (
+            lambda: optim.scale_by_amsgrad(mu_dtype=jnp.int32),
+            "scale_by_amsgrad: mu_dtype must be a floating-point dtype",
+        ),
+        (
+            lambda: optim.trace(0.9, accumulator_dtype=jnp.int32),
+            "trace: accumulator_dtype must be a floating-point dtype",
+        ),
+    ],
+)
+def test_an_integer_state_dtype_is_refused_where_the_optimizer_is_built(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_rmsprop_without_momentum_refuses_a_momentum_dtype():
+    """rmsprop(accumulator_dtype=...) without momentum dropped the dtype without a word; sgd
+    already refused the same."""
+    with pytest.raises(ValueError, match="rmsprop: accumulator_dtype is the momentum buffer"):
+        gdjax.rmsprop(0.1, accumulator_dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match="sgd: accumulator_dtype needs momentum"):
+        gdjax.sgd(0.1, accumulator_dtype=jnp.bfloat16)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad hyperparameters: a ValueError naming the argument and the value, at construction.
 
