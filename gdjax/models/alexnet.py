@@ -271,7 +271,12 @@ def _pool_shape(overlapping: bool) -> tuple[int, int]:
 
 
 def spatial_sizes(variant: str, size: int, overlapping_pool: bool = True) -> list[int]:
-    """The side of the feature map after each conv stage (after its pooling, if any)."""
+    """The side of the feature map after each conv stage (after its pooling, if any); 0 where
+    the input is too small for the stage."""
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"spatial_sizes: variant must be one of {sorted(VARIANTS)}, got {variant!r}"
+        )
     window, stride = _pool_shape(overlapping_pool)
     sizes = []
     for conv in VARIANTS[variant].convs:

@@ -6,15 +6,22 @@ Layout is NHWC throughout (channels last), the layout XLA prefers on every backe
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gdjax._checks import is_int
 from gdjax.models import _onednn
 
 __all__ = ["LocalResponseNorm", "adaptive_avg_pool", "local_response_norm", "max_pool"]
+
+
+def _check_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"local_response_norm: {name} must be a number, got {value!r}")
 
 
 def local_response_norm(
@@ -48,13 +55,27 @@ def local_response_norm(
     derivatives from a hand-written tangent (a custom JVP) that JAX transposes into the
     gradient, so ``jvp``, ``jax.hessian`` and Hessian-vector products work too.
     """
+    if not is_int(groups) or groups < 1:
+        raise ValueError(f"local_response_norm: groups must be an int >= 1, got {groups!r}")
+    if not is_int(size) or size < 1:
+        raise ValueError(f"local_response_norm: size={size!r}, expected a window of >= 1 channels")
+    # k > 0 and alpha >= 0 keep the base positive: k=-1 was NaN everywhere, k=0 NaN at every
+    # zero activation (0 / 0**beta), which ReLU makes plenty of.
+    for name, value, low, strict in (("k", k, 0.0, True), ("alpha", alpha, 0.0, False)):
+        _check_number(name, value)
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            raise ValueError(
+                f"local_response_norm: {name} must be a finite number {'>' if strict else '>='} "
+                f"{low:g}, got {value!r}"
+            )
+    _check_number("beta", beta)
+    if not math.isfinite(beta):
+        raise ValueError(f"local_response_norm: beta must be a finite number, got {beta!r}")
     if x.ndim < 1 or x.shape[-1] % groups:
         raise ValueError(
             f"local_response_norm: the channel count {x.shape[-1] if x.ndim else None} must be "
             f"divisible by groups={groups}"
         )
-    if size < 1:
-        raise ValueError(f"local_response_norm: size={size}, expected a window of >= 1 channels")
     _onednn.check_impl("local_response_norm", impl)
     c = x.shape[-1] // groups
     alpha, beta, k = float(alpha), float(beta), float(k)
@@ -224,6 +245,15 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
 
     When the input already has the output size this is the identity (no work is done).
     """
+    if (
+        not isinstance(output_size, (tuple, list))
+        or len(output_size) != 2
+        or not all(is_int(n) and n >= 1 for n in output_size)
+    ):
+        raise ValueError(
+            f"adaptive_avg_pool: output_size must be (height, width), two ints >= 1, got "
+            f"{output_size!r}"
+        )
     h, w = x.shape[-3], x.shape[-2]
     oh, ow = output_size
     if (h, w) == (oh, ow):

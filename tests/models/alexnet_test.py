@@ -228,6 +228,17 @@ def test_bad_input_names_the_expected_shape(variant, kwargs, shape, message):
         model.init(jax.random.key(0), jnp.zeros(shape))
 
 
+def test_spatial_sizes_names_the_variants():
+    from gdjax.models import spatial_sizes
+
+    with pytest.raises(
+        ValueError, match=r"variant must be one of \['paper', 'small', 'torchvision'\], got 'huge'"
+    ):
+        spatial_sizes("huge", 224)  # was KeyError: 'huge'
+    assert spatial_sizes("paper", 227) == [27, 13, 13, 13, 6]
+    assert spatial_sizes("paper", 10)[-1] == 0  # too small for the network: 0, not negative
+
+
 @pytest.mark.parametrize(
     "variant, overlapping_pool, sides",
     [

@@ -2,6 +2,7 @@
 adaptive average pooling against torch.nn.AdaptiveAvgPool2d."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -101,6 +102,41 @@ def test_bfloat16_in_bfloat16_out_close_to_float32():
 def test_bad_groups_is_an_error():
     with pytest.raises(ValueError, match="divisible by groups=3"):
         local_response_norm(jnp.ones((1, 2, 2, 8)), groups=3)
+    with pytest.raises(ValueError, match="groups must be an int >= 1, got 0"):
+        local_response_norm(jnp.ones((1, 2, 2, 8)), groups=0)  # was a ZeroDivisionError
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        # a negative k made every output NaN; k=0 made NaN of every zero activation
+        ({"k": -1.0}, ValueError, "k must be a finite number > 0, got -1.0"),
+        ({"k": 0.0}, ValueError, "k must be a finite number > 0, got 0.0"),
+        ({"alpha": -1e-4}, ValueError, "alpha must be a finite number >= 0, got -0.0001"),
+        ({"beta": float("inf")}, ValueError, "beta must be a finite number, got inf"),
+        ({"k": "2"}, TypeError, "k must be a number, got '2'"),
+        ({"size": 2.5}, ValueError, "size=2.5, expected a window of >= 1 channels"),
+    ],
+)
+def test_lrn_constants_that_make_nan_are_refused(kwargs, error, message):
+    x = jnp.zeros((1, 2, 2, 8)).at[..., 0].set(1.0)  # zeros, as ReLU leaves them
+    with pytest.raises(error, match=re.escape(message)):
+        local_response_norm(x, **kwargs)
+    with pytest.raises(error, match=re.escape(message)):
+        LocalResponseNorm(**kwargs).apply({}, x)
+
+
+def test_lrn_edge_constants_that_are_fine_stay_fine():
+    """alpha=0 is the identity scaled by k**-beta; a negative beta is finite too."""
+    x = jnp.zeros((1, 2, 2, 8)).at[..., 0].set(3.0)
+    np.testing.assert_allclose(local_response_norm(x, alpha=0.0, k=4.0, beta=0.5), x / 2.0)
+    assert bool(jnp.isfinite(local_response_norm(x, beta=-0.5)).all())
+
+
+@pytest.mark.parametrize("output_size", [(0, 0), (6,), 6, (2.5, 2)])
+def test_adaptive_avg_pool_refuses_an_empty_or_odd_output_size(output_size):
+    with pytest.raises(ValueError, match="output_size must be \\(height, width\\), two ints >= 1"):
+        adaptive_avg_pool(jnp.ones((1, 8, 8, 2)), output_size)
 
 
 @pytest.mark.parametrize("size", [(6, 6), (7, 5), (13, 13), (3, 9)])
