@@ -57,8 +57,26 @@ def from_torchvision(state_dict: Mapping[str, Any]) -> dict[str, dict[str, np.nd
       ``{"conv1": {"kernel", "bias"}, ..., "fc8": {...}}``, to use as
       ``model.apply({"params": params}, images)``.
     """
-    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    if not isinstance(state_dict, Mapping):
+        hint = ": pass model.state_dict()" if hasattr(state_dict, "state_dict") else ""
+        raise TypeError(
+            f"from_torchvision: state_dict must be a mapping of parameter names to arrays, got "
+            f"{type(state_dict).__name__}{hint}"
+        )
     expected = {f"{p}.{s}" for p in TORCHVISION_NAMES for s in ("weight", "bias")}
+    # A training checkpoint holds the state_dict under a key of its own (torch.save of
+    # {"state_dict": ..., "epoch": ...}, or "model" in torchvision's reference scripts).
+    nested = [
+        k
+        for k, v in state_dict.items()
+        if isinstance(v, Mapping) and expected <= {str(n).removeprefix("module.") for n in v}
+    ]
+    if nested and not expected & set(state_dict.keys()):
+        raise ValueError(
+            f"from_torchvision: this looks like a training checkpoint, holding the weights "
+            f"under {nested[0]!r}: pass checkpoint[{nested[0]!r}]"
+        )
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
     missing, unexpected = sorted(expected - sd.keys()), sorted(sd.keys() - expected)
     if missing or unexpected:
         raise ValueError(

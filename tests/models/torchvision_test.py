@@ -62,6 +62,19 @@ def test_rejects_a_foreign_state_dict(torch_model):
         from_torchvision(sd)
 
 
+def test_a_model_or_a_training_checkpoint_says_what_to_pass(torch_model):
+    """The model itself was "AttributeError: 'Net' object has no attribute 'items'"; a
+    checkpoint {"state_dict": ..., "epoch": ...} listed all 16 keys as missing."""
+    _, model = torch_model
+    with pytest.raises(TypeError, match=r"got Net: pass model.state_dict\(\)"):
+        from_torchvision(model)
+    for key in ("state_dict", "model"):
+        checkpoint = {key: model.state_dict(), "epoch": 90, "optimizer": {"lr": 0.01}}
+        with pytest.raises(ValueError, match=rf"under '{key}': pass checkpoint\['{key}'\]"):
+            from_torchvision(checkpoint)
+        assert from_torchvision(checkpoint[key])["fc8"]["kernel"].shape == (4096, 100)
+
+
 def test_rejects_wrong_shapes(torch_model):
     _, model = torch_model
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
