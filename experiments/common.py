@@ -18,7 +18,12 @@ import numpy as np
 def parser(description: str, default_out: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     here = pathlib.Path(__file__).resolve().parent
-    p.add_argument("--out", default=str(here / "results" / default_out), help="output folder")
+    p.add_argument(
+        "--out",
+        type=output_dir,
+        default=str(here / "results" / default_out),
+        help="output folder (made if missing)",
+    )
     p.add_argument("--quick", action="store_true", help="a tiny run (smoke tests, CI)")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per comparison")
     return p
@@ -34,6 +39,23 @@ def _at_least(text: str, convert: type, least: float, name: str, strict: bool = 
     if not (value > least if strict else value >= least):  # also refuses nan
         raise argparse.ArgumentTypeError(f"{expected}, got {value}")
     return value
+
+
+def output_dir(text: str) -> str:
+    """argparse type: a folder the run can write in, made if missing (an unwritable --out was
+    a traceback at the first plot, or at its mkdir)."""
+    import os
+
+    path = pathlib.Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot make folder {text!r}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {text!r}")
+    return str(path)
 
 
 def positive_int(text: str) -> int:

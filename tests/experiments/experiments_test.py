@@ -29,6 +29,21 @@ def run(experiments, name, tmp_path):
     return results, stored
 
 
+@pytest.mark.parametrize("name", ["gd_variants", "transfer", "large_batch"])
+def test_an_unwritable_out_is_one_line_before_any_work(experiments, tmp_path, capsys, name):
+    """--out under a file was a traceback from mkdir (or from the first plot)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for out, why in ((a_file, "is a file, not a folder"), (a_file / "sub", "cannot make folder")):
+        with pytest.raises(SystemExit) as exit_:
+            experiments(name).main(["--quick", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "error: argument --out: " in err and why in err, err
+        assert "Traceback" not in err
+    made = tmp_path / "new" / "deeper"
+    assert experiments("common").output_dir(str(made)) == str(made) and made.is_dir()
+
+
 def test_gd_variants(experiments, tmp_path):
     results, _ = run(experiments, "gd_variants", tmp_path)
     for png in ("regression.png", "batch_lr.png", "logistic.png"):
