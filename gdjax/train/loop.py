@@ -12,7 +12,8 @@ with the parallel mode of ``config.parallel``. It writes to ``workdir``:
   being written is completed first) with a ``KeyboardInterrupt`` that names the step reached
   and the checkpoint a rerun resumes from.
 * ``metrics.jsonl`` and ``tensorboard/`` — training metrics every ``log_every_steps``, test
-  metrics every ``eval_every_epochs``; ``curves.png`` at the end.
+  metrics every ``eval_every_epochs``; ``curves.png`` at the end. A resumed run leaves out
+  the rows that the run before it logged after the checkpoint it resumes from.
 * ``config.json`` — the config the run used.
 
 One run at a time trains in a workdir: a second one stops at once (:class:`WorkdirBusyError`).
@@ -340,11 +341,13 @@ def _restore(
     """Open the workdir's checkpoints and restore the newest readable one (None if none)."""
     directory = workdir / "checkpoints"
     if restart:  # process 0 moves them (a shared disk); the others wait until it has
+        stamp = time.strftime("%Y%m%d-%H%M%S")
         if jax.process_index() == 0 and directory.is_dir() and any(directory.iterdir()):
-            stamp = time.strftime("%Y%m%d-%H%M%S")
             aside = directory.with_name(f"checkpoints.before-restart-{stamp}")
             directory.rename(aside)
             print(f"--restart: moved the old checkpoints to {aside}", flush=True)
+        if jax.process_index() == 0:
+            _move_logs_aside(workdir, stamp)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -365,6 +368,27 @@ def _restore(
     except CheckpointMismatchError as e:
         checkpointer.close()
         raise _mismatch(workdir, c, e) from None
+
+
+# What an earlier run logged in the workdir; --restart moves it aside with its checkpoints, so
+# that the new run's curves do not run on from the old ones.
+_RUN_LOGS = ("metrics.jsonl", "tensorboard", "curves.png", "result.json")
+
+
+def _move_logs_aside(workdir: pathlib.Path, stamp: str) -> None:
+    moved = []
+    for name in _RUN_LOGS:
+        path = workdir / name
+        if path.exists():
+            stem, dot, suffix = name.partition(".")
+            path.rename(workdir / f"{stem}.before-restart-{stamp}{dot}{suffix}")
+            moved.append(name)
+    if moved:
+        print(
+            f"--restart: moved the old run's {', '.join(moved)} to "
+            f"{workdir}/*.before-restart-{stamp}*",
+            flush=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -613,13 +637,14 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Train and evaluate as ``config`` says, writing checkpoints and logs to ``workdir``.
 
-    ``restart=True`` moves existing checkpoints aside (``checkpoints.before-restart-*``) and
-    starts from step 0. Returns the final test metrics with ``accuracy``, ``steps``,
-    ``steps_this_run`` (0 when the checkpoint already had every step), ``epochs``,
-    ``wall_seconds`` (the whole call), ``train_images_per_second`` (steady
-    training, without compilation, evaluation and checkpoints; 0.0 when no step was timed),
-    ``num_classes`` (with 5 or fewer, the top-5 error is 0 by definition) and
-    ``skipped_nonfinite_steps`` (``optimizer.skip_nonfinite``: the updates skipped as non-finite).
+    ``restart=True`` moves existing checkpoints aside (``checkpoints.before-restart-*``, the
+    old run's logs to ``*.before-restart-*``) and starts from step 0. Returns the final test
+    metrics with ``accuracy``, ``steps``, ``steps_this_run`` (0 when the checkpoint already
+    had every step), ``epochs``, ``wall_seconds`` (the whole call), ``train_images_per_second``
+    (steady training, without compilation, evaluation and checkpoints; 0.0 when no step was
+    timed), ``num_classes`` (with 5 or fewer, the top-5 error is 0 by definition) and
+    ``skipped_nonfinite_steps`` (``optimizer.skip_nonfinite``: the updates skipped as
+    non-finite).
     Raises :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
     wall_start = time.perf_counter()
@@ -676,7 +701,13 @@ def _train(
         checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=c.keep_checkpoints)
     parallel, total = run.parallel, run.total_steps
     state = parallel.put_state(state, run.shardings)
-    writer = MetricsWriter(workdir, enabled=is_main)
+    step = int(jax.device_get(parallel.get_state(state).step))
+    writer = MetricsWriter(workdir, enabled=is_main, start_step=step)
+    rows, lines = writer.left_out["rows_after_start"], writer.left_out["unreadable_lines"]
+    if rows or lines:
+        parts = [f"{rows} row(s) after step {step}, logged past its last checkpoint"] * bool(rows)
+        parts += [f"{lines} unreadable line(s), cut short when it stopped"] * bool(lines)
+        print(f"metrics.jsonl: left out the earlier run's {' and '.join(parts)}", flush=True)
     log = _TrainLog(writer, c.batch_size, stop_on_nonfinite=not c.optimizer.skip_nonfinite)
     progress = _Progress(c.progress and is_main, run.steps_per_epoch, total)
     evaluator = _Evaluator(run, c, writer, plateau, verbose=is_main)
@@ -694,7 +725,6 @@ def _train(
             what = f"the parameters became NaN or inf by step {step} (not saved)"
             raise _nonfinite_stop(checkpointer, what, step) from None
 
-    step = int(jax.device_get(parallel.get_state(state).step))
     first_step = step
     save_on_exit = step < total
     try:

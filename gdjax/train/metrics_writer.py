@@ -20,20 +20,59 @@ class MetricsWriter:
     the same scalars to TensorBoard under ``workdir/tensorboard`` (``split/name`` tags).
 
     Only process 0 of a multi-host run writes; the others get a writer that does nothing.
+
+    ``start_step``, for a run that starts (or resumes) at that step in a workdir that may hold
+    an earlier run's logs: rows after it are left out of ``metrics.jsonl`` (they belong to the
+    part of the earlier run after its last checkpoint, which this run does again), as are
+    unreadable lines (a run stopped mid-write); the file is rewritten atomically. TensorBoard
+    purges its events after ``start_step`` in the same way (``purge_step``). A row for a
+    ``(step, split)`` the file already holds is not written again (the final evaluation of a
+    run that had nothing left to train). :attr:`left_out` counts what was left out.
     """
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool = True):
+    def __init__(
+        self, workdir: str | os.PathLike, enabled: bool = True, start_step: int | None = None
+    ):
         self.enabled = enabled
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.left_out = {"rows_after_start": 0, "unreadable_lines": 0}
+        self._written: set[tuple[int, str]] = set()
         self._tb = None
         if enabled:
             SummaryWriter = _summary_writer()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._tb = SummaryWriter(logdir=str(pathlib.Path(workdir) / "tensorboard"))
+            tb_dir = pathlib.Path(workdir) / "tensorboard"
+            purge = None
+            if start_step is not None:
+                self._keep_rows_up_to(int(start_step))
+                purge = int(start_step) + 1 if tb_dir.is_dir() else None
+            self._tb = SummaryWriter(logdir=str(tb_dir), purge_step=purge)
+
+    def _keep_rows_up_to(self, start: int) -> None:
+        if not self.path.is_file():
+            return
+        text = self.path.read_text()
+        kept = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            row = _parse(line)
+            if row is None:
+                self.left_out["unreadable_lines"] += 1
+            elif row["step"] > start:
+                self.left_out["rows_after_start"] += 1
+            else:
+                kept.append(line + "\n")
+                self._written.add((row["step"], row["split"]))
+        if any(self.left_out.values()) or (not text.endswith("\n") and text):
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        if not self.enabled:
+        if not self.enabled or (int(step), split) in self._written:
             return
+        self._written.add((int(step), split))
         clean = {k: float(v) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
@@ -43,6 +82,16 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """A row of ``metrics.jsonl``, or None for a line that is not one (cut short, edited)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(row, dict) and isinstance(row.get("step"), int) and "split" in row
+    return row if ok else None
 
 
 def _summary_writer() -> type:
@@ -66,10 +115,29 @@ def _summary_writer() -> type:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (none if there is no file). A line that is not a row,
+    such as the last one of a run killed while writing it, is left out with a warning."""
     path = pathlib.Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, bad = [], []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            row = _parse(line)
+            if row is None:
+                bad.append(number)
+            else:
+                rows.append(row)
+    if bad:
+        import warnings
+
+        warnings.warn(
+            f"{path}: left out line(s) {', '.join(map(str, bad[:5]))}"
+            f"{' ...' if len(bad) > 5 else ''}, which are not metric rows (cut short when a "
+            "run stopped while writing?)",
+            stacklevel=2,
+        )
+    return rows
 
 
 def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:

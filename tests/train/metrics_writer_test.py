@@ -104,3 +104,62 @@ def test_plot_curves_leaves_the_callers_matplotlib_alone(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
     assert (width, height) == (1000, 400)
+
+
+def _session_starts(logdir: pathlib.Path) -> list[int]:
+    """The steps of the SessionLog START events, which TensorBoard purges from (purge_step)."""
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+    starts = []
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                starts.append(event.step)
+    return starts
+
+
+def test_a_resumed_writer_leaves_out_what_the_earlier_run_logged_past_its_checkpoint(tmp_path):
+    """A run killed at step 30 whose newest checkpoint was 20 left rows 30 behind: the resumed
+    run logged 30 again, and curves.png went back and forth. A line cut short by the kill made
+    read_metrics (so plot_curves, at the end of the resumed run) raise JSONDecodeError."""
+    first = MetricsWriter(tmp_path)
+    for step in (10, 20, 30):
+        first.write(step, "train", {"loss": 1.0 / step})
+    first.write(20, "test", {"loss": 0.5})
+    first.close()
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 40, "split": "tr')  # the kill, mid-line
+    with pytest.warns(UserWarning, match=r"left out line\(s\) 5, which are not metric rows"):
+        assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20, 30, 20]
+
+    resumed = MetricsWriter(tmp_path, start_step=20)
+    assert resumed.left_out == {"rows_after_start": 1, "unreadable_lines": 1}
+    resumed.write(20, "test", {"loss": 0.5})  # already there: not written twice
+    resumed.write(30, "train", {"loss": 0.25})
+    resumed.close()
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["split"]) for r in rows] == [
+        (10, "train"), (20, "train"), (20, "test"), (30, "train")
+    ]  # fmt: skip
+    assert rows[-1]["loss"] == 0.25
+    assert not list(tmp_path.glob(".metrics.jsonl.tmp-*"))
+    assert _session_starts(tmp_path / "tensorboard") == [21]  # TensorBoard purges 30 too
+
+
+def test_a_writer_that_starts_on_a_clean_file_rewrites_nothing(tmp_path):
+    first = MetricsWriter(tmp_path)
+    first.write(10, "train", {"loss": 1.0})
+    first.close()
+    before = (tmp_path / "metrics.jsonl").stat().st_mtime_ns
+    again = MetricsWriter(tmp_path, start_step=10)
+    assert again.left_out == {"rows_after_start": 0, "unreadable_lines": 0}
+    again.close()
+    assert (tmp_path / "metrics.jsonl").stat().st_mtime_ns == before
+    fresh = MetricsWriter(tmp_path / "new", start_step=0)
+    fresh.write(1, "train", {"loss": 1.0})
+    fresh.close()
+    assert _session_starts(tmp_path / "new" / "tensorboard") == []  # nothing to purge
