@@ -263,6 +263,9 @@ class Checkpointer:
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = pathlib.Path(directory).absolute()
+        if self.directory.exists() and not self.directory.is_dir():
+            # orbax logged "Not a directory" from a thread of its own and went on
+            raise NotADirectoryError(f"checkpoints: {self.directory} is a file, not a folder")
         if not create and not self.directory.is_dir():
             raise FileNotFoundError(f"no checkpoints in {self.directory}")
         # A writer first removes the temporary folders of writes that never finished (a crash,

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import numbers
 import os
 from typing import Any
 
@@ -183,6 +185,11 @@ class Parallel:
             raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
         if model_parallel < 1:
             raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
+        # the config's checks, for the Python API (a negative l2 rewarded large weights)
+        if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        if not isinstance(l2, numbers.Real) or not (math.isfinite(l2) and l2 >= 0):
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
         _check_jaxlib()
         if model_parallel > 1 and mode != "sharded":
             raise ValueError(

@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from gdjax import optim
+from gdjax._checks import is_int
 from gdjax.train.steps import is_injected, learning_rate_of
 
 __all__ = [
@@ -165,6 +166,17 @@ class Plateau:
     min_lr: float
     best: float = math.inf
     bad: int = 0
+
+    def __post_init__(self) -> None:
+        # the config's checks (schedule.*), for the Python API: factor=2 raised the rate
+        if not 0 < self.factor <= 1:
+            raise ValueError(f"Plateau: factor must be in (0, 1], got {self.factor!r}")
+        if not is_int(self.patience) or self.patience < 1:
+            raise ValueError(f"Plateau: patience must be an int >= 1, got {self.patience!r}")
+        for name in ("threshold", "min_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"Plateau: {name} must be a finite number >= 0, got {value!r}")
 
     def update(self, error: float, lr: float) -> float | None:
         if error < self.best - self.threshold:

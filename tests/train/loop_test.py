@@ -24,6 +24,7 @@ from gdjax.train import (
     build,
     check_config,
     evaluate_checkpoint,
+    read_metrics,
     train_and_evaluate,
 )
 
@@ -96,9 +97,12 @@ def test_run_writes_everything_and_learns(reference):
 
 def test_rerun_in_a_finished_workdir_resumes_at_the_end(reference, tmp_path):
     workdir, result, _ = reference
+    rows = (workdir / "metrics.jsonl").read_text()
     again = train_and_evaluate(quick_config(), str(workdir))
     assert again["steps"] == 40 and again["steps_this_run"] == 0
     assert again["error"] == pytest.approx(result["error"])
+    # the final evaluation of the same checkpoint was logged a second time at step 40
+    assert (workdir / "metrics.jsonl").read_text() == rows
 
 
 def _start(workdir, *extra):
@@ -176,6 +180,15 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(reference, tmp_p
     step, got = final_params(tmp_path, quick_config())
     assert step == 40
     assert_identical(got, want)
+    # The rows the first run logged after checkpoint 20 (train 30 and its final test row) are
+    # left out: the curves are those of one run, the same as the uninterrupted one's.
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    reference_rows = read_metrics(reference[0] / "metrics.jsonl")
+    assert [(r["step"], r["split"]) for r in rows] == [
+        (r["step"], r["split"]) for r in reference_rows
+    ]
+    for r, ref in zip(rows, reference_rows, strict=True):
+        assert r["loss"] == ref["loss"], (r, ref)
 
 
 @pytest.mark.parametrize("learning_rate", [1e4, 1e6])
@@ -239,6 +252,33 @@ def test_skip_nonfinite_keeps_going(tmp_path):
         json.loads((tmp_path / "result.json").read_text())["skipped_nonfinite_steps"]
         == (result["skipped_nonfinite_steps"])
     )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((2.0, 3, 1e-4, 0.0), r"factor must be in \(0, 1\], got 2.0"),  # raised the rate
+        ((0.1, 0, 1e-4, 0.0), "patience must be an int >= 1, got 0"),
+        ((0.1, 3, -1.0, 0.0), "threshold must be a finite number >= 0, got -1.0"),
+        ((0.1, 3, 1e-4, float("inf")), "min_lr must be a finite number >= 0, got inf"),
+    ],
+)
+def test_plateau_refuses_what_the_config_refuses(args, message):
+    from gdjax.train import Plateau
+
+    with pytest.raises(ValueError, match=f"Plateau: {message}"):
+        Plateau(*args)
+    plateau = Plateau(0.1, 2, 0.0, 1e-3)
+    # two evaluations without improvement, then a drop; never below min_lr
+    assert [plateau.update(e, 0.1) for e in (0.5, 0.5, 0.5)] == [None, None, pytest.approx(0.01)]
+    assert [plateau.update(0.5, 0.005) for _ in range(2)] == [None, None]
+
+
+def test_checkpoints_that_are_a_file_say_so(tmp_path):
+    """orbax logged "Not a directory" from a thread of its own and the run went on."""
+    (tmp_path / "checkpoints").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"checkpoints: .* is a file, not a folder"):
+        Checkpointer(tmp_path / "checkpoints")
 
 
 def test_plateau_divides_the_learning_rate_by_ten(tmp_path):
@@ -1028,10 +1068,19 @@ def test_another_config_on_a_workdir_stops_before_writing(tmp_path):
     assert "its config.json (gdjax eval reads it when --config is left out)" in str(e.value)
     assert "--restart" not in str(e.value) and "new --workdir" not in str(e.value)
     # The explicit way to start over keeps the old checkpoints, moved aside.
+    old_rows = (tmp_path / "metrics.jsonl").read_text()
     result = train_and_evaluate(changed, str(tmp_path), restart=True)
     assert result["steps"] == 20
     (old,) = tmp_path.glob("checkpoints.before-restart-*")
     assert _steps(old) == [10, 20]
+    # ... and its logs beside them: the new run's metrics.jsonl ran on from the old one's
+    stamp = old.name.removeprefix("checkpoints.before-restart-")
+    assert (tmp_path / f"metrics.before-restart-{stamp}.jsonl").read_text() == old_rows
+    for name in (f"tensorboard.before-restart-{stamp}", f"curves.before-restart-{stamp}.png"):
+        assert (tmp_path / name).exists(), name
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["split"]) for r in rows] == [(10, "train"), (20, "train"), (20, "test")]
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["name"] == "rmsprop"
 
 

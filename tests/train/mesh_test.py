@@ -151,6 +151,21 @@ def test_bad_model_parallel_is_named(mode, model_parallel, message):
         Parallel(mode, model_parallel=model_parallel)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"l2": -5e-4}, "l2 must be a finite number >= 0, got -0.0005"),  # was taken: wd < 0
+        ({"l2": float("nan")}, "l2 must be a finite number >= 0, got nan"),
+        ({"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\), got 1.5"),
+        ({"label_smoothing": "0.1"}, r"label_smoothing must be in \[0, 1\), got '0.1'"),
+    ],
+)
+def test_bad_loss_terms_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Parallel("none", **kwargs)
+    Parallel("none", l2=np.float32(5e-4), label_smoothing=np.float32(0.1))  # numbers of numpy
+
+
 def test_indivisible_batch_names_the_data_groups():
     with pytest.raises(ValueError, match="not divisible by the 4 data-parallel groups"):
         Parallel("sharded", model_parallel=2).check_batch_size(6)
