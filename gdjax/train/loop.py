@@ -341,9 +341,9 @@ def _restore(
     """Open the workdir's checkpoints and restore the newest readable one (None if none)."""
     directory = workdir / "checkpoints"
     if restart:  # process 0 moves them (a shared disk); the others wait until it has
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = _free_stamp(workdir)
         if jax.process_index() == 0 and directory.is_dir() and any(directory.iterdir()):
-            aside = directory.with_name(f"checkpoints.before-restart-{stamp}")
+            aside = directory.with_name(_aside("checkpoints", stamp))
             directory.rename(aside)
             print(f"--restart: moved the old checkpoints to {aside}", flush=True)
         if jax.process_index() == 0:
@@ -375,13 +375,28 @@ def _restore(
 _RUN_LOGS = ("metrics.jsonl", "tensorboard", "curves.png", "result.json")
 
 
+def _aside(name: str, stamp: str) -> str:
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}.before-restart-{stamp}{dot}{suffix}"
+
+
+def _free_stamp(workdir: pathlib.Path) -> str:
+    """The time, made unique among the workdir's earlier ``*.before-restart-*`` (a rename onto
+    one of them would replace a file, or fail on a folder)."""
+    stamp = base = time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while any((workdir / _aside(name, stamp)).exists() for name in ("checkpoints", *_RUN_LOGS)):
+        n += 1
+        stamp = f"{base}-{n}"
+    return stamp
+
+
 def _move_logs_aside(workdir: pathlib.Path, stamp: str) -> None:
     moved = []
     for name in _RUN_LOGS:
         path = workdir / name
         if path.exists():
-            stem, dot, suffix = name.partition(".")
-            path.rename(workdir / f"{stem}.before-restart-{stamp}{dot}{suffix}")
+            path.rename(workdir / _aside(name, stamp))
             moved.append(name)
     if moved:
         print(

@@ -1084,6 +1084,20 @@ def test_another_config_on_a_workdir_stops_before_writing(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["name"] == "rmsprop"
 
 
+def test_restarts_in_the_same_second_keep_each_others_logs(tmp_path, monkeypatch):
+    """A second --restart within the second renamed its metrics.jsonl onto the first's."""
+    from gdjax.train import loop
+
+    monkeypatch.setattr(loop.time, "strftime", lambda fmt: "20261206-120000")
+    for n, text in enumerate(("first", "second"), 1):
+        (tmp_path / "metrics.jsonl").write_text(text)
+        stamp = loop._free_stamp(tmp_path)
+        assert stamp == ("20261206-120000" if n == 1 else "20261206-120000-2")
+        loop._move_logs_aside(tmp_path, stamp)
+    assert (tmp_path / "metrics.before-restart-20261206-120000.jsonl").read_text() == "first"
+    assert (tmp_path / "metrics.before-restart-20261206-120000-2.jsonl").read_text() == "second"
+
+
 def test_a_changed_network_is_refused_on_resume_and_in_eval(reference, tmp_path):
     """Same shapes, another function: the checkpoint restores, so this used to resume (or
     evaluate) the weights as a different network and overwrite config.json."""
