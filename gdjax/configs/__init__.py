@@ -13,7 +13,6 @@ import importlib
 import pathlib
 
 from gdjax import _extras
-from gdjax._checks import closest
 
 _extras.require("train", "gdjax.configs", "ml_collections")
 
@@ -29,6 +28,8 @@ PRESETS = ("default", "cifar10", "paper")
 def preset_path(name: str) -> pathlib.Path:
     """The file of a preset (what ``--config=NAME`` resolves to)."""
     if name not in PRESETS:
+        from gdjax._checks import closest
+
         near = closest(name, PRESETS) if isinstance(name, str) else None
         hint = f" (did you mean {near!r}?)" if near else ""
         raise ValueError(f"unknown config preset {name!r}{hint}; presets are {', '.join(PRESETS)}")
