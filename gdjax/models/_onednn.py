@@ -91,6 +91,13 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
         for lib in (root / "lib", root / "lib64", root / "lib" / "x86_64-linux-gnu"):
             if (lib / "libdnnl.so").exists():
                 return include, lib
+    named = os.environ.get("GDJAX_ONEDNN_ROOT")
+    if named:  # the user's own prefix: say that it is the one that lacks them
+        raise RuntimeError(
+            f"GDJAX_ONEDNN_ROOT={named} holds no oneDNN: expected "
+            f"{named}/include/oneapi/dnnl/dnnl.hpp and {named}/lib/libdnnl.so (unset it to use "
+            "the installed extra, pip install 'gdjax[onednn]')"
+        )
     raise RuntimeError(
         "oneDNN headers and libdnnl.so not found (install the extra: pip install 'gdjax[onednn]',"
         " or set GDJAX_ONEDNN_ROOT to a prefix with include/oneapi/dnnl and lib/libdnnl.so)"

@@ -618,8 +618,10 @@ def test_old_jaxlib_is_refused(monkeypatch):
 
 def test_missing_onednn_or_compiler_is_reported(monkeypatch, tmp_path):
     monkeypatch.setenv("GDJAX_ONEDNN_ROOT", str(tmp_path))
-    with pytest.raises(RuntimeError, match=r"pip install 'gdjax\[onednn\]'"):
+    with pytest.raises(RuntimeError, match=r"pip install 'gdjax\[onednn\]'") as e:
         _onednn._find_onednn()
+    # the variable the user set is the one named (it said "or set GDJAX_ONEDNN_ROOT", set)
+    assert str(e.value).startswith(f"GDJAX_ONEDNN_ROOT={tmp_path} holds no oneDNN: expected ")
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     with (
         pytest.raises(RuntimeError, match="no C\\+\\+ compiler"),
