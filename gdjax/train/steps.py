@@ -116,7 +116,7 @@ def top_k_error(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     sort do), so a constant or tied prediction is right for at most ``k`` of the classes, not
     all of them. A row with a NaN logit (a diverged model) is always an error. ``logits`` is
     ``(N, classes)``, ``labels`` ``(N,)`` integers, ``k >= 1`` (above the class count, every
-    row is right unless it holds a NaN).
+    row is right unless it holds a NaN). A label outside ``[0, classes)`` is always an error.
     """
     _check_logits_and_labels("top_k_error", logits, labels)
     if jnp.ndim(logits) != 2:
@@ -124,12 +124,16 @@ def top_k_error(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     if not is_int(k) or k < 1:
         raise ValueError(f"top_k_error: k must be an int >= 1, got {k!r}")
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    k = min(k, logits.shape[-1])
-    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-    classes = jnp.arange(logits.shape[-1])[None, :]
+    num_classes = logits.shape[-1]
+    k = min(k, num_classes)
+    # A label outside [0, classes) matches no class: wrong, never (as the gather's fill made
+    # it) a label logit of NaN that no class ranks ahead of, i.e. right.
+    outside = (labels < 0) | (labels >= num_classes)
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1, mode="clip")
+    classes = jnp.arange(num_classes)[None, :]
     ahead = (logits > label_logit) | ((logits == label_logit) & (classes < labels[:, None]))
     rank = jnp.sum(ahead, axis=-1)
-    return ((rank >= k) | jnp.any(jnp.isnan(logits), axis=-1)).astype(jnp.float32)
+    return ((rank >= k) | jnp.any(jnp.isnan(logits), axis=-1) | outside).astype(jnp.float32)
 
 
 def l2_penalty(params: Any) -> jax.Array:
@@ -147,6 +151,16 @@ def _metrics(
         "error": jnp.sum(top_k_error(logits, labels, 1) * mask) / count,
         "top5_error": jnp.sum(top_k_error(logits, labels, 5) * mask) / count,
     }
+
+
+def _check_batch(fn: str, batch: Any) -> None:
+    """A mapping with ``image`` and ``label`` (a misspelt key was a bare KeyError)."""
+    if not hasattr(batch, "keys") or not {"image", "label"} <= set(batch.keys()):
+        got = f"keys {sorted(batch.keys())}" if hasattr(batch, "keys") else type(batch).__name__
+        raise ValueError(
+            f"{fn}: batch must be a mapping with 'image' and 'label' (and an optional 'mask'), "
+            f"got {got}"
+        )
 
 
 def train_step(
@@ -167,6 +181,7 @@ def train_step(
     which flax's ``TrainState.apply_gradients`` would drop. Returns the new state and the
     batch's loss (cross-entropy plus penalty) and errors, measured before the update.
     """
+    _check_batch("train_step", batch)
     dropout_key = jax.random.fold_in(state.rng, state.step)
     mask = batch.get("mask")
     mask = jnp.ones(batch["label"].shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
@@ -221,6 +236,7 @@ def eval_step(
     examples, 0 for padding) lets a last, padded batch keep the compiled shape. Divide the
     sums by ``count`` (after adding them up over batches) for means.
     """
+    _check_batch("eval_step", batch)
     variables = {"params": state.params, **state.model_state}
     images, labels = batch["image"], batch["label"]
     mask = batch.get("mask", jnp.ones(labels.shape, jnp.float32)).astype(jnp.float32)

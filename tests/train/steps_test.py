@@ -221,3 +221,39 @@ def test_eval_step_averages_the_softmax_of_views_and_honours_the_mask(mnist_setu
     assert float(masked["loss"]) == pytest.approx(
         -np.log(p[np.arange(5), np.asarray(labels[:5])]).sum(), rel=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    "batch, got",
+    [
+        ({"images": 0, "label": 0}, r"got keys \['images', 'label'\]"),
+        ({"image": 0, "labels": 0}, r"got keys \['image', 'labels'\]"),
+        ((0, 0), "got tuple"),
+    ],
+)
+def test_a_batch_without_image_or_label_says_what_a_batch_is(mnist_setup, batch, got):
+    """A misspelt key was a bare KeyError('label'); a tuple, "'tuple' object has no attribute
+    'get'"."""
+    model, variables, _ = mnist_setup
+    state = make_state(model, variables)
+    for step, name in ((train_step, "train_step"), (eval_step, "eval_step")):
+        with pytest.raises(ValueError, match=rf"{name}: batch must be a mapping with 'image' and "):
+            step(state, batch)
+        with pytest.raises(ValueError, match=got):
+            step(state, batch)
+
+
+def test_a_label_outside_the_classes_is_an_error_never_right(mnist_setup):
+    """A label of 12 among 10 classes gathered a NaN logit that no class ranked ahead of: the
+    example counted as right, top-1 and top-5, and an evaluation on mislabelled data scored
+    0% error."""
+    logits = np.random.default_rng(4).standard_normal((6, 10)).astype(np.float32)
+    labels = np.array([0, 3, 12, -1, 10, 9])
+    for k in (1, 5, 10, 20):
+        got = np.asarray(top_k_error(jnp.asarray(logits), jnp.asarray(labels), k))
+        np.testing.assert_array_equal(got, _np_top_k_error(logits, labels, k))
+        assert got[2:5].all(), k
+    model, variables, batch = mnist_setup
+    images = jnp.asarray(batch["image"][:4])
+    sums = eval_step(make_state(model, variables), {"image": images, "label": jnp.full(4, 12)})
+    assert float(sums["error"]) == 4 and float(sums["top5_error"]) == 4
