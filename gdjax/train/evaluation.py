@@ -69,7 +69,8 @@ def evaluate(
     """Mean loss, error and top-5 error over a whole split.
 
     Examples a source could not read (an unreadable image in a folder) are left out and
-    counted: ``skipped`` in the result, and one warning per pass naming ``split``.
+    counted: ``skipped`` in the result, and one warning per pass naming ``split``. A split
+    with no readable example is a ``ValueError``, not an error rate of 0.
     """
     totals: dict[str, float] = {}
     for batch in eval_batches(source, transform, batch_size):
@@ -80,7 +81,12 @@ def evaluate(
     skipped = len(source) - round(count)
     if skipped < 0:
         raise RuntimeError(f"evaluation counted {count:.0f} of the {len(source)} examples")
-    result = {k: v / max(count, 1.0) for k, v in totals.items()}
+    if count < 1:  # 0 / max(0, 1) was an error of 0: a split of unreadable files scored 100%
+        raise ValueError(
+            f"{split} split: none of its {len(source)} examples could be read, nothing to "
+            f"evaluate on ({getattr(source, 'name', type(source).__name__)})"
+        )
+    result = {k: v / count for k, v in totals.items()}
     if skipped:
         warnings.warn(
             f"{split} split: {skipped} unreadable example(s) left out of the evaluation",
