@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from gdjax._checks import closest
+from gdjax._checks import closest, is_int
 from gdjax.configs.base import get_field, missing_fields, unset_required_fields
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, grouping_problem, takes_side
 from gdjax.models.conv import CONV_IMPLS
@@ -237,6 +237,8 @@ def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
     ``process_count`` is the number of JAX processes the run will span: ``parallel="none"``
     trains one replica per process, so it is refused when there are several.
     """
+    if not is_int(process_count) or process_count < 1:  # 0 was a ZeroDivisionError below
+        raise ValueError(f"check_config: process_count must be an int >= 1, got {process_count!r}")
     missing = missing_fields(c)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""

@@ -329,6 +329,12 @@ def test_no_evaluation_batch_is_larger_than_the_split():
     assert build(quick_config(eval_batch_size=7)).eval_batch_size == 7
 
 
+@pytest.mark.parametrize("count", [0, -2, 1.5])
+def test_check_config_names_a_bad_process_count(count):
+    with pytest.raises(ValueError, match=f"process_count must be an int >= 1, got {count}"):
+        check_config(quick_config(), count)  # 0 was a ZeroDivisionError
+
+
 @pytest.mark.parametrize("config", [None, "default", 64])
 def test_a_config_that_is_no_configdict_says_so(tmp_path, config):
     """None said "the config lacks dataset, eval_split, model.variant and 58 more"."""
