@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import pathlib
 import warnings
@@ -231,8 +232,41 @@ def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def pca_color_shift(stats: DatasetStats, std: float, rng: np.random.Generator) -> np.ndarray:
     r"""The per-image colour shift :math:`\sum_i \alpha_i \lambda_i p_i`, :math:`\alpha_i \sim
     N(0, \mathrm{std}^2)`."""
+    _check_real("pca_color_shift: std", std, ">= 0")
     alpha = rng.normal(0.0, std, size=stats.eigvals.shape)
     return (stats.eigvecs @ (alpha * stats.eigvals)).astype(np.float32)
+
+
+def _check_real(name: str, value: Any, bound: str) -> None:
+    """``value`` a finite real number ``>= 0`` or ``> 0`` (``bound``); NaN gave NaN images."""
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and (value >= 0 if bound == ">= 0" else value > 0)):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _check_transform(t: Any) -> None:
+    """The fields of a transform, checked where it is made (a bad one failed on the first
+    image in a loader's worker, or never: flip="no" flipped)."""
+    name = type(t).__name__
+    for field in dataclasses.fields(t):
+        if not field.init or field.name == "stats":
+            continue
+        value = getattr(t, field.name)
+        if field.name == "crop":
+            check_positive_int(f"{name}: crop", value)
+        elif field.name == "pad" and not (is_int(value) and value >= 0):
+            raise ValueError(f"{name}: pad must be an int >= 0, got {value!r}")
+        elif field.name == "pca_std":
+            _check_real(f"{name}: pca_std", value, ">= 0")
+        elif field.name == "scale":
+            _check_real(f"{name}: scale", value, "> 0")
+        elif field.type in (bool, "bool") and not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}: {field.name} must be True or False, got {value!r}")
+    if not isinstance(t.stats, DatasetStats):
+        raise TypeError(
+            f"{name}: stats must be a DatasetStats (gdjax.data.compute_stats), got "
+            f"{type(t.stats).__name__}"
+        )
 
 
 def pad_and_random_crop(image: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
@@ -288,6 +322,9 @@ class AlexNetTrain:
     scale: float = 1.0
     random: bool = dataclasses.field(default=True, init=False)
 
+    def __post_init__(self) -> None:
+        _check_transform(self)
+
     def __call__(self, element: dict, rng: np.random.Generator) -> dict:
         img = _subtract_mean(element["image"], self.stats, self.per_pixel_mean)
         img = random_crop(img, self.crop, rng)
@@ -309,6 +346,9 @@ class AlexNetEval:
     scale: float = 1.0
     random: bool = dataclasses.field(default=False, init=False)
 
+    def __post_init__(self) -> None:
+        _check_transform(self)
+
     def __call__(self, element: dict, rng: np.random.Generator | None = None) -> dict:
         img = _subtract_mean(element["image"], self.stats, self.per_pixel_mean)
         img = ten_crop(img, self.crop) if self.ten_crop else center_crop(img, self.crop)
@@ -323,6 +363,9 @@ class SmallTrain:
     pad: int = 4
     flip: bool = True
     random: bool = dataclasses.field(default=True, init=False)
+
+    def __post_init__(self) -> None:
+        _check_transform(self)
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict:
         img = element["image"]
@@ -339,6 +382,9 @@ class SmallEval:
 
     stats: DatasetStats
     random: bool = dataclasses.field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        _check_transform(self)
 
     def __call__(self, element: dict, rng: np.random.Generator | None = None) -> dict:
         return _example(_standardize(element["image"], self.stats), element["label"])

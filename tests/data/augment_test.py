@@ -1,5 +1,7 @@
 """AlexNet's augmentations: statistics, crops, flips and the PCA colour shift."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -230,3 +232,35 @@ def test_small_transforms_standardise():
     assert abs(outs.mean()) < 0.05 and abs(outs.std() - 1) < 0.05
     out = data.SmallTrain(stats, pad=2, flip=False)(train_src[0], np.random.default_rng(0))
     assert out["image"].shape == (28, 28, 1) and out["image"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        # flip="no" is truthy: it flipped
+        (lambda s: data.SmallTrain(s, flip="no"), TypeError, "SmallTrain: flip must be True or"),
+        (lambda s: data.SmallTrain(s, pad=-1), ValueError, "SmallTrain: pad must be an int >= 0"),
+        # these failed on the first image, in a loader's worker, or gave NaN images
+        (lambda s: data.AlexNetTrain(s, pca_std=float("nan")), ValueError, "pca_std must be a"),
+        (lambda s: data.AlexNetTrain(s, pca_std=-0.1), ValueError, "finite number >= 0, got -0.1"),
+        (
+            lambda s: data.AlexNetTrain(s, scale=0.0),
+            ValueError,
+            "scale must be a finite number > 0",
+        ),
+        (lambda s: data.AlexNetTrain(s, crop=2.5), ValueError, "AlexNetTrain: crop must be a"),
+        (lambda s: data.AlexNetEval(s, ten_crop=1), TypeError, "ten_crop must be True or False"),
+        (lambda s: data.SmallEval(None), TypeError, "SmallEval: stats must be a DatasetStats"),
+        (
+            lambda s: data.pca_color_shift(s, float("nan"), np.random.default_rng(0)),
+            ValueError,
+            "pca_color_shift: std must be a finite number >= 0, got nan",
+        ),
+    ],
+)
+def test_a_transform_refuses_bad_settings_where_it_is_made(make, error, message):
+    stats = data.compute_stats(ListSource(correlated_images(8)), max_examples=None)
+    with pytest.raises(error, match=re.escape(message)):
+        make(stats)
+    # numpy's own numbers and booleans are numbers and booleans
+    data.AlexNetEval(stats, crop=4, ten_crop=np.bool_(True), scale=np.float32(0.5))
