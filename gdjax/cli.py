@@ -226,14 +226,12 @@ def _apply_overrides(config: object, overrides: list[str]) -> None:
             raise UsageError(f"--config.{field}={text}: {e}") from None
 
 
-# The field of a section that chooses among its kinds (--config.optimizer=adam meant its name).
-_SECTION_CHOICE = {"optimizer": "name", "schedule": "name", "model": "variant"}
-
-
 def _section_hint(field: str, text: str, section: object) -> str:
     """The error for a value given to a section of the config rather than to one of its fields."""
+    from gdjax.configs.base import SECTION_CHOICES
+
     start = f"config.{field} is a section, not a value"
-    choice = _SECTION_CHOICE.get(field)
+    choice = SECTION_CHOICES.get(field)
     if choice:
         return f"{start}: did you mean --config.{field}.{choice}={text}?"
     fields = ", ".join(section.keys())  # type: ignore[attr-defined]

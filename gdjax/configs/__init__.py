@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pathlib
+from collections.abc import Mapping as _Mapping
 
 from gdjax import _extras
 
@@ -45,11 +46,29 @@ def get_config(name: str = "default") -> ml_collections.ConfigDict:
 def override(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
     """Set dotted fields in place (``override(c, **{"optimizer.learning_rate": 0.1})``), like
     ``--config.optimizer.learning_rate=0.1`` on the command line; an unknown field is a KeyError
-    (``ConfigDict.update_from_flattened_dict`` would ignore it)."""
+    (``ConfigDict.update_from_flattened_dict`` would ignore it). A mapping given to a section
+    sets those of its fields (``override(c, input={"flip": False})``); any other value given to
+    a section is a TypeError."""
     for key, value in fields.items():
         parent, _, last = key.rpartition(".")
         node = get_field(config, parent) if parent else config
         if last not in node:
             raise KeyError(f"config has no field {key!r}")
+        current = node[last]
+        if isinstance(current, ml_collections.ConfigDict) and isinstance(value, _Mapping):
+            # a section's fields, each set in place (assigning the mapping dropped the others)
+            override(config, **{f"{key}.{name}": v for name, v in value.items()})
+            continue
+        if isinstance(current, ml_collections.ConfigDict):
+            from gdjax.configs.base import SECTION_CHOICES
+
+            # ml_collections said "cannot be casted to type <class '...ConfigDict'>"
+            choice = SECTION_CHOICES.get(key)
+            hint = (
+                f"did you mean override(c, **{{{f'{key}.{choice}'!r}: {value!r}}})?"
+                if choice
+                else f"set one of its fields ({', '.join(current.keys())})"
+            )
+            raise TypeError(f"config.{key} is a section, not a value: {hint}")
         node[last] = value
     return config

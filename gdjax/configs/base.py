@@ -15,7 +15,18 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import FieldReference, placeholder
 
-__all__ = ["FIELDS", "base_config", "get_field", "nullable_fields", "unset_required_fields"]
+__all__ = [
+    "FIELDS",
+    "SECTION_CHOICES",
+    "base_config",
+    "get_field",
+    "nullable_fields",
+    "unset_required_fields",
+]
+
+# The field of each section that chooses among its kinds: a value given to the section itself
+# (--config.optimizer=adam, override(c, optimizer="adam")) meant this field.
+SECTION_CHOICES = {"optimizer": "name", "schedule": "name", "model": "variant"}
 
 # (dotted field, default, help). A default of placeholder(T) is "None: unset" with type T.
 FIELDS: list[tuple[str, Any, str]] = [

@@ -329,6 +329,28 @@ def test_no_evaluation_batch_is_larger_than_the_split():
     assert build(quick_config(eval_batch_size=7)).eval_batch_size == 7
 
 
+def test_override_sets_fields_and_says_what_a_section_takes():
+    """override(c, optimizer="adam") was ml_collections' "cannot be casted to type <class
+    '...ConfigDict'>", and override(c, input={"flip": False}) replaced the section, dropping
+    its nine other fields."""
+    c = quick_config()
+    fields = set(c.input.keys())
+    override(c, input={"flip": False}, optimizer={"name": "adam", "hparams": {"b1": 0.8}})
+    assert set(c.input.keys()) == fields and c.input.flip is False
+    assert c.input.pad == quick_config().input.pad  # the others kept
+    assert (c.optimizer.name, c.optimizer.hparams.b1) == ("adam", 0.8)
+    assert c.optimizer.learning_rate == quick_config().optimizer.learning_rate
+    check_config(c)
+    with pytest.raises(
+        TypeError, match=r"did you mean override\(c, \*\*\{'optimizer.name': 'sgd'\}\)"
+    ):
+        override(c, optimizer="sgd")
+    with pytest.raises(TypeError, match=r"config.input is a section, not a value: set one of"):
+        override(c, input=False)
+    with pytest.raises(KeyError, match=r"config has no field 'input\.flipp'"):
+        override(c, input={"flipp": False})
+
+
 @pytest.mark.parametrize("count", [0, -2, 1.5])
 def test_check_config_names_a_bad_process_count(count):
     with pytest.raises(ValueError, match=f"process_count must be an int >= 1, got {count}"):
