@@ -44,8 +44,6 @@ def _at_least(text: str, convert: type, least: float, name: str, strict: bool = 
 def output_dir(text: str) -> str:
     """argparse type: a folder the run can write in, made if missing (an unwritable --out was
     a traceback at the first plot, or at its mkdir)."""
-    import os
-
     path = pathlib.Path(text).expanduser()
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,18 @@ def check_positive_int(name: str, value: Any, alternative: str = "") -> None:
     ``value`` is an int >= 1."""
     if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int{alternative}, got {value!r}")
+
+
+def check_finite(name: str, value: Any, low: float = 0.0, *, strict: bool = False) -> None:
+    """Raise ``ValueError("{name} must be a finite number >= {low}, got ...")`` (``>`` with
+    ``strict``) unless ``value`` is a real number (not a bool), finite and within the bound (a
+    NaN fails every comparison, so ``value < low`` alone lets it through; an infinite rate or
+    scale is never meant)."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if not (real and math.isfinite(value) and (value > low if strict else value >= low)):
+        raise ValueError(
+            f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}"
+        )
 
 
 def closest(value: str, names: Any) -> str | None:

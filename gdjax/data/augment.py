@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
 import pathlib
 import warnings
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from gdjax._checks import check_positive_int, is_int
+from gdjax._checks import check_finite, check_positive_int, is_int
 
 __all__ = [
     "AlexNetEval",
@@ -232,16 +231,9 @@ def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def pca_color_shift(stats: DatasetStats, std: float, rng: np.random.Generator) -> np.ndarray:
     r"""The per-image colour shift :math:`\sum_i \alpha_i \lambda_i p_i`, :math:`\alpha_i \sim
     N(0, \mathrm{std}^2)`."""
-    _check_real("pca_color_shift: std", std, ">= 0")
+    check_finite("pca_color_shift: std", std)
     alpha = rng.normal(0.0, std, size=stats.eigvals.shape)
     return (stats.eigvecs @ (alpha * stats.eigvals)).astype(np.float32)
-
-
-def _check_real(name: str, value: Any, bound: str) -> None:
-    """``value`` a finite real number ``>= 0`` or ``> 0`` (``bound``); NaN gave NaN images."""
-    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not (real and math.isfinite(value) and (value >= 0 if bound == ">= 0" else value > 0)):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def _check_transform(t: Any) -> None:
@@ -257,9 +249,9 @@ def _check_transform(t: Any) -> None:
         elif field.name == "pad" and not (is_int(value) and value >= 0):
             raise ValueError(f"{name}: pad must be an int >= 0, got {value!r}")
         elif field.name == "pca_std":
-            _check_real(f"{name}: pca_std", value, ">= 0")
+            check_finite(f"{name}: pca_std", value)
         elif field.name == "scale":
-            _check_real(f"{name}: scale", value, "> 0")
+            check_finite(f"{name}: scale", value, strict=True)
         elif field.type in (bool, "bool") and not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name}: {field.name} must be True or False, got {value!r}")
     if not isinstance(t.stats, DatasetStats):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax._checks import is_int
+from gdjax._checks import check_finite, is_int
 from gdjax.models import _onednn
 
 __all__ = ["LocalResponseNorm", "adaptive_avg_pool", "local_response_norm", "max_pool"]
@@ -61,13 +61,10 @@ def local_response_norm(
         raise ValueError(f"local_response_norm: size={size!r}, expected a window of >= 1 channels")
     # k > 0 and alpha >= 0 keep the base positive: k=-1 was NaN everywhere, k=0 NaN at every
     # zero activation (0 / 0**beta), which ReLU makes plenty of.
-    for name, value, low, strict in (("k", k, 0.0, True), ("alpha", alpha, 0.0, False)):
-        _check_number(name, value)
-        if not (math.isfinite(value) and (value > low if strict else value >= low)):
-            raise ValueError(
-                f"local_response_norm: {name} must be a finite number {'>' if strict else '>='} "
-                f"{low:g}, got {value!r}"
-            )
+    _check_number("k", k)
+    check_finite("local_response_norm: k", k, strict=True)
+    _check_number("alpha", alpha)
+    check_finite("local_response_norm: alpha", alpha)
     _check_number("beta", beta)
     if not math.isfinite(beta):
         raise ValueError(f"local_response_norm: beta must be a finite number, got {beta!r}")

@@ -341,12 +341,12 @@ def _restore(
     """Open the workdir's checkpoints and restore the newest readable one (None if none)."""
     directory = workdir / "checkpoints"
     if restart:  # process 0 moves them (a shared disk); the others wait until it has
-        stamp = _free_stamp(workdir)
-        if jax.process_index() == 0 and directory.is_dir() and any(directory.iterdir()):
-            aside = directory.with_name(_aside("checkpoints", stamp))
-            directory.rename(aside)
-            print(f"--restart: moved the old checkpoints to {aside}", flush=True)
         if jax.process_index() == 0:
+            stamp = _free_stamp(workdir)
+            if directory.is_dir() and any(directory.iterdir()):
+                aside = directory.with_name(_aside("checkpoints", stamp))
+                directory.rename(aside)
+                print(f"--restart: moved the old checkpoints to {aside}", flush=True)
             _move_logs_aside(workdir, stamp)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

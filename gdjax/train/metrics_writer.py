@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -129,8 +130,6 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
             else:
                 rows.append(row)
     if bad:
-        import warnings
-
         warnings.warn(
             f"{path}: left out line(s) {', '.join(map(str, bad[:5]))}"
             f"{' ...' if len(bad) > 5 else ''}, which are not metric rows (cut short when a "

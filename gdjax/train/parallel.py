@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import numbers
 import os
 from typing import Any
@@ -41,7 +40,7 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gdjax._checks import is_int
+from gdjax._checks import check_finite, is_int
 from gdjax.models import _onednn
 from gdjax.models.alexnet import BATCH, MAPS, NEURONS
 from gdjax.models.xla_options import compiler_options
@@ -188,8 +187,7 @@ class Parallel:
         # the config's checks, for the Python API (a negative l2 rewarded large weights)
         if not isinstance(label_smoothing, numbers.Real) or not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        if not isinstance(l2, numbers.Real) or not (math.isfinite(l2) and l2 >= 0):
-            raise ValueError(f"l2 must be a finite number >= 0, got {l2!r}")
+        check_finite("l2", l2)
         _check_jaxlib()
         if model_parallel > 1 and mode != "sharded":
             raise ValueError(

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from gdjax import optim
-from gdjax._checks import is_int
+from gdjax._checks import check_finite, is_int
 from gdjax.train.steps import is_injected, learning_rate_of
 
 __all__ = [
@@ -173,10 +173,8 @@ class Plateau:
             raise ValueError(f"Plateau: factor must be in (0, 1], got {self.factor!r}")
         if not is_int(self.patience) or self.patience < 1:
             raise ValueError(f"Plateau: patience must be an int >= 1, got {self.patience!r}")
-        for name in ("threshold", "min_lr"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"Plateau: {name} must be a finite number >= 0, got {value!r}")
+        check_finite("Plateau: threshold", self.threshold)
+        check_finite("Plateau: min_lr", self.min_lr)
 
     def update(self, error: float, lr: float) -> float | None:
         if error < self.best - self.threshold:

@@ -82,9 +82,10 @@ class TrainState:
         )
 
 
-def _check_logits_and_labels(fn: str, logits: jax.Array, labels: jax.Array) -> None:
-    """Logits ``(..., classes)`` and integer labels of the same leading shape, or a ValueError
-    naming both shapes (optax's and jnp's were a broadcasting error, or a silent broadcast)."""
+def _logits_and_labels(fn: str, logits: Any, labels: Any) -> tuple[jax.Array, jax.Array]:
+    """Logits ``(..., classes)`` and integer labels of the same leading shape, as arrays, or a
+    ValueError naming both shapes (optax's and jnp's were a broadcasting error, or a silent
+    broadcast)."""
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
         raise ValueError(
@@ -93,6 +94,7 @@ def _check_logits_and_labels(fn: str, logits: jax.Array, labels: jax.Array) -> N
         )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"{fn}: labels must be integer class indices, got dtype {labels.dtype}")
+    return logits, labels
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -100,8 +102,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
     ``logits`` is ``(..., classes)``; ``labels`` holds integer class indices of shape ``(...)``.
     """
-    _check_logits_and_labels("cross_entropy", logits, labels)
-    logits = jnp.asarray(logits).astype(jnp.float32)
+    logits, labels = _logits_and_labels("cross_entropy", logits, labels)
+    logits = logits.astype(jnp.float32)
     if label_smoothing:
         k = logits.shape[-1]
         targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
@@ -118,12 +120,11 @@ def top_k_error(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     ``(N, classes)``, ``labels`` ``(N,)`` integers, ``k >= 1`` (above the class count, every
     row is right unless it holds a NaN). A label outside ``[0, classes)`` is always an error.
     """
-    _check_logits_and_labels("top_k_error", logits, labels)
-    if jnp.ndim(logits) != 2:
+    logits, labels = _logits_and_labels("top_k_error", logits, labels)
+    if logits.ndim != 2:
         raise ValueError(f"top_k_error: logits must be (N, classes), got shape {logits.shape}")
     if not is_int(k) or k < 1:
         raise ValueError(f"top_k_error: k must be an int >= 1, got {k!r}")
-    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     num_classes = logits.shape[-1]
     k = min(k, num_classes)
     # A label outside [0, classes) matches no class: wrong, never (as the gather's fill made
