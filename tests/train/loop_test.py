@@ -1028,12 +1028,15 @@ def test_a_second_run_in_the_same_workdir_stops_at_once(tmp_path):
             "holds it); wait for that run to end, stop it, or choose another workdir"
         )
         assert first.poll() is None, "the first run goes on"
+        # Past this config's 40 steps before it is stopped (on a loaded machine it may still be
+        # short of 40 here, and the resume below would then rightly train the rest).
+        _wait_for_checkpoint(tmp_path, 50, first)
     finally:
         first.send_signal(signal.SIGTERM)  # saves and exits
         first.communicate(timeout=120)
     assert first.returncode == 143
     # Once it has ended the workdir is free: the next run resumes there (from the step the
-    # first one saved at SIGTERM, past this config's 40).
+    # first one saved at SIGTERM, at least 50, past this config's 40).
     assert train_and_evaluate(quick_config(), str(tmp_path))["steps_this_run"] == 0
 
 
