@@ -105,7 +105,8 @@ def compute_stats(source: Any, max_examples: int | None = 10_000, seed: int = 0)
     """Channel mean/std, per-pixel mean and RGB covariance eigenpairs of (a sample of) a source.
 
     With ``max_examples`` below ``len(source)``, a seeded random sample is used (the covariance
-    of 10,000 images is accurate to well under 1%).
+    of 10,000 images is accurate to well under 1%). Unreadable images (``mask`` 0, a blank
+    stand-in) are left out; ``count`` is the number of images used.
     """
     if max_examples is not None:
         check_positive_int("compute_stats: max_examples", max_examples, " or None (all)")
@@ -115,21 +116,31 @@ def compute_stats(source: Any, max_examples: int | None = 10_000, seed: int = 0)
     order = np.arange(n)
     if max_examples is not None and max_examples < n:
         order = np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
-    first = np.asarray(source[int(order[0])]["image"])
-    c = first.shape[-1]
-    total, outer, pixels = np.zeros(c), np.zeros((c, c)), 0
-    image_sum = np.zeros(first.shape, np.float64)
+    total = outer = image_sum = None
+    pixels = used = 0
     same_size = True
     for i in order:
-        img = np.asarray(source[int(i)]["image"], np.float64)
-        flat = img.reshape(-1, c)
+        example = source[int(i)]
+        if float(example.get("mask", 1)) == 0:  # an unreadable file's blank stand-in
+            continue
+        img = np.asarray(example["image"], np.float64)
+        flat = img.reshape(-1, img.shape[-1])
+        if total is None:
+            c = flat.shape[-1]
+            total, outer, image_sum = np.zeros(c), np.zeros((c, c)), np.zeros(img.shape)
         total += flat.sum(0)
         outer += flat.T @ flat
         pixels += len(flat)
+        used += 1
         if same_size and img.shape == image_sum.shape:
             image_sum += img
         else:
             same_size = False
+    if not used:
+        name = getattr(source, "name", "the source")
+        raise ValueError(
+            f"compute_stats: none of the {len(order)} images read from {name} is readable"
+        )
     mean = total / pixels
     cov = outer / pixels - np.outer(mean, mean)
     eigvals, eigvecs = np.linalg.eigh(cov)
@@ -137,10 +148,10 @@ def compute_stats(source: Any, max_examples: int | None = 10_000, seed: int = 0)
     return DatasetStats(
         mean=mean.astype(np.float32),
         std=np.sqrt(np.maximum(np.diag(cov), 1e-12)).astype(np.float32),
-        mean_image=(image_sum / len(order)).astype(np.float32) if same_size else None,
+        mean_image=(image_sum / used).astype(np.float32) if same_size else None,
         eigvals=np.maximum(eigvals[order_desc], 0).astype(np.float32),
         eigvecs=eigvecs[:, order_desc].astype(np.float32),
-        count=len(order),
+        count=used,
     )
 
 

@@ -477,6 +477,22 @@ def _nonfinite_stop(checkpointer: Checkpointer, what: str, first_bad: int) -> Fl
     )
 
 
+def _mean_over_examples(steps: list[dict[str, float]]) -> dict[str, float]:
+    """The steps' metrics averaged over their real examples (each step weighted by its
+    ``count``; a step whose examples were all masked counts for nothing). When no step had
+    one, the loss alone (the penalty) and a warning: an error of 0 would read as perfect."""
+    weights = np.asarray([m.get("count", 1.0) for m in steps], np.float64)
+    names = [k for k in steps[0] if k not in ("count", "learning_rate")]
+    if weights.sum() > 0:
+        return {k: float(np.dot(weights, [m[k] for m in steps]) / weights.sum()) for k in names}
+    warnings.warn(
+        "every training example of a logging interval was masked (unreadable images): its "
+        "metrics.jsonl row has the loss (the penalty alone) but no error",
+        stacklevel=3,
+    )
+    return {"loss": float(np.mean([m["loss"] for m in steps]))}
+
+
 class _TrainLog:
     """Training metrics: kept on the device until a log is due, then fetched one step late
     (after the next step is dispatched, so the device never waits for the host).
@@ -526,7 +542,7 @@ class _TrainLog:
                 self.interval_rate = timed * self.batch_size / max(now - self.clock, 1e-9)
             self.clock = now
         finite = [m for _, m in rows if math.isfinite(m["loss"])] or [rows[-1][1]]
-        summary = {k: float(np.mean([m[k] for m in finite])) for k in finite[0]}
+        summary = _mean_over_examples(finite)
         if "learning_rate" in rows[-1][1]:  # the newest, not the mean
             summary["learning_rate"] = rows[-1][1]["learning_rate"]
         summary["images_per_second"] = self.interval_rate
@@ -563,9 +579,10 @@ class _Progress:
             )
         self.bar.update(1)
         if summary:
-            self.bar.set_postfix(
-                loss=f"{summary['loss']:.3f}", err=f"{summary['error']:.3f}", img_s=f"{rate:.0f}"
-            )
+            shown = {"loss": f"{summary['loss']:.3f}"}
+            if "error" in summary:
+                shown["err"] = f"{summary['error']:.3f}"
+            self.bar.set_postfix(**shown, img_s=f"{rate:.0f}")
         if step % self.steps_per_epoch == 0:
             self.close()
 

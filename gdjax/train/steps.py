@@ -2,8 +2,9 @@ r"""The training state and the pure step functions.
 
 ``train_step(state, batch) -> (state, metrics)`` and ``eval_step(state, batch) -> metrics``
 know nothing about devices: :mod:`gdjax.train.parallel` applies ``jit``, ``pmap`` or a sharded
-``jit`` around them. Under ``pmap`` pass ``axis_name`` and gradients and metrics are averaged
-over the devices with ``lax.pmean``.
+``jit`` around them. Under ``pmap`` pass ``axis_name``: the loss is the mean over the real
+(unmasked) examples of every device's batch, as on one device, and gradients and metrics are
+combined with ``lax.pmean``.
 
 The loss is softmax cross-entropy, optionally with label smoothing :math:`\epsilon` (targets
 :math:`(1-\epsilon)\,\mathrm{onehot} + \epsilon / K`), plus an optional L2 penalty
@@ -143,17 +144,6 @@ def l2_penalty(params: Any) -> jax.Array:
     return 0.5 * sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves), jnp.zeros([]))
 
 
-def _metrics(
-    logits: jax.Array, labels: jax.Array, loss: jax.Array, mask: jax.Array
-) -> dict[str, jax.Array]:
-    count = jnp.maximum(jnp.sum(mask), 1.0)
-    return {
-        "loss": loss,
-        "error": jnp.sum(top_k_error(logits, labels, 1) * mask) / count,
-        "top5_error": jnp.sum(top_k_error(logits, labels, 5) * mask) / count,
-    }
-
-
 def _check_batch(fn: str, batch: Any) -> None:
     """A mapping with ``image`` and ``label`` (a misspelt key was a bare KeyError)."""
     if not hasattr(batch, "keys") or not {"image", "label"} <= set(batch.keys()):
@@ -173,21 +163,30 @@ def train_step(
     axis_name: str | None = None,
     **extra_args: Any,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on ``batch = {"image": (B, H, W, C), "label": (B,)}``.
+    r"""One optimizer step on ``batch = {"image": (B, H, W, C), "label": (B,)}``.
 
     An optional ``batch["mask"]`` (1 for real examples, 0 for unreadable ones) leaves the
-    masked examples out of the loss and the metrics.
+    masked examples out of the loss and the metrics: the loss is
+    :math:`\sum_i m_i \ell_i / \sum_i m_i` (0 when every example is masked), over the whole
+    batch under ``pmap`` too (each device's sum is divided by the whole batch's count).
 
     ``extra_args`` go to ``tx.update`` (e.g. ``value=`` for ``optax.contrib.reduce_on_plateau``),
     which flax's ``TrainState.apply_gradients`` would drop. Returns the new state and the
-    batch's loss (cross-entropy plus penalty) and errors, measured before the update.
+    batch's metrics, measured before the update: ``loss`` (cross-entropy plus penalty), top-1
+    ``error`` and ``top5_error`` (means over the real examples), ``count`` (the number of real
+    examples) and, for an ``inject_hyperparams`` optimizer, ``learning_rate``.
     """
     _check_batch("train_step", batch)
     dropout_key = jax.random.fold_in(state.rng, state.step)
     mask = batch.get("mask")
     mask = jnp.ones(batch["label"].shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    if axis_name is not None:  # each device draws its own dropout masks
+    count = jnp.sum(mask)
+    if axis_name is None:
+        per = jnp.maximum(count, 1.0)
+    else:  # pmean below divides by the number of devices: the count per device, on average
         dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
+        count = jax.lax.psum(count, axis_name)
+        per = jnp.maximum(count, 1.0) / jax.lax.psum(1.0, axis_name)
 
     def loss_fn(params):
         variables = {"params": params, **state.model_state}
@@ -195,16 +194,21 @@ def train_step(
             variables, batch["image"], train=True, rngs={"dropout": dropout_key}
         )
         losses = cross_entropy(logits, batch["label"], label_smoothing)
-        loss = jnp.sum(losses * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        loss = jnp.sum(losses * mask) / per
         if l2:
             loss = loss + l2 * l2_penalty(params)
         return loss, logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = _metrics(logits, batch["label"], loss, mask)
+    metrics = {
+        "loss": loss,
+        "error": jnp.sum(top_k_error(logits, batch["label"], 1) * mask) / per,
+        "top5_error": jnp.sum(top_k_error(logits, batch["label"], 5) * mask) / per,
+    }
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
+    metrics["count"] = count
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params, **extra_args)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -43,6 +43,35 @@ def test_compute_stats_matches_numpy():
     assert stats.count == 400
 
 
+def test_compute_stats_leaves_out_unreadable_images(tmp_path):
+    """A folder's unreadable file comes back as a black image with mask 0, and the statistics
+    counted it: the mean fell and the spread grew by each one; with none readable the std
+    was 1e-6 and every input was scaled a millionfold."""
+    from data_testing import write_folder
+
+    root = write_folder(tmp_path / "f", {"train": {"a": 3, "b": 3}})
+    good = data.load(f"folder:{root}", image_size=32)
+    want = data.compute_stats(good, max_examples=None)
+    for f in sorted((root / "train" / "b").iterdir())[:2]:
+        f.write_bytes(b"not a jpeg")
+    partly = data.load(f"folder:{root}", image_size=32)
+    readable = [i for i, p in enumerate(partly.files) if "/b/" not in p or p.endswith("2.jpg")]
+    with pytest.warns(UserWarning, match="unreadable image"):
+        got = data.compute_stats(partly, max_examples=None)
+    flat = np.concatenate([partly[i]["image"].reshape(-1, 3) for i in readable]).astype(float)
+    assert got.count == len(readable) == 4 and want.count == 6
+    np.testing.assert_allclose(got.mean, flat.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(got.std, flat.std(0), rtol=1e-4)
+    images = [partly[i]["image"] for i in readable]
+    np.testing.assert_allclose(got.mean_image, np.mean(images, 0), rtol=1e-5, atol=1e-4)
+    for f in (root / "train").rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    unreadable = pytest.warns(UserWarning, match="unreadable image")
+    none = rf"^compute_stats: none of the 6 images read from folder:{re.escape(str(root))}/train "
+    with unreadable, pytest.raises(ValueError, match=none + "is readable$"):
+        data.compute_stats(data.load(f"folder:{root}", image_size=32), max_examples=None)
+
+
 @pytest.mark.parametrize("bad", [0, -5, 2.5, "all"])
 def test_compute_stats_refuses_a_bad_sample_size(bad):
     """max_examples=0 was an IndexError from numpy, deep inside."""

@@ -632,6 +632,68 @@ def test_the_other_presets_train(tmp_path, preset):
     assert result["steps"] == 2 and np.isfinite(result["loss"])
 
 
+def test_a_training_interval_of_unreadable_images_logs_no_error(tmp_path, monkeypatch):
+    """Unreadable images are masked out of the step; an interval whose every example was one
+    logged loss 0 and error 0 (a perfect score) for the steps that saw no image. Now the
+    rows weigh each step by its real examples, and a row with none has no error."""
+    from data_testing import write_folder
+
+    from gdjax import data
+
+    root = write_folder(tmp_path / "imagenet", {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}})
+    for f in (root / "train").rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    c = get_config("paper")
+    c.dataset, c.batch_size, c.eval_batch_size = f"folder:{root}", 4, 2
+    c.input.worker_count, c.num_steps, c.log_every_steps, c.progress = 0, 2, 1, False
+    # No statistics come from a training split without a readable image (the next test): take
+    # the validation split's.
+    val_stats = data.compute_stats(data.load(c.dataset, "val"))
+    monkeypatch.setattr(data, "load_or_compute_stats", lambda source: val_stats)
+    with pytest.warns(UserWarning, match="every training example of a logging interval was"):
+        result = train_and_evaluate(c, str(tmp_path / "run"))
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all("error" not in r and "top5_error" not in r for r in train), train
+    assert {r["split"] for r in rows if "error" in r} == {"val"}
+    assert 0 <= result["error"] <= 1
+
+
+def test_a_training_row_weighs_each_step_by_its_real_examples():
+    from gdjax.train.loop import _mean_over_examples
+
+    steps = [
+        {"loss": 2.0, "error": 0.5, "top5_error": 0.1, "count": 30.0, "learning_rate": 0.1},
+        {"loss": 0.0, "error": 0.0, "top5_error": 0.0, "count": 0.0, "learning_rate": 0.1},
+        {"loss": 1.0, "error": 0.25, "top5_error": 0.0, "count": 10.0, "learning_rate": 0.1},
+    ]
+    got = _mean_over_examples(steps)
+    assert got == pytest.approx({"loss": 70 / 40, "error": 17.5 / 40, "top5_error": 3 / 40})
+    with pytest.warns(UserWarning, match="masked .* has the loss .* but no error"):
+        assert _mean_over_examples(steps[1:2]) == {"loss": 0.0}
+
+
+def test_a_training_split_without_a_readable_image_is_one_line(tmp_path):
+    """Its statistics were computed from the blank stand-ins: mean 0, std 1e-6."""
+    from data_testing import write_folder
+
+    root = write_folder(tmp_path / "imagenet", {"train": {"a": 2, "b": 1}, "val": {"a": 1}})
+    for f in (root / "train").rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    done = subprocess.run(
+        [sys.executable, "-m", "gdjax.cli", "train", f"--workdir={tmp_path / 'run'}",
+         "--config=paper", f"--config.dataset=folder:{root}", "--config.num_steps=1"],
+        env={**WITHOUT_THE_CACHE, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip() == (
+        f"gdjax train: compute_stats: none of the 3 images read from folder:{root}/train is "
+        "readable"
+    )
+
+
 @pytest.mark.parametrize("mode", ["none", "pmap", "sharded"])
 def test_every_mode_keeps_the_oneDNN_kernels(mode):
     """pmap and one device run the oneDNN calls per device; a sharded run too, since the model

@@ -65,6 +65,25 @@ def test_all_modes_agree():
     assert moved > 1e-3  # three steps really changed the params
 
 
+def test_all_modes_agree_when_devices_hold_different_numbers_of_real_examples():
+    """Under pmap each device divided its loss by its own count of real (unmasked) examples
+    and the devices' gradients were averaged: with 1 real example on device 0 and 4 on the
+    others, device 0's example weighed 4 times the rest. Now every mode takes the mean over
+    the batch's real examples, as on one device."""
+    data = batches()
+    for masked, b in zip((3, 4, 6), data, strict=True):  # 4 examples a device
+        b["mask"] = (np.arange(32) >= masked).astype(np.float32)  # device 0: 1, 0, 0 real
+        b["image"][:masked] = 1e3  # junk that must not count
+    ref_params, ref_hist, _ = run("none", data=data)
+    assert [float(h["count"]) for h in ref_hist] == [29, 28, 26]
+    for mode in ("pmap", "sharded"):
+        params, hist, _ = run(mode, data=data)
+        assert max_diff(params, ref_params) < 1e-5, mode
+        for h, r in zip(hist, ref_hist, strict=True):
+            for k in r:
+                assert float(h[k]) == pytest.approx(float(r[k]), rel=1e-5, abs=1e-6), (mode, k)
+
+
 def test_sharded_equals_plain_jit_with_dropout_on():
     """The sharded step draws the same dropout masks as one device (partitionable RNG)."""
     a, _, _ = run("none", dropout_rate=0.5)

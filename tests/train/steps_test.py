@@ -223,6 +223,30 @@ def test_eval_step_averages_the_softmax_of_views_and_honours_the_mask(mnist_setu
     )
 
 
+def test_masked_examples_are_left_out_of_the_training_step(mnist_setup):
+    """The masked path of train_step had no test: a batch with masked (unreadable) examples
+    takes the step of the batch without them, whatever their pixels and labels."""
+    model, variables, batch = mnist_setup
+    model = model.clone(dropout_rate=0.0)  # dropout draws masks by batch shape
+    state = make_state(model, variables)
+    keep = np.arange(64) % 3 != 0
+    images = np.where(keep[:, None, None, None], batch["image"], 1e3).astype(np.float32)
+    labels = np.where(keep, batch["label"], 7).astype(np.int32)
+    step = jax.jit(train_step)
+    got, metrics = step(state, {"image": images, "label": labels, "mask": keep.astype(np.float32)})
+    want, without = step(state, {"image": images[keep], "label": labels[keep]})
+    assert float(metrics["count"]) == keep.sum() == float(without["count"]) == 42
+    for k in ("loss", "error", "top5_error"):
+        assert float(metrics[k]) == pytest.approx(float(without[k]), rel=1e-5, abs=1e-7), k
+    diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), got.params, want.params)
+    assert max(jax.tree.leaves(diff)) < 1e-6
+    # Every example masked: no loss, no gradient, and a count of 0 for the log to see.
+    none_real = {"image": images, "label": labels, "mask": np.zeros(64, np.float32)}
+    same, metrics = step(state, none_real)
+    assert float(metrics["count"]) == 0 and float(metrics["loss"]) == 0
+    jax.tree.map(np.testing.assert_array_equal, same.params, state.params)
+
+
 @pytest.mark.parametrize(
     "batch, got",
     [
