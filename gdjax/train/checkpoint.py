@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import logging
 import os
 import pathlib
@@ -107,14 +108,29 @@ def _a_late_wakeup(unraisable: Any) -> bool:
     )
 
 
+def _an_abandoned_read(unraisable: Any) -> bool:
+    """True for the error an orbax read coroutine raises when it is closed unfinished: after a
+    failed read its sibling reads are left suspended, and when they are collected (at some
+    later orbax call) orbax's ``except BaseException`` turns the ``GeneratorExit`` of each into
+    "Encountered error while reading array index", a 60-line traceback apiece. Only those that
+    name a folder where a failure was reported."""
+    error = unraisable.exc_value
+    return (
+        inspect.iscoroutine(unraisable.object)
+        and isinstance(getattr(error, "__cause__", None), GeneratorExit)
+        and any(folder in str(error) for folder in _FAILED_IN)
+    )
+
+
 def _without_late_wakeups(hook: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``sys.unraisablehook`` that drops :func:`_a_late_wakeup` errors and passes the rest on
-    to ``hook``; installed (once) from the first reported orbax failure on."""
+    """``sys.unraisablehook`` that drops :func:`_a_late_wakeup` and :func:`_an_abandoned_read`
+    errors and passes the rest on to ``hook``; installed (once) from the first reported orbax
+    failure on."""
     if getattr(hook, "_drops_late_wakeups", False):
         return hook
 
     def filtered(unraisable: Any) -> None:
-        if not _a_late_wakeup(unraisable):
+        if not (_a_late_wakeup(unraisable) or _an_abandoned_read(unraisable)):
             hook(unraisable)
 
     filtered._drops_late_wakeups = True  # type: ignore[attr-defined]

@@ -749,6 +749,75 @@ def test_a_truncated_newest_checkpoint_is_replaced_not_kept(tmp_path):
     assert int(state.step) == 30 and not ckpt.unreadable
 
 
+def test_a_truncated_newest_checkpoint_costs_the_command_two_lines(tmp_path):
+    """The rerun said what it did in two lines, then, in about one run of three here, 3 to 37
+    tracebacks of about 60 lines each ("Exception ignored in: <coroutine object
+    _read_array_index_and_device_put>"): orbax's other reads of the damaged checkpoint, closed
+    unfinished whenever the garbage collector found them (the next test makes it happen)."""
+    flags = {"num_steps": 30, "checkpoint_every_steps": 10, "progress": False}
+    train_and_evaluate(override(get_config("default"), **flags), str(tmp_path))
+    arrays = sorted((tmp_path / "checkpoints" / "30").rglob("ocdbt.process_0/d/*"))
+    with open(max(arrays, key=lambda p: p.stat().st_size), "r+b") as f:
+        f.truncate(100)
+    done = subprocess.run(
+        [sys.executable, "-m", "gdjax.cli", "train", f"--workdir={tmp_path}",
+         *(f"--config.{k}={v}" for k, v in flags.items())],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, done.stderr[-3000:]
+    assert lines[0] == (
+        f"gdjax train: warning: checkpoint 30 in {tmp_path / 'checkpoints'} is unreadable "
+        "(damaged or incomplete files: Exception); trying an older one"
+    )
+    assert lines[1].startswith("gdjax train: warning: unreadable checkpoint 30 moved to ")
+    assert "resumed from step 20" in done.stdout
+
+
+def test_orbax_reads_abandoned_in_a_failed_folder_print_nothing(monkeypatch, tmp_path):
+    """What the garbage collector does to each of them, on purpose: orbax's read coroutine
+    turns the GeneratorExit of its closing into an Exception naming the array's folder, which
+    Python prints as "Exception ignored in". From a failure on, the hook drops those of the
+    folders that failed, and passes on everything else."""
+    from gdjax.train import checkpoint
+
+    class Suspend:
+        def __await__(self):
+            yield
+
+    async def read(folder):  # as orbax's _read_array_index_and_device_put
+        try:
+            await Suspend()
+        except BaseException as e:
+            raise Exception(f"error while reading array index: 'path': '{folder}/30/'") from e
+
+    async def fails(folder):
+        try:
+            await Suspend()
+        finally:
+            raise ValueError(f"another error in {folder}")  # not orbax's conversion
+
+    seen = []
+    hook = checkpoint._without_late_wakeups(seen.append)
+    failed, elsewhere = str(tmp_path / "checkpoints"), str(tmp_path / "other")
+    monkeypatch.setattr(checkpoint, "_FAILED_IN", {failed})
+
+    def collect(coroutine):
+        coroutine.send(None)  # suspended, as orbax leaves them
+        monkeypatch.setattr(sys, "unraisablehook", hook)
+        del coroutine  # the last reference: Python closes it now
+        monkeypatch.undo()
+        monkeypatch.setattr(checkpoint, "_FAILED_IN", {failed})
+
+    collect(read(failed))
+    assert seen == []
+    collect(read(elsewhere))
+    assert len(seen) == 1 and elsewhere in str(seen[0].exc_value)
+    collect(fails(failed))
+    assert len(seen) == 2 and "another error" in str(seen[1].exc_value)
+
+
 FULL_DISK = """
 import resource, signal, sys
 from gdjax import cli
