@@ -632,6 +632,7 @@ def test_the_other_presets_train(tmp_path, preset):
     assert result["steps"] == 2 and np.isfinite(result["loss"])
 
 
+@pytest.mark.filterwarnings("ignore:folder.*unreadable image:UserWarning")
 def test_a_training_interval_of_unreadable_images_logs_no_error(tmp_path, monkeypatch):
     """Unreadable images are masked out of the step; an interval whose every example was one
     logged loss 0 and error 0 (a perfect score) for the steps that saw no image. Now the
