@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -26,11 +27,14 @@ def cache_dir() -> pathlib.Path:
 def written_atomically(target: pathlib.Path) -> Iterator[str]:
     """A private path beside ``target`` to write; renamed onto ``target`` when the block ends
     without an error, removed otherwise. A reader never sees a half-written file, and writers
-    that run at once (the processes of one run) never share a temporary file."""
+    that run at once (the processes of one run) never share a temporary file. A ``target``
+    that exists keeps its permissions (the temporary file is made readable by its owner only)."""
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield tmp
+        if os.path.exists(target):
+            shutil.copymode(target, tmp)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from gdjax._cache import written_atomically
 from gdjax._extras import require
 
 __all__ = ["MetricsWriter", "plot_curves", "read_metrics"]
@@ -66,9 +67,8 @@ class MetricsWriter:
                 kept.append(line + "\n")
                 self._written.add((row["step"], row["split"]))
         if any(self.left_out.values()) or (not text.endswith("\n") and text):
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, self.path)
+            with written_atomically(self.path) as tmp:
+                pathlib.Path(tmp).write_text("".join(kept))
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled or (int(step), split) in self._written:

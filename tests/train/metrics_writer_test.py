@@ -136,6 +136,7 @@ def test_a_resumed_writer_leaves_out_what_the_earlier_run_logged_past_its_checkp
     with pytest.warns(UserWarning, match=r"left out line\(s\) 5, which are not metric rows"):
         assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20, 30, 20]
 
+    (tmp_path / "metrics.jsonl").chmod(0o640)
     resumed = MetricsWriter(tmp_path, start_step=20)
     assert resumed.left_out == {"rows_after_start": 1, "unreadable_lines": 1}
     resumed.write(20, "test", {"loss": 0.5})  # already there: not written twice
@@ -146,7 +147,8 @@ def test_a_resumed_writer_leaves_out_what_the_earlier_run_logged_past_its_checkp
         (10, "train"), (20, "train"), (20, "test"), (30, "train")
     ]  # fmt: skip
     assert rows[-1]["loss"] == 0.25
-    assert not list(tmp_path.glob(".metrics.jsonl.tmp-*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "tensorboard"]
+    assert (tmp_path / "metrics.jsonl").stat().st_mode & 0o777 == 0o640  # the rewrite keeps it
     assert _session_starts(tmp_path / "tensorboard") == [21]  # TensorBoard purges 30 too
 
 
