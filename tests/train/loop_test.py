@@ -632,18 +632,24 @@ def test_the_other_presets_train(tmp_path, preset):
     assert result["steps"] == 2 and np.isfinite(result["loss"])
 
 
+def _unreadable_training_images(tmp_path, train, val):
+    """An image folder of ``{class: count}`` splits whose every training file is unreadable."""
+    from data_testing import write_folder
+
+    root = write_folder(tmp_path / "imagenet", {"train": train, "val": val})
+    for f in (root / "train").rglob("*.jpg"):
+        f.write_bytes(b"not a jpeg")
+    return root
+
+
 @pytest.mark.filterwarnings("ignore:folder.*unreadable image:UserWarning")
 def test_a_training_interval_of_unreadable_images_logs_no_error(tmp_path, monkeypatch):
     """Unreadable images are masked out of the step; an interval whose every example was one
     logged loss 0 and error 0 (a perfect score) for the steps that saw no image. Now the
     rows weigh each step by its real examples, and a row with none has no error."""
-    from data_testing import write_folder
-
     from gdjax import data
 
-    root = write_folder(tmp_path / "imagenet", {"train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}})
-    for f in (root / "train").rglob("*.jpg"):
-        f.write_bytes(b"not a jpeg")
+    root = _unreadable_training_images(tmp_path, {"a": 2, "b": 2}, {"a": 1, "b": 1})
     c = get_config("paper")
     c.dataset, c.batch_size, c.eval_batch_size = f"folder:{root}", 4, 2
     c.input.worker_count, c.num_steps, c.log_every_steps, c.progress = 0, 2, 1, False
@@ -677,11 +683,7 @@ def test_a_training_row_weighs_each_step_by_its_real_examples():
 
 def test_a_training_split_without_a_readable_image_is_one_line(tmp_path):
     """Its statistics were computed from the blank stand-ins: mean 0, std 1e-6."""
-    from data_testing import write_folder
-
-    root = write_folder(tmp_path / "imagenet", {"train": {"a": 2, "b": 1}, "val": {"a": 1}})
-    for f in (root / "train").rglob("*.jpg"):
-        f.write_bytes(b"not a jpeg")
+    root = _unreadable_training_images(tmp_path, {"a": 2, "b": 1}, {"a": 1})
     done = subprocess.run(
         [sys.executable, "-m", "gdjax.cli", "train", f"--workdir={tmp_path / 'run'}",
          "--config=paper", f"--config.dataset=folder:{root}", "--config.num_steps=1"],
@@ -729,15 +731,20 @@ def _steps(directory):
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
+def _truncate_biggest_array(checkpoint):
+    """Damage a checkpoint as a full disk or a kill mid-copy does: its biggest array file cut
+    to 100 bytes."""
+    arrays = sorted(checkpoint.rglob("ocdbt.process_0/d/*"))
+    with open(max(arrays, key=lambda p: p.stat().st_size), "r+b") as f:
+        f.truncate(100)
+
+
 def test_a_truncated_newest_checkpoint_is_replaced_not_kept(tmp_path):
     """A damaged newest step: the rerun falls back, retrains to that step and writes it anew
     (the damaged one moved aside), so the next run and gdjax eval read the new one."""
     config = quick_config(num_steps=30)
     train_and_evaluate(config, str(tmp_path))
-    arrays = sorted((tmp_path / "checkpoints" / "30").rglob("ocdbt.process_0/d/*"))
-    biggest = max(arrays, key=lambda p: p.stat().st_size)
-    with open(biggest, "r+b") as f:
-        f.truncate(100)
+    _truncate_biggest_array(tmp_path / "checkpoints" / "30")
     with pytest.warns(UserWarning, match=r"checkpoint 30 .* is unreadable \(damaged"):
         train_and_evaluate(config, str(tmp_path))
     assert _steps(tmp_path / "checkpoints")[-1] == 30
@@ -757,9 +764,7 @@ def test_a_truncated_newest_checkpoint_costs_the_command_two_lines(tmp_path):
     unfinished whenever the garbage collector found them (the next test makes it happen)."""
     flags = {"num_steps": 30, "checkpoint_every_steps": 10, "progress": False}
     train_and_evaluate(override(get_config("default"), **flags), str(tmp_path))
-    arrays = sorted((tmp_path / "checkpoints" / "30").rglob("ocdbt.process_0/d/*"))
-    with open(max(arrays, key=lambda p: p.stat().st_size), "r+b") as f:
-        f.truncate(100)
+    _truncate_biggest_array(tmp_path / "checkpoints" / "30")
     done = subprocess.run(
         [sys.executable, "-m", "gdjax.cli", "train", f"--workdir={tmp_path}",
          *(f"--config.{k}={v}" for k, v in flags.items())],
