@@ -193,7 +193,13 @@ def _parse_value(field: str, text: str, current: object) -> object:
                 raise ValueError
             return text.lower() in ("true", "1")
         if kind is int:
-            return int(text)
+            try:
+                return int(text)
+            except ValueError:  # 1e5 or 100.0: a whole number written as a float
+                number = float(text)
+                if not number.is_integer():
+                    raise
+                return int(number)
         if kind is float:
             return float(text)
         if kind in (tuple, list):
@@ -254,6 +260,13 @@ _FIELD_ALIASES = {
 }
 
 
+def _starts_a_word(part: str, name: str) -> bool:
+    """``part`` (3 letters or more) begins ``name`` or one of its ``_``-separated words:
+    ``drop`` in ``dropout_rate``, ``rate`` in ``learning_rate``, but not ``eps`` in
+    ``eval_every_steps``."""
+    return len(part) >= 3 and (name.startswith(part) or f"_{part}" in name)
+
+
 def _field_hint(field: str) -> str:
     """' (did you mean ...?)' for an unknown field: the fields that end like it, go by another
     library's name for it (``lr``) or are spelled close, looked for in its own section
@@ -276,7 +289,7 @@ def _field_hint(field: str) -> str:
         for alike in (
             lambda leaf: leaf == last,
             lambda leaf: leaf == _FIELD_ALIASES.get(last),
-            lambda leaf: len(last) >= 3 and (last in leaf or leaf in last),
+            lambda leaf: _starts_a_word(last, leaf) or _starts_a_word(leaf, last),
         ):
             found = [p for p, leaf in leaves.items() if alike(leaf)]
             if found:

@@ -50,6 +50,12 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
             "'optimizer.hparams.beta1' (did you mean optimizer.hparams.b1?)",
         ),
         (["train", "--config.input.batch_size=8"], "'input.batch_size' (did you mean batch_size?)"),
+        # a part of a name counts only where a word of it starts: 'eps' is inside 'steps'
+        (
+            ["train", "--config.eval_every_steps=100"],
+            "'eval_every_steps' (did you mean log_every_steps or eval_every_epochs?)",
+        ),
+        (["train", "--config.drop=0.1"], "'drop' (did you mean model.dropout_rate?)"),
         (
             ["train", "--config.model.width=2"],
             "'model.width' (model's fields: variant, dropout_rate, activation, groups, lrn,",
@@ -70,6 +76,8 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["train", "--config=defualt"], "nor a file (did you mean --config=default?)"),
         (["train", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
         (["train", "--config.seed=abc"], "--config.seed=abc: expected int, like 0"),
+        (["train", "--config.num_steps=1.5"], "--config.num_steps=1.5: expected int, like 0"),
+        (["train", "--config.num_steps=1e400"], "--config.num_steps=1e400: expected int, like"),
         (["train", "--config.optimizer.name=lbfgs"], "config.optimizer.name must be one of"),
         (["train", "--config.optimizer.learning_rate=-1"], "learning_rate must be >= 0"),
         (
@@ -400,6 +408,16 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     assert cli.main(["gdjax", "eval", "--workdir=runs/default", "--config.model.activation=tanh"])
     err = capsys.readouterr().err
     assert "another network (changed: model.activation: 'relu' -> 'tanh')" in err
+
+
+def test_a_whole_number_written_as_a_float_sets_an_int_field():
+    """`--config.num_steps=1e5` was "expected int": the spelling of a count people type."""
+    from gdjax.configs import get_config
+
+    c = get_config("default")
+    cli._apply_overrides(c, ["--config.num_steps=1e5", "--config.log_every_steps=50.0"])
+    assert (c.num_steps, c.log_every_steps) == (100_000, 50)
+    assert type(c.num_steps) is int and type(c.log_every_steps) is int
 
 
 def test_none_is_a_value_of_string_fields_and_unsets_the_others():

@@ -66,6 +66,13 @@ def _subfolders(path: str | os.PathLike) -> list[str]:
     return sorted(d.name for d in os.scandir(path) if d.is_dir() and not _hidden(d.name))
 
 
+def _listed(names: list[str], limit: int = 8) -> str:
+    """``names`` for an error message, the first ``limit`` of a longer list and a count."""
+    if len(names) <= limit:
+        return repr(names)
+    return f"{len(names)} folders: {', '.join(map(repr, names[:limit]))}, ..."
+
+
 class _Source:
     """What every source shares: ``class_names``, ``num_classes`` derived from it, and a
     ``fingerprint`` of the content (what cached statistics are keyed by)."""
@@ -503,7 +510,7 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
         if not hint and split != "train" and other:
             hint = f" (it has '{other}': evaluate on that, --config.eval_split={other})"
         raise FileNotFoundError(
-            f"folder:{root}: no '{split}' sub-folder (found {present}); expected "
+            f"folder:{root}: no '{split}' sub-folder (found {_listed(present)}); expected "
             f"{root}/{split}/<class>/<image>{hint}"
         )
     classes = _subfolders(sub)

@@ -274,6 +274,12 @@ def test_folder_errors(tmp_path, image_root):
     with pytest.raises(FileNotFoundError) as err:  # nothing split-like: no guess
         data.load(f"folder:{tmp_path}", "train")
     assert "pass its parent" not in str(err.value)
+    for i in range(12):  # a crowded folder (/tmp, a home folder): a few names and a count
+        (tmp_path / "crowd" / f"d{i:02}").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as err:
+        data.load(f"folder:{tmp_path / 'crowd'}", "train")
+    assert "(found 12 folders: 'd00', 'd01', " in str(err.value)
+    assert "'d07', ...); expected" in str(err.value) and "'d08'" not in str(err.value)
     tested = write_folder(tmp_path / "tested", {"train": {"a": 1, "b": 1}, "test": {"a": 1}})
     with pytest.raises(FileNotFoundError) as err:  # the paper preset evaluates on 'val'
         data.load(f"folder:{tested}", "val")
