@@ -41,3 +41,14 @@ def closest(value: str, names: Any) -> str | None:
     names = [str(name) for name in names]
     same = {name.lower(): name for name in names}.get(value.lower())
     return same or next(iter(difflib.get_close_matches(value.lower(), names, n=1)), None)
+
+
+def check_one_of(name: str, value: Any, choices: Any) -> None:
+    """Raise ``ValueError("{name} must be one of {choices}, got ...")``, with the choice
+    :func:`closest` to a misspelt string (``'Small'``: did you mean ``'small'``?), unless
+    ``value`` is one of ``choices``."""
+    if value in choices:
+        return
+    near = closest(value, choices) if isinstance(value, str) else None
+    hint = f" (did you mean {near!r}?)" if near is not None else ""
+    raise ValueError(f"{name} must be one of {choices}, got {value!r}{hint}")

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from gdjax._checks import check_positive_int
+from gdjax._checks import check_one_of, check_positive_int
 from gdjax._extras import require
 
 __all__ = [
@@ -155,8 +155,7 @@ def _package_file(package: str, relative: str, extra: str) -> pathlib.Path:
 
 def _stratified_split(labels: np.ndarray, train_fraction: float, split: str) -> np.ndarray:
     """Indices of a fixed stratified split: per class, a seed-0 permutation, first part train."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_one_of("split", split, SPLITS)
     rng = np.random.default_rng(0)
     chosen = []
     for c in np.unique(labels):
@@ -280,8 +279,7 @@ def cifar(path: str | os.PathLike, split: str = "train", num_classes: int = 10) 
     """
     if num_classes not in _CIFAR:
         raise ValueError(f"num_classes must be 10 or 100, got {num_classes!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_one_of("split", split, SPLITS)
     layout = _CIFAR[num_classes]
     path = pathlib.Path(path).expanduser()
     spec = f"cifar{num_classes}:{path}"

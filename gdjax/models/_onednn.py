@@ -39,6 +39,7 @@ from typing import Any
 import jax
 
 from gdjax._cache import cache_dir, written_atomically
+from gdjax._checks import closest
 from gdjax._extras import jaxlib_version
 
 logger = logging.getLogger("gdjax")
@@ -284,7 +285,9 @@ def lrn_kernels(rows: int, c: int, size: int, alpha: float, beta: float, k: floa
 def check_impl(caller: str, impl: str) -> None:
     """Raise ``ValueError`` naming ``caller`` unless ``impl`` is one of :data:`IMPLS`."""
     if impl not in IMPLS:
-        raise ValueError(f"{caller}: impl={impl!r}, expected one of {IMPLS}")
+        near = closest(impl, IMPLS) if isinstance(impl, str) else None
+        hint = f" (did you mean {near!r}?)" if near is not None else ""
+        raise ValueError(f"{caller}: impl={impl!r}, expected one of {IMPLS}{hint}")
 
 
 def why_not(impl: str, *arrays: jax.Array) -> str | None:

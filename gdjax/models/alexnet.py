@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax._checks import is_int
+from gdjax._checks import check_one_of, is_int
 from gdjax.models.conv import CONV_IMPLS, conv_bias_relu, conv_general_dilated
 from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool
 
@@ -273,10 +273,7 @@ def _pool_shape(overlapping: bool) -> tuple[int, int]:
 def spatial_sizes(variant: str, size: int, overlapping_pool: bool = True) -> list[int]:
     """The side of the feature map after each conv stage (after its pooling, if any); 0 where
     the input is too small for the stage."""
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"spatial_sizes: variant must be one of {sorted(VARIANTS)}, got {variant!r}"
-        )
+    check_one_of("spatial_sizes: variant", variant, sorted(VARIANTS))
     window, stride = _pool_shape(overlapping_pool)
     sizes = []
     for conv in VARIANTS[variant].convs:
@@ -389,16 +386,9 @@ class AlexNet(nn.Module):
     partitioned: bool = False
 
     def _check(self, x: jax.Array) -> None:
-        if self.impl not in CONV_IMPLS:
-            raise ValueError(f"AlexNet: impl must be one of {CONV_IMPLS}, got {self.impl!r}")
-        if self.variant not in VARIANTS:
-            raise ValueError(
-                f"AlexNet: variant must be one of {sorted(VARIANTS)}, got {self.variant!r}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"AlexNet: activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
-            )
+        check_one_of("AlexNet: impl", self.impl, CONV_IMPLS)
+        check_one_of("AlexNet: variant", self.variant, sorted(VARIANTS))
+        check_one_of("AlexNet: activation", self.activation, sorted(ACTIVATIONS))
         if self.fused_relu not in (None, True, False):
             raise ValueError(
                 f"AlexNet: fused_relu must be None, True or False, got {self.fused_relu!r}"

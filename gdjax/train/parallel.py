@@ -40,7 +40,7 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gdjax._checks import check_finite, is_int
+from gdjax._checks import check_finite, check_one_of, is_int
 from gdjax.models import _onednn
 from gdjax.models.alexnet import BATCH, MAPS, NEURONS
 from gdjax.models.xla_options import compiler_options
@@ -178,8 +178,7 @@ class Parallel:
         label_smoothing: float = 0.0,
         l2: float = 0.0,
     ):
-        if mode not in MODES:
-            raise ValueError(f"parallel must be one of {MODES}, got {mode!r}")
+        check_one_of("parallel", mode, MODES)
         if not is_int(model_parallel):
             raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
         if model_parallel < 1:

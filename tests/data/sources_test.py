@@ -366,6 +366,11 @@ def test_split_errors():
         data.load("mnist5k", "dev")
     with pytest.raises(ValueError, match="not 'val'"):
         data.load("digits", "val")
+    # the loaders themselves (they had no hint)
+    with pytest.raises(ValueError, match=r"split must be one of .*, got 'Test' \(did you mean"):
+        data.mnist5k("Test")
+    with pytest.raises(ValueError, match=r"got 'tarin' \(did you mean 'train'\?\)"):
+        data.cifar("/nowhere.tar.gz", "tarin")
 
 
 def test_tfds_without_the_package_says_how_to_install(monkeypatch):

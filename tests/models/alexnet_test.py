@@ -271,6 +271,10 @@ def test_takes_side_is_the_rule_the_model_checks(variant, overlapping_pool, side
     [
         ({"variant": "vgg"}, "variant must be one of"),
         ({"activation": "gelu"}, "activation must be one of"),
+        # a misspelt choice names the one meant
+        ({"variant": "Small"}, r"one of \['paper', 'small', 'torchvision'\], got 'Small' \(did "),
+        ({"activation": "Relu"}, r"got 'Relu' \(did you mean 'relu'\?\)"),
+        ({"impl": "onedn"}, r"impl must be one of .*, got 'onedn' \(did you mean 'onednn'\?\)"),
         ({"dropout_rate": 1.0}, r"dropout_rate must be in \[0, 1\)"),
         ({"num_classes": 0}, "num_classes must be >= 1"),
         ({"groups": 3}, "groups=3 does not divide"),

@@ -420,6 +420,8 @@ def test_bad_impl_is_rejected():
     x, w = _operands(GEOMETRIES[3])
     with pytest.raises(ValueError, match="impl='fast'"):
         conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC, impl="fast")
+    with pytest.raises(ValueError, match=r"impl='oneDNN', .* \(did you mean 'onednn'\?\)$"):
+        conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC, impl="oneDNN")
     with pytest.raises(ValueError, match="impl must be one of"):
         AlexNet(variant="small", impl="fast").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 

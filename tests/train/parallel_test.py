@@ -152,6 +152,8 @@ def test_indivisible_global_batch_is_an_error_before_compiling():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="parallel must be one of"):
         Parallel("tpu")
+    with pytest.raises(ValueError, match=r"got 'Pmap' \(did you mean 'pmap'\?\)"):
+        Parallel("Pmap")
 
 
 def test_an_evaluation_between_donating_steps_sees_the_current_parameters():
