@@ -141,6 +141,9 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
         jax.block_until_ready(out)
         return (time.perf_counter() - t) / steps
 
+    # What one call of a timer runs: its untimed lead step and the `steps` it times. Tools that
+    # profile a whole call (step_trace.py, onednn_profile.py) divide by this, not by `steps`.
+    time_train.calls = time_infer.calls = steps + 1
     # The optimised programs (HLO text), for tools that name what a trace shows (step_trace.py).
     time_train.hlo = lambda: (
         train.lower(state["p"], state["s"], jax.random.key(0)).compile().as_text()
@@ -215,6 +218,7 @@ def _torch_case(
             _synchronize(device)
             return (time.perf_counter() - t) / steps
 
+    time_train.calls = time_infer.calls = steps + 1  # as gdjax's timers: the untimed lead step
     return time_train, time_infer, {"train": compile_train}
 
 

@@ -5,12 +5,13 @@ same lines).
     python experiments/onednn_profile.py --case torchvision:224:32 --mode train --steps 4
     python experiments/onednn_profile.py --framework torch --case torchvision:224:32
 
-The step is built by ``bench.py``'s harness, run once to warm up (and compile), then ``--steps``
-times between two markers; the oneDNN lines between the markers are grouped by primitive kind,
-propagation and problem (e.g. ``convolution backward_weights mb32_ic64oc192_ih27...``) and
-printed as ms per step with the implementation oneDNN chose (``jit:avx512_core``, ``gemm:jit``,
-...). gdjax's process holds two oneDNN builds: the kernels' (convolutions, pooling) and the
-one inside XLA that runs dense layers (``gemm_api`` / ``matmul`` lines); both are counted.
+The step is built by ``bench.py``'s harness, run once to warm up (and compile), then timed
+between two markers (``--steps`` steps after one untimed lead step, as ``bench.py`` times them);
+the oneDNN lines between the markers are grouped by primitive kind, propagation and problem
+(e.g. ``convolution backward_weights mb32_ic64oc192_ih27...``) and printed as ms and calls per
+step with the implementation oneDNN chose (``jit:avx512_core``, ``gemm:jit``, ...). gdjax's
+process holds two oneDNN builds: the kernels' (convolutions, pooling) and the one inside XLA
+that runs dense layers (``gemm_api`` / ``matmul`` lines); both are counted.
 """
 
 from __future__ import annotations
@@ -42,16 +43,24 @@ def _child(framework: str, case: str, mode: str, steps: int) -> None:
     run()  # warm-up: first calls build oneDNN's plans
     print(MARK, flush=True)
     seconds = run()
-    print(MARK, seconds, flush=True)
+    # run() makes an untimed lead call before the `steps` it times: the lines between the
+    # markers come from run.calls steps.
+    print(MARK, seconds, run.calls, flush=True)
 
 
-def parse(lines: list[str], steps: int) -> tuple[dict[tuple[str, str, str, str], float], float]:
-    """(ms per step for each (kind, propagation, problem, implementation), the step's seconds)."""
+Key = tuple[str, str, str, str]  # (kind, propagation, problem, implementation)
+
+
+def parse(lines: list[str]) -> tuple[dict[Key, float], dict[Key, float], float]:
+    """(ms per step and executions per step of each primitive, the step's seconds), over the
+    number of steps the closing marker names."""
     marks = [i for i, line in enumerate(lines) if line.startswith(MARK)]
     if len(marks) != 2:
         raise RuntimeError("the profiled process did not print both markers:\n" + "".join(lines))
-    seconds = float(lines[marks[1]].split()[1])
-    totals: dict[tuple[str, str, str, str], float] = collections.defaultdict(float)
+    _, seconds_text, calls_text = lines[marks[1]].split()
+    seconds, steps = float(seconds_text), int(calls_text)
+    totals: dict[Key, float] = collections.defaultdict(float)
+    counts: dict[Key, float] = collections.defaultdict(float)
     for line in lines[marks[0] + 1 : marks[1]]:
         fields = line.strip().split(",")
         if not fields[0].startswith("onednn_verbose") or "exec" not in fields:
@@ -60,10 +69,12 @@ def parse(lines: list[str], steps: int) -> tuple[dict[tuple[str, str, str, str],
         kind, impl, prop = fields[at + 2], fields[at + 3], fields[at + 4]
         problem = fields[-2]
         try:
-            totals[kind, prop, problem, impl] += float(fields[-1]) / steps
+            ms = float(fields[-1])
         except ValueError:
             continue
-    return dict(totals), seconds
+        totals[kind, prop, problem, impl] += ms / steps
+        counts[kind, prop, problem, impl] += 1 / steps
+    return dict(totals), dict(counts), seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -87,17 +98,17 @@ def main(argv: list[str] | None = None) -> dict:
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"the profiled process failed:\n{done.stderr[-4000:]}")
-    totals, seconds = parse(done.stdout.splitlines(keepends=True), args.steps)
+    totals, counts, seconds = parse(done.stdout.splitlines(keepends=True))
     total = sum(totals.values())
     print(
         f"{platform.processor() or platform.machine()}; {args.framework} {args.case} {args.mode}:"
-        f" step {seconds * 1e3:.1f} ms, of which oneDNN {total:.1f} ms"
+        f" step {seconds * 1e3:.1f} ms, of which oneDNN {total:.1f} ms (calls may overlap)"
     )
-    for (kind, prop, problem, impl), ms in sorted(totals.items(), key=lambda kv: -kv[1])[
-        : args.top
-    ]:
-        print(f"{ms:8.2f} ms  {kind:12s} {prop:18s} {impl:22s} {problem}")
-    return {"step_ms": seconds * 1e3, "onednn_ms": total, "rows": totals}
+    print(f"{'ms/step':>8s} {'calls':>5s}  primitive")
+    for key, ms in sorted(totals.items(), key=lambda kv: -kv[1])[: args.top]:
+        kind, prop, problem, impl = key
+        print(f"{ms:8.2f} {counts[key]:5.1f}  {kind:12s} {prop:18s} {impl:22s} {problem}")
+    return {"step_ms": seconds * 1e3, "onednn_ms": total, "rows": totals, "calls": counts}
 
 
 if __name__ == "__main__":

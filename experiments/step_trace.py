@@ -107,7 +107,8 @@ def _outermost(events: list[dict]) -> list[dict]:
 
 
 def summarise(events: list[dict], ops: dict[str, Op], steps: int) -> dict:
-    """Per-step times (ms) from a Chrome/Perfetto trace's events and the program's HLO.
+    """Per-step times (ms) from a Chrome/Perfetto trace's events and the program's HLO, where
+    ``steps`` is the number of times the program ran in the trace.
 
     Returns ``busy`` (some op running), ``overlap`` (two or more at once), ``idle`` (none,
     between the first op's start and the last op's end), ``window``, ``by_kind`` and ``rows``
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
         (path,) = glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True)
         with gzip.open(path) as f:
             events = json.load(f)["traceEvents"]
-    out = summarise(events, ops, args.steps)
+    # run() makes an untimed lead call before the ones it times: the trace holds run.calls.
+    out = summarise(events, ops, run.calls)
     out["step"] = seconds * 1e3
     print(f"{cpu_name()}; gdjax {args.case} {args.mode}: {out['step']:.1f} ms per step, traced")
     print(
@@ -191,15 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
     for label, name, ms, calls in out["rows"][: args.top]:
         print(f"  {ms:8.2f} {calls:5.1f}  {name:24s} {label}")
     if args.timeline:
-        _timeline(events, ops, args.steps)
+        _timeline(events, ops)
     return out
 
 
-def _timeline(events: list[dict], ops: dict[str, Op], steps: int) -> None:
-    """The last step's ops (over 0.3 ms) in start order: start, end (ms), thread, name."""
+def _timeline(events: list[dict], ops: dict[str, Op]) -> None:
+    """The last step's ops (over 0.3 ms) in start order: start, end (ms), thread, name. The
+    last step starts where the program's first op last started."""
     kept = sorted(_op_events(events, ops), key=lambda e: e["ts"])
-    first = [e["ts"] for e in kept if e["name"] == kept[0]["name"]]
-    t0 = first[min(steps, len(first)) - 1]
+    t0 = max(e["ts"] for e in kept if e["name"] == kept[0]["name"])
     tids: dict = {}
     print("  start     end   thread  op                       what")
     for e in kept:

@@ -91,12 +91,20 @@ def test_a_real_step_is_traced_op_by_op(trace, capsys):
     assert out["idle"] == pytest.approx(out["window"] - out["busy"])
     assert sum(out["by_kind"].values()) >= out["busy"] - out["overlap"] - 1e-6
     labels = {r[0] for r in out["rows"]}
+    # Per step of the program: each convolution ran once a step (the harness's untimed lead
+    # step made it 1.5 a step with --steps 2), and no step was longer than the timed ones by half.
+    convs = [r for r in out["rows"] if r[0].startswith(("gdjax_conv", "convolution"))]
+    assert convs and all(calls == pytest.approx(1.0) for *_, calls in convs), convs
     if onednn_status()[0]:
         # small fuses its bias and ReLU into the convolutions by default
         assert {"gdjax_conv_bias_relu_fwd conv1", "gdjax_conv_bwd_weights conv1"} <= labels
         assert out["by_kind"]["oneDNN (gdjax custom calls)"] > 0
     printed = capsys.readouterr().out
     assert "ms per step" in printed and "start     end" in printed
+    # the timeline is one step: the step's longest op appears once in it
+    timeline = printed[printed.index("start     end") :]
+    longest = out["rows"][0][1]
+    assert [line.split()[3] for line in timeline.splitlines()[1:]].count(longest) == 1, timeline
 
 
 def test_bad_arguments_are_named(trace, capsys):
