@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import os
 import pathlib
+import signal
 import sys
 import time
 import traceback
@@ -608,28 +610,47 @@ def entry_point() -> None:
     except UsageError as e:
         print(f"gdjax: {e}", file=sys.stderr)
         sys.exit(2)
-    status = main()
+    try:
+        status = main()
+    except KeyboardInterrupt:  # a second Ctrl-C as main() returned from the first one's
+        status = INTERRUPTED
     if status == INTERRUPTED:
-        # A Ctrl-C lets jaxlib's wait for a compilation return while XLA goes on compiling in
-        # a thread of its own; the interpreter's teardown under that thread crashed the process
-        # (SIGSEGV, after the message). Everything of ours is closed by now: skip the teardown.
-        # The clean-up left has a deadline: past it the process leaves without it (what it
-        # would have unlinked, multiprocessing's resource tracker unlinks).
-        import threading
-
-        def leave() -> None:
-            sys.stderr.flush()
-            os._exit(status)
-
-        deadline = threading.Timer(EXIT_GRACE_SECONDS, leave)
-        deadline.daemon = True
-        deadline.start()
-        _unlink_shared_batches()
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        try:
+            _leave_after_an_interrupt()
+        except KeyboardInterrupt:  # another Ctrl-C before its handler was in place
+            _leave(INTERRUPTED)
     sys.exit(status)
+
+
+def _leave(status: int, *_: object) -> None:
+    """Leave now with ``status``, without the interpreter's teardown (also as a signal
+    handler, which may run in the middle of a write to stderr)."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(status)
+
+
+def _leave_after_an_interrupt() -> None:
+    """The way out after a Ctrl-C: the clean-up that matters, then no interpreter teardown.
+
+    A Ctrl-C lets jaxlib's wait for a compilation return while XLA goes on compiling in a
+    thread of its own; the interpreter's teardown under that thread crashed the process
+    (SIGSEGV, after the message). Everything of ours is closed by now: skip the teardown. The
+    clean-up left has a deadline: past it the process leaves without it (what it would have
+    unlinked, multiprocessing's resource tracker unlinks). Another Ctrl-C during the clean-up
+    leaves at once, quietly: it raised KeyboardInterrupt wherever the clean-up was, and its
+    traceback followed the one line ("Exception ignored in: <function _xla_gc_callback ...>").
+    """
+    signal.signal(signal.SIGINT, functools.partial(_leave, INTERRUPTED))
+    import threading
+
+    deadline = threading.Timer(EXIT_GRACE_SECONDS, _leave, (INTERRUPTED,))
+    deadline.daemon = True
+    deadline.start()
+    _unlink_shared_batches()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    _leave(INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,19 @@ def _not_an_abandoned_orbax_task(record: logging.LogRecord) -> bool:
     return not any(folder in message or folder in error for folder in _FAILED_IN)
 
 
+def _not_about_a_failed_folder(record: logging.LogRecord) -> bool:
+    """orbax's threads go on after a write that was given up (a second Ctrl-C) or that failed,
+    and log an ERROR with a traceback when they find its folder gone ("No ArrayMetadata found
+    ... in the checkpoint directory: .../79.orbax-checkpoint-tmp/...") after the failure was
+    reported: this filter (on absl's logger from the first failure on) drops the errors that
+    name a folder where a failure was reported, and only those."""
+    if record.levelno < logging.ERROR:
+        return True
+    error = str(record.exc_info[1]) if record.exc_info else ""
+    message = record.getMessage()
+    return not any(folder in message or folder in error for folder in _FAILED_IN)
+
+
 def _a_late_wakeup(unraisable: Any) -> bool:
     """True for the error a tensorstore future prints when it completes after the event loop
     that awaited it was closed: ``RuntimeError('Event loop is closed')`` raised in
@@ -173,6 +186,7 @@ def _orbax_failures(directory: pathlib.Path):
         if failures:
             _FAILED_IN.add(str(directory))
             logging.getLogger("asyncio").addFilter(_not_an_abandoned_orbax_task)
+            logging.getLogger("absl").addFilter(_not_about_a_failed_folder)
             hook = _without_late_wakeups(hook)
         sys.unraisablehook = hook
         for logger in loggers:

@@ -824,6 +824,51 @@ def test_orbax_reads_abandoned_in_a_failed_folder_print_nothing(monkeypatch, tmp
     assert len(seen) == 2 and "another error" in str(seen[1].exc_value)
 
 
+def test_orbax_errors_about_a_given_up_write_print_nothing(monkeypatch, tmp_path):
+    """After a second Ctrl-C gave up a write, orbax's metadata thread went on and logged an
+    ERROR with a 30-line traceback once it found the folder gone (seen pressing Ctrl-C twice
+    at a `gdjax train`). absl's logger drops, from a failure on, the errors that name a folder
+    that failed, and only those."""
+    import logging
+
+    from gdjax.train import checkpoint
+
+    failed, elsewhere = str(tmp_path / "checkpoints"), str(tmp_path / "other")
+    monkeypatch.setattr(checkpoint, "_FAILED_IN", {failed})
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record)
+
+    absl = logging.getLogger("absl")
+    keep = Keep(logging.DEBUG)
+    absl.addHandler(keep)
+    level = absl.level
+    absl.setLevel(logging.DEBUG)
+    try:
+        with (
+            pytest.raises(checkpoint.CheckpointWriteError),
+            checkpoint._orbax_failures(tmp_path / "checkpoints") as failures,
+        ):
+            failures.append("interrupted")  # what the given-up write reports
+            raise checkpoint.CheckpointWriteError("given up")
+        gone = f"No ArrayMetadata found in the checkpoint directory: {failed}/79.orbax-tmp/state"
+        try:
+            raise ValueError(gone)
+        except ValueError:  # as orbax's thread logs it: the error and its traceback
+            absl.error("_SignalingThread.run() raised an exception: %s", gone, exc_info=True)
+        absl.error("a write failed in %s", elsewhere)  # another folder: shown
+        absl.warning("a warning about %s", failed)  # below ERROR: shown
+    finally:
+        absl.removeHandler(keep)
+        absl.setLevel(level)
+    assert [r.getMessage() for r in seen] == [
+        f"a write failed in {elsewhere}",
+        f"a warning about {failed}",
+    ]
+
+
 FULL_DISK = """
 import resource, signal, sys
 from gdjax import cli
@@ -1096,6 +1141,40 @@ def test_an_interrupted_run_leaves_even_if_its_clean_up_hangs():
     assert done.stderr.strip() == "gdjax train: interrupted", done.stderr[-3000:]
 
 
+PRESSED_AGAIN = """
+import atexit, os, signal, sys, time
+from gdjax import cli
+
+cli.EXIT_GRACE_SECONDS = 600.0
+cli.main = lambda: (print("gdjax train: interrupted", file=sys.stderr), cli.INTERRUPTED)[1]
+
+
+def slow_clean_up():  # the user presses Ctrl-C again while the stopped run cleans up
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(300)
+
+
+atexit.register(slow_clean_up)
+sys.argv = ["gdjax"]
+cli.entry_point()
+"""
+
+
+def test_a_second_ctrl_c_during_the_clean_up_leaves_at_once_and_quietly():
+    """A second Ctrl-C after the one line raised KeyboardInterrupt wherever the clean-up was:
+    a traceback followed the line ("Exception ignored in: <function _xla_gc_callback ...>",
+    found by pressing Ctrl-C twice at a `gdjax train`). It now ends the clean-up at once."""
+    done = subprocess.run(  # without leaving at once: a 300 s wait, and the timeout fails it
+        [sys.executable, "-c", PRESSED_AGAIN], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert done.stderr.strip() == "gdjax train: interrupted", done.stderr[-3000:]
+
+
+# The abandoned write leaves orbax's coroutine unawaited and its event loop to the collector:
+# what giving up a save in the middle means, in this process only.
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_second_ctrl_c_abandons_the_save_and_keeps_the_older_checkpoint(tmp_path, monkeypatch):
     """The first Ctrl-C waits for the write; a second one gives it up at once. Either way no
     partial folder is left, and the checkpoint before is untouched. A killed write's
