@@ -617,7 +617,10 @@ def check_spec(spec: str) -> None:
         if not path.exists():
             raise FileNotFoundError(f"{kind}:{path}: no such file or folder")
         if kind == "folder" and not path.is_dir():
-            raise FileNotFoundError(f"folder:{path}: not a folder")
+            name = path.name.lower()  # cifar-10-python.tar.gz, cifar-100-python.tar.gz
+            archive = "cifar100" if name.startswith("cifar-100") else "cifar10"
+            hint = f" (a CIFAR archive? {archive}:{path})" if name.startswith("cifar-") else ""
+            raise FileNotFoundError(f"folder:{path}: not a folder{hint}")
     if kind == "tfds" and not arg:
         raise ValueError(f"{spec!r}: give the TFDS dataset name, tfds:NAME")
 

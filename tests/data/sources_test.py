@@ -263,6 +263,16 @@ def test_cifar_pickles_that_run_code_are_refused(tmp_path):
 def test_folder_errors(tmp_path, image_root):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         data.load(f"folder:{tmp_path / 'missing'}")
+    for archive, spec in (
+        ("cifar-10-python.tar.gz", "cifar10"),
+        ("cifar-100-python.tgz", "cifar100"),
+    ):
+        (tmp_path / archive).write_bytes(b"")
+        with pytest.raises(FileNotFoundError) as err:  # the archive given to folder:
+            data.load(f"folder:{tmp_path / archive}")
+        assert str(err.value).endswith(
+            f"not a folder (a CIFAR archive? {spec}:{tmp_path / archive})"
+        )
     with pytest.raises(FileNotFoundError, match="no 'train' sub-folder") as err:
         data.load(f"folder:{image_root / 'val'}", "train")
     # The split folder itself, or a class folder in it: the message names the root to pass.
