@@ -43,12 +43,17 @@ def closest(value: str, names: Any) -> str | None:
     return same or next(iter(difflib.get_close_matches(value.lower(), names, n=1)), None)
 
 
-def check_one_of(name: str, value: Any, choices: Any) -> None:
-    """Raise ``ValueError("{name} must be one of {choices}, got ...")``, with the choice
-    :func:`closest` to a misspelt string (``'Small'``: did you mean ``'small'``?), unless
-    ``value`` is one of ``choices``."""
-    if value in choices:
-        return
+def did_you_mean(value: Any, choices: Any) -> str:
+    """``" (did you mean 'adam'?)"`` for a string :func:`closest` to one of ``choices``; ``""``
+    when none is (or ``value`` is not a string)."""
     near = closest(value, choices) if isinstance(value, str) else None
-    hint = f" (did you mean {near!r}?)" if near is not None else ""
-    raise ValueError(f"{name} must be one of {choices}, got {value!r}{hint}")
+    return f" (did you mean {near!r}?)" if near else ""
+
+
+def check_one_of(name: str, value: Any, choices: Any) -> None:
+    """Raise ``ValueError("{name} must be one of {choices}, got ...")``, with
+    :func:`did_you_mean`'s hint (``'Small'``: did you mean ``'small'``?), unless ``value`` is
+    one of ``choices``."""
+    if value not in choices:
+        hint = did_you_mean(value, choices)
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}{hint}")

@@ -29,10 +29,9 @@ PRESETS = ("default", "cifar10", "paper")
 def preset_path(name: str) -> pathlib.Path:
     """The file of a preset (what ``--config=NAME`` resolves to)."""
     if name not in PRESETS:
-        from gdjax._checks import closest
+        from gdjax._checks import did_you_mean
 
-        near = closest(name, PRESETS) if isinstance(name, str) else None
-        hint = f" (did you mean {near!r}?)" if near else ""
+        hint = did_you_mean(name, PRESETS)
         raise ValueError(f"unknown config preset {name!r}{hint}; presets are {', '.join(PRESETS)}")
     return pathlib.Path(__file__).with_name(f"{name}.py")
 

@@ -39,7 +39,7 @@ from typing import Any
 import jax
 
 from gdjax._cache import cache_dir, written_atomically
-from gdjax._checks import closest
+from gdjax._checks import did_you_mean
 from gdjax._extras import jaxlib_version
 
 logger = logging.getLogger("gdjax")
@@ -285,8 +285,7 @@ def lrn_kernels(rows: int, c: int, size: int, alpha: float, beta: float, k: floa
 def check_impl(caller: str, impl: str) -> None:
     """Raise ``ValueError`` naming ``caller`` unless ``impl`` is one of :data:`IMPLS`."""
     if impl not in IMPLS:
-        near = closest(impl, IMPLS) if isinstance(impl, str) else None
-        hint = f" (did you mean {near!r}?)" if near is not None else ""
+        hint = did_you_mean(impl, IMPLS)
         raise ValueError(f"{caller}: impl={impl!r}, expected one of {IMPLS}{hint}")
 
 

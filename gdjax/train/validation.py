@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from gdjax._checks import closest, is_int
+from gdjax._checks import did_you_mean, is_int
 from gdjax.configs.base import get_field, missing_fields, unset_required_fields
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, grouping_problem, takes_side
 from gdjax.models.conv import CONV_IMPLS
@@ -36,13 +36,6 @@ class ConfigError(ValueError):
 
 def fail(field: str, value: Any, expected: str, hint: str = "") -> None:
     raise ConfigError(f"config.{field} must be {expected}, got {value!r}{hint}")
-
-
-def _near(value: Any, choices: Any) -> str:
-    """' (did you mean 'adam'?)' for a string near one of ``choices``: the same but for case,
-    else a close spelling; '' when none is."""
-    near = closest(value, choices) if isinstance(value, str) else None
-    return f" (did you mean {near!r}?)" if near else ""
 
 
 def _at_least(c: ml_collections.ConfigDict, field: str, low: float, strict: bool = False) -> None:
@@ -65,7 +58,7 @@ def _unit(c: ml_collections.ConfigDict, field: str) -> None:
 def _one_of(c: ml_collections.ConfigDict, field: str, choices: Any) -> None:
     value = get_field(c, field)
     if value not in choices:
-        fail(field, value, f"one of {', '.join(map(str, choices))}", _near(value, choices))
+        fail(field, value, f"one of {', '.join(map(str, choices))}", did_you_mean(value, choices))
 
 
 def optimizer_kwargs(c: ml_collections.ConfigDict) -> dict[str, Any]:
