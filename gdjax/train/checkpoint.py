@@ -80,17 +80,26 @@ def _write_failure(e: BaseException) -> str:
 _FAILED_IN: set[str] = set()
 
 
+def _names_a_failed_folder(*texts: str) -> bool:
+    """True when one of ``texts`` names a folder where an orbax failure was reported."""
+    return any(folder in text for folder in _FAILED_IN for text in texts)
+
+
+def _a_failed_folders_log(record: logging.LogRecord) -> bool:
+    """The record's message or its exception names a folder where a failure was reported."""
+    error = str(record.exc_info[1]) if record.exc_info else ""
+    return _names_a_failed_folder(record.getMessage(), error)
+
+
 def _not_an_abandoned_orbax_task(record: logging.LogRecord) -> bool:
     """asyncio logs "Task (or Future, _GatheringFuture) exception was never retrieved" when
     one that failed is collected. After a failed orbax read or write its abandoned ones are
     collected whenever tensorstore lets go of them, possibly long after the failure was
     reported: this filter (on asyncio's logger from the first failure on) drops those, and
     only those: their error names a folder where a failure was reported."""
-    message = record.getMessage()
-    if "exception was never retrieved" not in message:
+    if "exception was never retrieved" not in record.getMessage():
         return True
-    error = str(record.exc_info[1]) if record.exc_info else ""
-    return not any(folder in message or folder in error for folder in _FAILED_IN)
+    return not _a_failed_folders_log(record)
 
 
 def _not_about_a_failed_folder(record: logging.LogRecord) -> bool:
@@ -99,11 +108,7 @@ def _not_about_a_failed_folder(record: logging.LogRecord) -> bool:
     ... in the checkpoint directory: .../79.orbax-checkpoint-tmp/...") after the failure was
     reported: this filter (on absl's logger from the first failure on) drops the errors that
     name a folder where a failure was reported, and only those."""
-    if record.levelno < logging.ERROR:
-        return True
-    error = str(record.exc_info[1]) if record.exc_info else ""
-    message = record.getMessage()
-    return not any(folder in message or folder in error for folder in _FAILED_IN)
+    return record.levelno < logging.ERROR or not _a_failed_folders_log(record)
 
 
 def _a_late_wakeup(unraisable: Any) -> bool:
@@ -131,7 +136,7 @@ def _an_abandoned_read(unraisable: Any) -> bool:
     return (
         inspect.iscoroutine(unraisable.object)
         and isinstance(getattr(error, "__cause__", None), GeneratorExit)
-        and any(folder in str(error) for folder in _FAILED_IN)
+        and _names_a_failed_folder(str(error))
     )
 
 
