@@ -4,21 +4,22 @@
     python experiments/bench.py --cases small:32:128 torchvision:224:32 --rounds 5
     python experiments/bench.py --torch-compile --json bench.json --loop-overhead
 
-Each case is ``variant:image_size:batch``. For every case the training step (forward,
-backward, SGD-with-momentum update) and inference are timed for gdjax (``jax.jit``, donated
-buffers) and for the same network in PyTorch (eager, channels-last, which is PyTorch's fastest
-CPU setting here; ``torch.compile`` too with ``--torch-compile``), in alternating rounds so
-that the machine's drift hits both; each round starts with one untimed step (the first step
-after the other framework's round ran up to 150 ms slower, for either), and compile time is
-reported apart from steady-state time (two untimed rounds come first). The
-optimizer rows time one update of 61.1 M parameters for gdjax, optax and ``torch.optim``
-(foreach and fused), with the implied memory traffic as a fraction of the machine's measured
-copy bandwidth. On a GPU or TPU the model-FLOPs utilisation is printed too (training FLOPs
-per image, 3 × the forward count of ``gdjax.models.count_flops``, times images/s over the
-chip's peak). PyTorch runs on the device JAX runs on (:func:`torch_device`): on an NVIDIA GPU
-it runs on CUDA, with TF32 allowed in its matrix products and cuDNN autotuning on, as XLA does
-by default, and its timers wait for the GPU. PyTorch rows are skipped, with a note, when torch
-is not installed or cannot reach JAX's device.
+Each case is ``variant:image_size:batch``. For every case the training step (forward, backward,
+SGD-with-momentum update) and inference are timed for gdjax (``jax.jit``, donated buffers, and
+on the CPU the gradient buffer ``gdjax.train`` keeps, see ``gdjax.train.parallel``) and for the
+same network in PyTorch (eager, channels-last, which is PyTorch's fastest CPU setting here;
+``torch.compile`` too with ``--torch-compile``), in alternating rounds so that the machine's
+drift hits both; each round starts with one untimed step (the first step after the other
+framework's round ran up to 150 ms slower, for either), and compile time is reported apart from
+steady-state time (two untimed rounds come first). The optimizer rows time one update of 61.1 M
+parameters for gdjax, optax and ``torch.optim`` (foreach and fused), with the implied memory
+traffic as a fraction of the machine's measured copy bandwidth. On a GPU or TPU the model-FLOPs
+utilisation is printed too (training FLOPs per image, 3 × the forward count of
+``gdjax.models.count_flops``, times images/s over the chip's peak). PyTorch runs on the device
+JAX runs on (:func:`torch_device`): on an NVIDIA GPU it runs on CUDA, with TF32 allowed in its
+matrix products and cuDNN autotuning on, as XLA does by default, and its timers wait for the
+GPU. PyTorch rows are skipped, with a note, when torch is not installed or cannot reach JAX's
+device.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from common import case_spec, positive_int
 
 import gdjax
 from gdjax.models import AlexNet, compiler_options, count_flops
+from gdjax.train.parallel import gradient_buffer_by_default
 
 try:
     import torch
@@ -105,19 +107,29 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
         logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    def train(p, s, key):
+    # Where gdjax.train would (gdjax.train.parallel.gradient_buffer_by_default: on the CPU, unless
+    # the process keeps freed memory mapped), the step returns its gradients into a donated
+    # buffer ("g"), which keep_unused keeps as an argument, so that XLA writes them there.
+    buffered = gradient_buffer_by_default()
+
+    def train(state, key):
+        p = state["p"]
         g = jax.grad(loss_fn)(p, key)
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
+        u, s = tx.update(g, state["s"], p)
+        return {"p": optax.apply_updates(p, u), "s": s, **({"g": g} if buffered else {})}
 
     # Compiled as gdjax.train compiles its steps (gdjax.models.compiler_options).
-    train = jax.jit(train, donate_argnums=(0, 1), compiler_options=compiler_options("train"))
+    train = jax.jit(
+        train, donate_argnums=0, keep_unused=True, compiler_options=compiler_options("train")
+    )
     infer = jax.jit(
         lambda p, x: model.apply({"params": p}, x), compiler_options=compiler_options("infer")
     )
     state = {"p": params, "s": opt_state}
+    if buffered:
+        state["g"] = jax.tree.map(jnp.zeros_like, params)
     t0 = time.perf_counter()
-    state["p"], state["s"] = train(state["p"], state["s"], jax.random.key(2))
+    state.update(train(dict(state), jax.random.key(2)))
     jax.block_until_ready(state["p"])
     compile_train = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -125,11 +137,11 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
     compile_infer = time.perf_counter() - t0
 
     def time_train():
-        state["p"], state["s"] = train(state["p"], state["s"], jax.random.key(steps))
+        state.update(train(dict(state), jax.random.key(steps)))
         jax.block_until_ready(state["p"])  # untimed: the step after the other framework's
         t = time.perf_counter()
         for i in range(steps):
-            state["p"], state["s"] = train(state["p"], state["s"], jax.random.key(i))
+            state.update(train(dict(state), jax.random.key(i)))
         jax.block_until_ready(state["p"])
         return (time.perf_counter() - t) / steps
 
@@ -145,9 +157,7 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
     # profile a whole call (step_trace.py, onednn_profile.py) divide by this, not by `steps`.
     time_train.calls = time_infer.calls = steps + 1
     # The optimised programs (HLO text), for tools that name what a trace shows (step_trace.py).
-    time_train.hlo = lambda: (
-        train.lower(state["p"], state["s"], jax.random.key(0)).compile().as_text()
-    )
+    time_train.hlo = lambda: train.lower(dict(state), jax.random.key(0)).compile().as_text()
     time_infer.hlo = lambda: infer.lower(state["p"], x).compile().as_text()
     flops = count_flops(model, (1, size, size, channels))
     return time_train, time_infer, {"train": compile_train, "infer": compile_infer}, flops
@@ -383,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"jax {jax.__version__} on {device.platform} ({device.device_kind}); torch {torch_version}"
         + (f" on {race_on}" if race_on else "")
+        + f"; gdjax gradient buffer {'on' if gradient_buffer_by_default() else 'off'}"
     )
     if torch is None:
         print("note: PyTorch is not installed; its rows are skipped")
@@ -391,6 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {
         "device": f"{device.platform} {device.device_kind}",
         "torch_device": race_on,
+        "gradient_buffer": gradient_buffer_by_default(),
         "cases": [],
         "optimizers": [],
     }

@@ -25,6 +25,14 @@ round; the medians and their ratio are printed. Levers:
 ``onednn_lrn``         local response normalization on oneDNN's LRN (what ``impl="auto"``
                        gives), against XLA's fusions of the same formula (the window sum as
                        shifted slices), the rest of the step alike.
+``gradient_buffer``    the step's gradients returned into a donated buffer of the parameters'
+                       shapes (``Parallel(gradient_buffer=...)``, on by default on the CPU), so
+                       that XLA writes them into memory mapped since the last step, against
+                       gradients among the step's temporaries, which XLA's CPU runtime
+                       allocates afresh on every call (fresh pages, faulted in and zeroed).
+
+Every other lever is measured as ``gdjax.train`` runs here: with the gradient buffer where
+``gradient_buffer_by_default()`` says so.
 
 Run: ``python experiments/levers.py --cases torchvision:224:32 small:32:128 --rounds 9``
 """
@@ -48,6 +56,7 @@ from common import case_spec, positive_int
 import gdjax
 from gdjax.models import AlexNet, compiler_options, layers, onednn_status
 from gdjax.models.xla_options import CPU_OPTIONS, _supported
+from gdjax.train.parallel import gradient_buffer_by_default
 
 # lever -> (AlexNet keyword arguments, XLA compiler options) with the lever; without it, none.
 LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -57,9 +66,14 @@ LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "region_copies": ({}, CPU_OPTIONS["train"]),
     "plain_dots": ({}, CPU_OPTIONS["infer"]),
     "onednn_lrn": ({}, {}),  # the default; the step without it has XLA's LRN (below)
+    # the step with it returns its gradients (below); both compiled as gdjax.train compiles
+    # them (without region analysis XLA's copies of the donated kernels fill the temporaries)
+    "gradient_buffer": ({}, CPU_OPTIONS["train"]),
 }
 # The model keyword arguments of the step without the lever, where they are not the defaults.
 BASELINES: dict[str, dict[str, Any]] = {"fused_relu": {"fused_relu": False}}
+# The compiler options of the step without the lever, where it is not compiled without any.
+BASELINE_OPTIONS: dict[str, dict[str, Any]] = {"gradient_buffer": CPU_OPTIONS["train"]}
 
 
 def available() -> list[str]:
@@ -82,9 +96,16 @@ def _lrn_on_xla(on: bool):
 
 
 def _programs(
-    variant: str, size: int, batch: int, model_kwargs: dict, options: dict, xla_lrn: bool = False
+    variant: str,
+    size: int,
+    batch: int,
+    model_kwargs: dict,
+    options: dict,
+    xla_lrn: bool = False,
+    buffered: bool = False,
 ):
-    """Compiled (train step, inference) of one AlexNet, and the training state."""
+    """Compiled (train step, inference) of one AlexNet, and the training state (with the
+    gradient buffer ``"g"`` where ``buffered``)."""
     model = AlexNet(num_classes=10 if variant == "small" else 1000, variant=variant, **model_kwargs)
     x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
     y = jnp.zeros((batch,), jnp.int32)
@@ -93,20 +114,24 @@ def _programs(
     )["params"]
     tx = gdjax.momentum(0.01)
 
-    def train(p, s, key):
+    def train(state, key):
         def loss(p):
             logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        u, s = tx.update(jax.grad(loss)(p), s, p)
-        return optax.apply_updates(p, u), s
+        p = state["p"]
+        g = jax.grad(loss)(p)
+        u, s = tx.update(g, state["s"], p)
+        return {"p": optax.apply_updates(p, u), "s": s, **({"g": g} if buffered else {})}
 
     state = {"p": params, "s": tx.init(params)}
+    if buffered:
+        state["g"] = jax.tree.map(jnp.zeros_like, params)
     options = options or None
     with _lrn_on_xla(xla_lrn):
         train_c = (
-            jax.jit(train, donate_argnums=(0, 1))
-            .lower(state["p"], state["s"], jax.random.key(2))
+            jax.jit(train, donate_argnums=0, keep_unused=True)
+            .lower(state, jax.random.key(2))
             .compile(options)
         )
         infer_c = jax.jit(lambda p: model.apply({"params": p}, x)).lower(params).compile(options)
@@ -117,7 +142,7 @@ def _timer(train_c, infer_c, state, steps: int):
     def time_train() -> float:
         t = time.perf_counter()
         for i in range(steps):
-            state["p"], state["s"] = train_c(state["p"], state["s"], jax.random.key(i))
+            state.update(train_c(dict(state), jax.random.key(i)))
         jax.block_until_ready(state["p"])
         return (time.perf_counter() - t) / steps
 
@@ -134,9 +159,21 @@ def _timer(train_c, infer_c, state, steps: int):
 def measure(lever: str, case: str, rounds: int, steps: int) -> dict:
     variant, size, batch = case.split(":")
     size, batch = int(size), int(batch)
-    with_ = _timer(*_programs(variant, size, batch, *LEVERS[lever]), steps)
+    buffered = gradient_buffer_by_default()
+    with_ = _timer(
+        *_programs(
+            variant, size, batch, *LEVERS[lever], buffered=buffered or lever == "gradient_buffer"
+        ),
+        steps,
+    )
     baseline = _programs(
-        variant, size, batch, BASELINES.get(lever, {}), {}, xla_lrn=lever == "onednn_lrn"
+        variant,
+        size,
+        batch,
+        BASELINES.get(lever, {}),
+        BASELINE_OPTIONS.get(lever, {}),
+        xla_lrn=lever == "onednn_lrn",
+        buffered=buffered and lever != "gradient_buffer",
     )
     without = _timer(*baseline, steps)
     times: dict[str, list[float]] = {k: [] for k in ("train", "train0", "infer", "infer0")}

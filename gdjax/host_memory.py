@@ -33,7 +33,7 @@ import platform
 import sys
 import warnings
 
-__all__ = ["retain_host_memory"]
+__all__ = ["retain_host_memory", "retained"]
 
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
@@ -96,4 +96,9 @@ def retain_host_memory(*, warn: bool = True) -> bool:
     libc = ctypes.CDLL("libc.so.6")  # glibc's soname (find_library would run ldconfig)
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     _retained = all(libc.mallopt(param, value) == 1 for param, value in settings)
+    return _retained
+
+
+def retained() -> bool:
+    """Whether :func:`retain_host_memory` has made its settings in this process."""
     return _retained

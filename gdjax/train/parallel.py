@@ -22,6 +22,13 @@
 
 :class:`Parallel` holds the mode and converts states and batches to and from the layout it
 needs, so that the training loop stays one code path. Buffers of the state are donated.
+
+On the CPU a jitted step (``"none"``, ``"sharded"``) also carries a gradient buffer: XLA's CPU
+runtime allocates a program's temporaries afresh on every call, so without one the weight
+gradients (244 MB for the torchvision AlexNet) land on freshly mapped pages each step, which
+the kernel must fault in and zero; returned into a donated buffer of the parameters' shapes,
+they are written into memory that stays mapped (``gradient_buffer``; README, "Where the speed
+comes from").
 """
 
 from __future__ import annotations
@@ -40,13 +47,21 @@ from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gdjax import host_memory
 from gdjax._checks import check_finite, check_one_of, is_int
 from gdjax.models import _onednn
 from gdjax.models.alexnet import BATCH, MAPS, NEURONS
 from gdjax.models.xla_options import compiler_options
-from gdjax.train.steps import TrainState, eval_step, train_step
+from gdjax.train.steps import TrainState, eval_step, train_step, train_step_and_gradients
 
-__all__ = ["MESH_AXES", "MODES", "RULES", "Parallel", "initialize_distributed"]
+__all__ = [
+    "MESH_AXES",
+    "MODES",
+    "RULES",
+    "Parallel",
+    "gradient_buffer_by_default",
+    "initialize_distributed",
+]
 
 MODES = ("none", "pmap", "sharded")
 AXIS = "batch"  # pmap's axis name
@@ -160,6 +175,33 @@ def _first_copy(tree: Any) -> Any:
     return jax.tree.map(lambda x: x[0], tree)
 
 
+def gradient_buffer_by_default(mode: str = "none") -> bool:
+    """:class:`Parallel`'s ``gradient_buffer=None``: whether a step of ``mode`` keeps its
+    gradients in a donated buffer here (a jitted mode, every device a CPU, and the process's
+    malloc not already keeping freed memory mapped, :func:`gdjax.host_memory.retained`)."""
+    return (
+        mode != "pmap"
+        and all(d.platform == "cpu" for d in jax.devices())
+        and not host_memory.retained()
+    )
+
+
+def _into_buffer(step_and_gradients: Any) -> Any:
+    """``step(state, batch) -> (state, metrics, grads)`` as ``(state, buffer, batch) -> (state,
+    metrics, grads)``, for a jit that donates ``buffer`` (and keeps it, unused): XLA then writes
+    the gradients into the buffer's memory."""
+
+    def step(state: TrainState, buffer: Any, batch: Any) -> Any:
+        del buffer  # only its memory is used: the gradients' output aliases it
+        return step_and_gradients(state, batch)
+
+    return step
+
+
+def _zeros_like(tree: Any) -> Any:
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
 class Parallel:
     """One parallel mode: compiled steps and the state/batch layouts they expect.
 
@@ -168,6 +210,12 @@ class Parallel:
       model_parallel: ``"sharded"`` only: size of the mesh's ``"model"`` axis (devices that
         split each layer between them); must divide every process's device count.
       label_smoothing, l2: passed to :func:`~gdjax.train.steps.train_step`.
+      gradient_buffer: whether :meth:`train_step` keeps the gradients in a buffer of the
+        parameters' shapes that each step donates and returns (module docstring): more memory
+        held between steps (the size of the parameters), less faulted in during each. ``None``
+        (the default): on the CPU in modes ``"none"`` and ``"sharded"``, unless
+        :func:`gdjax.host_memory.retain_host_memory` already keeps the step's memory mapped
+        (the ``gdjax`` command). Not for ``"pmap"``.
     """
 
     def __init__(
@@ -177,8 +225,17 @@ class Parallel:
         model_parallel: int = 1,
         label_smoothing: float = 0.0,
         l2: float = 0.0,
+        gradient_buffer: bool | None = None,
     ):
         check_one_of("parallel", mode, MODES)
+        if gradient_buffer is not None and not isinstance(gradient_buffer, bool):
+            raise ValueError(
+                f"gradient_buffer must be True, False or None (automatic), got {gradient_buffer!r}"
+            )
+        if gradient_buffer and mode == "pmap":
+            raise ValueError(
+                "gradient_buffer=True is for parallel='none' or 'sharded' (jit), not 'pmap'"
+            )
         if not is_int(model_parallel):
             raise ValueError(f"model_parallel must be an int >= 1, got {model_parallel!r}")
         if model_parallel < 1:
@@ -199,17 +256,32 @@ class Parallel:
                 f"model_parallel={model_parallel} does not divide the {local} devices of each "
                 f"process (the model axis stays inside a process); use a divisor of {local}"
             )
+        if gradient_buffer is None:
+            gradient_buffer = gradient_buffer_by_default(mode)
+        self.gradient_buffer = gradient_buffer
         self.mode = mode
         self.model_parallel = int(model_parallel)
         self._state_shardings: Any = None
         self._train_for: Any = None  # the state shardings the sharded step was jitted for
+        self._gradients: Any = None  # the last step's gradients (gradient_buffer)
         step = functools.partial(train_step, label_smoothing=label_smoothing, l2=l2)
         self.train_step_function = step  # the pure step these compile (e.g. to export it)
+        self._buffered_step = _into_buffer(
+            functools.partial(train_step_and_gradients, label_smoothing=label_smoothing, l2=l2)
+        )
         if mode == "none":
             self.num_devices = 1
-            self._train = jax.jit(
-                step, donate_argnums=0, compiler_options=compiler_options("train")
-            )
+            if gradient_buffer:
+                self._train = jax.jit(
+                    self._buffered_step,
+                    donate_argnums=(0, 1),
+                    keep_unused=True,
+                    compiler_options=compiler_options("train"),
+                )
+            else:
+                self._train = jax.jit(
+                    step, donate_argnums=0, compiler_options=compiler_options("train")
+                )
             self._eval = jax.jit(eval_step, compiler_options=compiler_options("infer"))
         elif mode == "pmap":
             self.num_devices = jax.device_count()
@@ -358,30 +430,55 @@ class Parallel:
     # -- steps ----------------------------------------------------------------------------------
 
     def compiled_train_step(self) -> Any:
-        """The jitted (or pmapped) training step; under ``"sharded"`` call it inside
-        :meth:`context` (``put_state`` must have run: its output fixes the state's layout)."""
+        """The jitted (or pmapped) program :meth:`train_step` runs: ``(state, batch) -> (state,
+        metrics)``, or with ``gradient_buffer`` ``(state, gradients, batch) -> (state, metrics,
+        gradients)``, both donated. Under ``"sharded"`` call it inside :meth:`context`
+        (``put_state`` must have run: its output fixes the state's layout)."""
         if self.mode != "sharded":
             return self._train
         if self._state_shardings is None:
             raise RuntimeError("Parallel('sharded'): put_state(state) before the first step")
         if self._train_for is not self._state_shardings:
-            self._train = jax.jit(
-                self.train_step_function,
-                donate_argnums=0,
-                out_shardings=(self._state_shardings, self.replicated),
-                compiler_options=compiler_options("train"),
-            )
+            if self.gradient_buffer:
+                self._train = jax.jit(
+                    self._buffered_step,
+                    donate_argnums=(0, 1),
+                    keep_unused=True,
+                    out_shardings=(
+                        self._state_shardings,
+                        self.replicated,
+                        self._state_shardings.params,
+                    ),
+                    compiler_options=compiler_options("train"),
+                )
+            else:
+                self._train = jax.jit(
+                    self.train_step_function,
+                    donate_argnums=0,
+                    out_shardings=(self._state_shardings, self.replicated),
+                    compiler_options=compiler_options("train"),
+                )
             self._train_for = self._state_shardings
         return self._train
 
     def compile_train_step(self, state: TrainState, batch: Any) -> Any:
-        """The training step compiled for ``state`` and ``batch`` (laid out by
-        :meth:`put_state` and :meth:`put_batch`, or ``jax.ShapeDtypeStruct`` leaves carrying
-        those shardings), to read its HLO (:func:`gdjax.train.collectives`) or cost."""
+        """The training step :meth:`train_step` runs, compiled for ``state`` and ``batch``
+        (laid out by :meth:`put_state` and :meth:`put_batch`, or ``jax.ShapeDtypeStruct``
+        leaves carrying those shardings), to read its HLO (:func:`gdjax.train.collectives`) or
+        cost."""
         if self.mode == "sharded" and self._state_shardings is None:
             self._state_shardings = jax.tree.map(lambda x: x.sharding, state)
+        args = (state, batch)
+        if self.gradient_buffer:
+            gradients = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(
+                    jnp.shape(x), x.dtype, sharding=getattr(x, "sharding", None)
+                ),
+                state.params,
+            )
+            args = (state, gradients, batch)
         with self.context():
-            return self.compiled_train_step().lower(state, batch).compile()
+            return self.compiled_train_step().lower(*args).compile()
 
     def context(self) -> contextlib.AbstractContextManager:
         """Where the steps trace: under ``"sharded"`` this mesh and the logical-axis rules
@@ -394,9 +491,40 @@ class Parallel:
         return stack
 
     def train_step(self, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        """One compiled step on ``state`` (donated: use the returned one) and ``batch`` (laid
+        out by :meth:`put_batch`); the metrics as one copy."""
         with self.context():
-            state, metrics = self.compiled_train_step()(state, batch)
+            if not self.gradient_buffer:
+                state, metrics = self.compiled_train_step()(state, batch)
+            else:
+                step = self.compiled_train_step()
+                state, metrics, self._gradients = step(state, self._buffer_for(state), batch)
         return state, self._first(metrics)
+
+    def _buffer_for(self, state: TrainState) -> Any:
+        """The last step's gradients if they fit ``state``'s parameters (same leaves, shapes,
+        dtypes and layouts), else zeros that do; handed over (the step donates them)."""
+        gradients, self._gradients = self._gradients, None
+
+        def fits(g: Any, p: Any) -> bool:
+            return (
+                isinstance(g, jax.Array)
+                and not g.is_deleted()
+                and g.shape == p.shape
+                and g.dtype == p.dtype
+                and g.sharding == getattr(p, "sharding", None)
+            )
+
+        params = state.params
+        if (
+            gradients is not None
+            and jax.tree.structure(gradients) == jax.tree.structure(params)
+            and all(map(fits, jax.tree.leaves(gradients), jax.tree.leaves(params)))
+        ):
+            return gradients
+        if self.mode == "sharded":
+            return jax.jit(_zeros_like, out_shardings=self._state_shardings.params)(params)
+        return jax.jit(_zeros_like)(params)
 
     def eval_step(self, state: TrainState, batch: Any) -> dict:
         with self.context():

@@ -36,6 +36,7 @@ __all__ = [
     "learning_rate_of",
     "top_k_error",
     "train_step",
+    "train_step_and_gradients",
 ]
 
 
@@ -176,6 +177,34 @@ def train_step(
     ``error`` and ``top5_error`` (means over the real examples), ``count`` (the number of real
     examples) and, for an ``inject_hyperparams`` optimizer, ``learning_rate``.
     """
+    state, metrics, _ = train_step_and_gradients(
+        state,
+        batch,
+        label_smoothing=label_smoothing,
+        l2=l2,
+        axis_name=axis_name,
+        **extra_args,
+    )
+    return state, metrics
+
+
+def train_step_and_gradients(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    label_smoothing: float = 0.0,
+    l2: float = 0.0,
+    axis_name: str | None = None,
+    **extra_args: Any,
+) -> tuple[TrainState, dict[str, jax.Array], Any]:
+    """:func:`train_step`, also returning the gradients the optimizer was given (after the
+    ``pmean`` under ``pmap``).
+
+    A compiled step that returns them into a donated buffer of the parameters' shapes has XLA
+    write the backward's weight gradients there, in memory that stays mapped between steps,
+    instead of in the step's temporaries, which XLA's CPU runtime allocates afresh on every
+    call (:class:`~gdjax.train.parallel.Parallel`'s ``gradient_buffer``).
+    """
     _check_batch("train_step", batch)
     dropout_key = jax.random.fold_in(state.rng, state.step)
     mask = batch.get("mask")
@@ -215,7 +244,7 @@ def train_step(
     lr = learning_rate_of(opt_state)
     if lr is not None:  # read with the other metrics: no extra device round trip to log it
         metrics["learning_rate"] = jnp.ravel(lr)[0].astype(jnp.float32)
-    return new_state, metrics
+    return new_state, metrics, grads
 
 
 def is_injected(x: Any) -> bool:

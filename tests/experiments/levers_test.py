@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import subprocess
 
+import jax
 import pytest
 
 from gdjax.models import _onednn, onednn_status
@@ -49,9 +50,21 @@ def test_a_lever_changes_the_compiled_program(levers):
     assert "xla_single_thread" in levers.available()
     region = {"xla_cpu_copy_insertion_use_region_analysis": True}
     assert (
-        " copy(%p" in plain
-        and " copy(%p" not in levers._programs("small", 32, 2, {}, region)[0].as_text()
+        " copy(%state__p_" in plain
+        and " copy(%state__p_" not in levers._programs("small", 32, 2, {}, region)[0].as_text()
     )
+    # The gradient buffer: the step with it aliases one more output (the gradients) to one
+    # more donated argument, of the parameters' size.
+    options = levers.LEVERS["gradient_buffer"][1]
+    assert options == levers.BASELINE_OPTIONS["gradient_buffer"]
+    buffered, _, state = levers._programs("small", 32, 2, {}, options, buffered=True)
+    unbuffered = levers._programs("small", 32, 2, {}, options, buffered=False)[0]
+    size = sum(x.nbytes for x in jax.tree.leaves(state["p"]))
+    extra = (
+        buffered.memory_analysis().alias_size_in_bytes
+        - unbuffered.memory_analysis().alias_size_in_bytes
+    )
+    assert extra == size
 
 
 @pytest.mark.skipif(not onednn_status()[0], reason="needs the oneDNN headers and a compiler")
