@@ -25,6 +25,10 @@ round; the medians and their ratio are printed. Levers:
 ``onednn_lrn``         local response normalization on oneDNN's LRN (what ``impl="auto"``
                        gives), against XLA's fusions of the same formula (the window sum as
                        shifted slices), the rest of the step alike.
+``packed_relu``        ReLU's derivative kept as a mask of 1 bit per element
+                       (``gdjax.models.relu``, what ``AlexNet`` uses), against
+                       ``jax.nn.relu``, whose backward pass XLA computes from the saved input
+                       (every unfused convolution's float output kept until its gradient).
 ``gradient_buffer``    the step's gradients returned into a donated buffer of the parameters'
                        shapes (``Parallel(gradient_buffer=...)``, on by default on the CPU), so
                        that XLA writes them into memory mapped since the last step, against
@@ -54,7 +58,7 @@ import optax
 from common import case_spec, positive_int
 
 import gdjax
-from gdjax.models import AlexNet, compiler_options, layers, onednn_status
+from gdjax.models import AlexNet, alexnet, compiler_options, layers, onednn_status
 from gdjax.models.xla_options import CPU_OPTIONS, _supported
 from gdjax.train.parallel import gradient_buffer_by_default
 
@@ -69,11 +73,15 @@ LEVERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # the step with it returns its gradients (below); both compiled as gdjax.train compiles
     # them (without region analysis XLA's copies of the donated kernels fill the temporaries)
     "gradient_buffer": ({}, CPU_OPTIONS["train"]),
+    "packed_relu": ({}, CPU_OPTIONS["train"]),  # the default; without it jax.nn.relu (below)
 }
 # The model keyword arguments of the step without the lever, where they are not the defaults.
 BASELINES: dict[str, dict[str, Any]] = {"fused_relu": {"fused_relu": False}}
 # The compiler options of the step without the lever, where it is not compiled without any.
-BASELINE_OPTIONS: dict[str, dict[str, Any]] = {"gradient_buffer": CPU_OPTIONS["train"]}
+BASELINE_OPTIONS: dict[str, dict[str, Any]] = {
+    "gradient_buffer": CPU_OPTIONS["train"],
+    "packed_relu": CPU_OPTIONS["train"],
+}
 
 
 def available() -> list[str]:
@@ -95,6 +103,16 @@ def _lrn_on_xla(on: bool):
         yield
 
 
+@contextlib.contextmanager
+def _plain_relu(on: bool):
+    """While tracing: AlexNet's ReLU is jax.nn.relu (the mask not packed)."""
+    if not on:
+        yield
+        return
+    with mock.patch.dict(alexnet.ACTIVATIONS, {"relu": jax.nn.relu}):
+        yield
+
+
 def _programs(
     variant: str,
     size: int,
@@ -103,6 +121,7 @@ def _programs(
     options: dict,
     xla_lrn: bool = False,
     buffered: bool = False,
+    plain_relu: bool = False,
 ):
     """Compiled (train step, inference) of one AlexNet, and the training state (with the
     gradient buffer ``"g"`` where ``buffered``)."""
@@ -128,7 +147,7 @@ def _programs(
     if buffered:
         state["g"] = jax.tree.map(jnp.zeros_like, params)
     options = options or None
-    with _lrn_on_xla(xla_lrn):
+    with _lrn_on_xla(xla_lrn), _plain_relu(plain_relu):
         train_c = (
             jax.jit(train, donate_argnums=0, keep_unused=True)
             .lower(state, jax.random.key(2))
@@ -174,6 +193,7 @@ def measure(lever: str, case: str, rounds: int, steps: int) -> dict:
         BASELINE_OPTIONS.get(lever, {}),
         xla_lrn=lever == "onednn_lrn",
         buffered=buffered and lever != "gradient_buffer",
+        plain_relu=lever == "packed_relu",
     )
     without = _timer(*baseline, steps)
     times: dict[str, list[float]] = {k: [] for k in ("train", "train0", "infer", "infer0")}

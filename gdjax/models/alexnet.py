@@ -55,7 +55,7 @@ import numpy as np
 
 from gdjax._checks import check_one_of, is_int
 from gdjax.models.conv import CONV_IMPLS, conv_bias_relu, conv_general_dilated
-from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool
+from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool, relu
 
 __all__ = [
     "ACTIVATIONS",
@@ -78,7 +78,7 @@ MAPS = "maps"  # the output maps of a convolution split into towers (the paper's
 NEURONS = "neurons"  # the units of a hidden fully connected layer
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu,
+    "relu": relu,  # jax.nn.relu's values and derivatives, a 1-bit mask kept for the backward
     "tanh": jnp.tanh,
     "sigmoid": nn.sigmoid,
 }

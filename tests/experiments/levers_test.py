@@ -65,6 +65,12 @@ def test_a_lever_changes_the_compiled_program(levers):
         - unbuffered.memory_analysis().alias_size_in_bytes
     )
     assert extra == size
+    # The packed ReLU mask: the step with it shifts bits into bytes (and back) that the step with
+    # jax.nn.relu does not (its only shifts are the dropout's random bits).
+    kwargs = {"fused_relu": False}
+    packed = levers._programs("small", 32, 2, kwargs, options)[0].as_text()
+    plain = levers._programs("small", 32, 2, kwargs, options, plain_relu=True)[0].as_text()
+    assert packed.count("shift-left(") > plain.count("shift-left(")
 
 
 @pytest.mark.skipif(not onednn_status()[0], reason="needs the oneDNN headers and a compiler")

@@ -863,10 +863,10 @@ def test_orbax_errors_about_a_given_up_write_print_nothing(monkeypatch, tmp_path
     finally:
         absl.removeHandler(keep)
         absl.setLevel(level)
-    assert [r.getMessage() for r in seen] == [
-        f"a write failed in {elsewhere}",
-        f"a warning about {failed}",
-    ]
+    # Only this test's records: orbax threads left by earlier tests in this worker may log to
+    # absl meanwhile (about their own folders), which once failed this test under xdist.
+    ours = [r.getMessage() for r in seen if str(tmp_path) in r.getMessage()]
+    assert ours == [f"a write failed in {elsewhere}", f"a warning about {failed}"]
 
 
 FULL_DISK = """
