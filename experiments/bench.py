@@ -34,10 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from common import case_spec, positive_int
+from common import case_spec, momentum_training, positive_int
 
-import gdjax
 from gdjax.models import AlexNet, compiler_options, count_flops
 from gdjax.train.parallel import gradient_buffer_by_default
 
@@ -100,23 +98,8 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
     params = jax.jit(model.init, compiler_options=compiler_options("init"))(
         jax.random.key(1), x[:1]
     )["params"]
-    tx = gdjax.momentum(0.01)
-    opt_state = tx.init(params)
-
-    def loss_fn(p, key):
-        logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    # Where gdjax.train would (gdjax.train.parallel.gradient_buffer_by_default: on the CPU, unless
-    # the process keeps freed memory mapped), the step returns its gradients into a donated
-    # buffer ("g"), which keep_unused keeps as an argument, so that XLA writes them there.
-    buffered = gradient_buffer_by_default()
-
-    def train(state, key):
-        p = state["p"]
-        g = jax.grad(loss_fn)(p, key)
-        u, s = tx.update(g, state["s"], p)
-        return {"p": optax.apply_updates(p, u), "s": s, **({"g": g} if buffered else {})}
+    # As gdjax.train runs it here: with the gradient buffer where gradient_buffer_by_default says.
+    train, state = momentum_training(model, x, y, params, gradient_buffer_by_default())
 
     # Compiled as gdjax.train compiles its steps (gdjax.models.compiler_options).
     train = jax.jit(
@@ -125,9 +108,6 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
     infer = jax.jit(
         lambda p, x: model.apply({"params": p}, x), compiler_options=compiler_options("infer")
     )
-    state = {"p": params, "s": opt_state}
-    if buffered:
-        state["g"] = jax.tree.map(jnp.zeros_like, params)
     t0 = time.perf_counter()
     state.update(train(dict(state), jax.random.key(2)))
     jax.block_until_ready(state["p"])

@@ -96,6 +96,35 @@ def case_spec(text: str) -> str:
     return text
 
 
+def momentum_training(model: Any, x: jax.Array, y: jax.Array, params: Any, buffered: bool):
+    """The training step ``bench.py`` and ``levers.py`` time: ``(train, state)`` with
+    ``train(state, key) -> state`` (forward with dropout, cross-entropy on ``x, y``, backward,
+    ``gdjax.momentum(0.01)``) on ``state = {"p": params, "s": optimizer state}``. Where
+    ``buffered`` (as ``gdjax.train`` does on the CPU, ``gdjax.train.parallel``), ``state["g"]``
+    is a gradient buffer the step returns its gradients into: jit it with ``donate_argnums=0,
+    keep_unused=True`` so that XLA writes them there."""
+    import optax
+
+    import gdjax
+
+    tx = gdjax.momentum(0.01)
+
+    def loss(p, key):
+        logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def train(state, key):
+        p = state["p"]
+        g = jax.grad(loss)(p, key)
+        u, s = tx.update(g, state["s"], p)
+        return {"p": optax.apply_updates(p, u), "s": s, **({"g": g} if buffered else {})}
+
+    state = {"p": params, "s": tx.init(params)}
+    if buffered:
+        state["g"] = jax.tree.map(jax.numpy.zeros_like, params)
+    return train, state
+
+
 def cpu_name() -> str:
     """The CPU's model name and its widest vector extensions (AVX2, AVX-512, AMX), for a result's
     first line."""

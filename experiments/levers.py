@@ -54,10 +54,8 @@ from unittest import mock
 
 import jax
 import jax.numpy as jnp
-import optax
-from common import case_spec, positive_int
+from common import case_spec, momentum_training, positive_int
 
-import gdjax
 from gdjax.models import AlexNet, alexnet, compiler_options, layers, onednn_status
 from gdjax.models.xla_options import CPU_OPTIONS, _supported
 from gdjax.train.parallel import gradient_buffer_by_default
@@ -131,21 +129,7 @@ def _programs(
     params = jax.jit(model.init, compiler_options=compiler_options("init"))(
         jax.random.key(1), x[:1]
     )["params"]
-    tx = gdjax.momentum(0.01)
-
-    def train(state, key):
-        def loss(p):
-            logits = model.apply({"params": p}, x, train=True, rngs={"dropout": key})
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        p = state["p"]
-        g = jax.grad(loss)(p)
-        u, s = tx.update(g, state["s"], p)
-        return {"p": optax.apply_updates(p, u), "s": s, **({"g": g} if buffered else {})}
-
-    state = {"p": params, "s": tx.init(params)}
-    if buffered:
-        state["g"] = jax.tree.map(jnp.zeros_like, params)
+    train, state = momentum_training(model, x, y, params, buffered)
     options = options or None
     with _lrn_on_xla(xla_lrn), _plain_relu(plain_relu):
         train_c = (

@@ -271,17 +271,7 @@ class Parallel:
         )
         if mode == "none":
             self.num_devices = 1
-            if gradient_buffer:
-                self._train = jax.jit(
-                    self._buffered_step,
-                    donate_argnums=(0, 1),
-                    keep_unused=True,
-                    compiler_options=compiler_options("train"),
-                )
-            else:
-                self._train = jax.jit(
-                    step, donate_argnums=0, compiler_options=compiler_options("train")
-                )
+            self._train = self._jit_train()
             self._eval = jax.jit(eval_step, compiler_options=compiler_options("infer"))
         elif mode == "pmap":
             self.num_devices = jax.device_count()
@@ -439,27 +429,23 @@ class Parallel:
         if self._state_shardings is None:
             raise RuntimeError("Parallel('sharded'): put_state(state) before the first step")
         if self._train_for is not self._state_shardings:
-            if self.gradient_buffer:
-                self._train = jax.jit(
-                    self._buffered_step,
-                    donate_argnums=(0, 1),
-                    keep_unused=True,
-                    out_shardings=(
-                        self._state_shardings,
-                        self.replicated,
-                        self._state_shardings.params,
-                    ),
-                    compiler_options=compiler_options("train"),
-                )
-            else:
-                self._train = jax.jit(
-                    self.train_step_function,
-                    donate_argnums=0,
-                    out_shardings=(self._state_shardings, self.replicated),
-                    compiler_options=compiler_options("train"),
-                )
+            self._train = self._jit_train((self._state_shardings, self.replicated))
             self._train_for = self._state_shardings
         return self._train
+
+    def _jit_train(self, out_shardings: tuple | None = None) -> Any:
+        """The jitted training step, its state donated (with ``gradient_buffer`` the gradient
+        buffer too, kept though unused, and the gradients laid out like the parameters);
+        ``out_shardings``: the state's and the metrics' (``"sharded"``)."""
+        kwargs: dict[str, Any] = {"compiler_options": compiler_options("train")}
+        step, donate = self.train_step_function, 0
+        if self.gradient_buffer:
+            step, donate, kwargs["keep_unused"] = self._buffered_step, (0, 1), True
+            if out_shardings is not None:
+                out_shardings = (*out_shardings, out_shardings[0].params)
+        if out_shardings is not None:
+            kwargs["out_shardings"] = out_shardings
+        return jax.jit(step, donate_argnums=donate, **kwargs)
 
     def compile_train_step(self, state: TrainState, batch: Any) -> Any:
         """The training step :meth:`train_step` runs, compiled for ``state`` and ``batch``
