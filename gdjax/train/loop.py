@@ -498,7 +498,8 @@ class _TrainLog:
     (after the next step is dispatched, so the device never waits for the host).
 
     Throughput counts steady training only: the clock restarts after the first step (which
-    compiles) and after every evaluation and checkpoint.
+    compiles) and after every evaluation and checkpoint. A row whose interval has no timed step
+    (the first with ``log_every_steps=1``) has no ``images_per_second``, rather than a 0.
     """
 
     def __init__(self, writer: MetricsWriter, batch_size: int, stop_on_nonfinite: bool):
@@ -532,6 +533,7 @@ class _TrainLog:
         for s, m in rows:
             if not math.isfinite(m["loss"]) and self.stop_on_nonfinite:
                 raise _NonFiniteLossError(s, m["loss"])
+        rate = None  # no timed step in the interval (only the compiling one): no rate
         if self.clock is not None:
             timed = len(rows) - min(self.untimed, len(rows))
             self.untimed = max(0, self.untimed - len(rows))
@@ -539,13 +541,14 @@ class _TrainLog:
             if timed:
                 self.timed_steps += timed
                 self.timed_seconds += now - self.clock
-                self.interval_rate = timed * self.batch_size / max(now - self.clock, 1e-9)
+                rate = self.interval_rate = timed * self.batch_size / max(now - self.clock, 1e-9)
             self.clock = now
         finite = [m for _, m in rows if math.isfinite(m["loss"])] or [rows[-1][1]]
         summary = _mean_over_examples(finite)
         if "learning_rate" in rows[-1][1]:  # the newest, not the mean
             summary["learning_rate"] = rows[-1][1]["learning_rate"]
-        summary["images_per_second"] = self.interval_rate
+        if rate is not None:
+            summary["images_per_second"] = rate
         self.writer.write(rows[-1][0], "train", summary)
         return summary
 
@@ -582,7 +585,9 @@ class _Progress:
             shown = {"loss": f"{summary['loss']:.3f}"}
             if "error" in summary:
                 shown["err"] = f"{summary['error']:.3f}"
-            self.bar.set_postfix(**shown, img_s=f"{rate:.0f}")
+            if rate > 0:  # none yet while only the compiling step has run
+                shown["img_s"] = f"{rate:.0f}"
+            self.bar.set_postfix(**shown)
         if step % self.steps_per_epoch == 0:
             self.close()
 

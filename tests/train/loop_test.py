@@ -240,6 +240,17 @@ def test_a_diverged_model_is_never_accurate(tmp_path):
     assert metrics["error"] == 1.0 and metrics["top5_error"] == 1.0
 
 
+def test_a_row_without_a_timed_step_has_no_throughput(tmp_path):
+    """With a row per step the first row's interval is the compiling step alone, which is not
+    timed: it has no images_per_second (it said 0.0, a stalled run); every later row has one."""
+    train_and_evaluate(quick_config(log_every_steps=1, num_steps=4), str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert "images_per_second" not in train_rows[0] and "loss" in train_rows[0]
+    assert all(r["images_per_second"] > 0 for r in train_rows[1:]), train_rows
+
+
 def test_skip_nonfinite_keeps_going(tmp_path):
     config = quick_config(
         **{"optimizer.learning_rate": 1e4, "optimizer.skip_nonfinite": True, "num_steps": 12}
