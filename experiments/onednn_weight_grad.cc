@@ -1,18 +1,25 @@
-// The convolution weight gradient of AlexNet's layers on oneDNN, reading x and dy in NHWC (as
-// XLA hands them over) against reordering both into oneDNN's blocked layouts first, timed
-// alternately in one process (median of 14); the reorders count against the blocked variant.
-// This measurement set the rule in gdjax/models/_onednn_conv.cc (blocked from 16 input maps per
-// group on).
+// The convolution weight gradient of AlexNet's layers on oneDNN, three ways, timed alternately
+// in one process (median of 14):
+//   NHWC     x and dy read in NHWC, as XLA hands them over (oneDNN's first choice for that);
+//   blocked  x and dy reordered into oneDNN's blocked layouts first (the reorders counted);
+//   GEMM     x and dy in NHWC on oneDNN's im2col + GEMM implementation (`x64:gemm:jit`,
+//            found among the NHWC primitive's implementations with next_impl()).
+// The first two set the rule in gdjax/models/_onednn_conv.cc (blocked from 16 input maps per
+// group on); the third was measured against it on AVX2 (2026-12-06, README: not kept).
+// Layers of the three variants at the batches `experiments/bench.py` runs; the paper's and
+// small's grouped layers as two groups.
 //
 // Build and run against the oneDNN of the `onednn` extra (the venv's prefix):
 //   P=$(python -c "import sys; print(sys.prefix)")   # or $GDJAX_ONEDNN_ROOT
 //   c++ -O2 -std=c++17 experiments/onednn_weight_grad.cc -I$P/include -L$P/lib -ldnnl \
 //       -Wl,-rpath,$P/lib -o /tmp/weight_grad && /tmp/weight_grad
+// Held to AVX2 on an AVX-512 machine: ONEDNN_MAX_CPU_ISA=AVX2 /tmp/weight_grad
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -54,10 +61,21 @@ int main() {
       {"torchvision conv3 b32", 32, 192, 13, 384, 3, 1, 1, 13, 1},
       {"torchvision conv4 b32", 32, 384, 13, 256, 3, 1, 1, 13, 1},
       {"torchvision conv5 b32", 32, 256, 13, 256, 3, 1, 1, 13, 1},
-      {"small conv2 b128 (2 towers)", 128, 32, 16, 64, 5, 1, 2, 16, 2},
+      {"torchvision conv2 b128", 128, 64, 27, 192, 5, 1, 2, 27, 1},
+      {"torchvision conv3 b128", 128, 192, 13, 384, 3, 1, 1, 13, 1},
+      {"torchvision conv4 b128", 128, 384, 13, 256, 3, 1, 1, 13, 1},
+      {"torchvision conv5 b128", 128, 256, 13, 256, 3, 1, 1, 13, 1},
+      {"paper conv2 b32", 32, 96, 27, 256, 5, 1, 2, 27, 2},
+      {"paper conv3 b32", 32, 256, 13, 384, 3, 1, 1, 13, 1},
+      {"paper conv4 b32", 32, 384, 13, 384, 3, 1, 1, 13, 2},
+      {"paper conv5 b32", 32, 384, 13, 256, 3, 1, 1, 13, 2},
+      {"small conv2 b128", 128, 32, 16, 64, 5, 1, 2, 16, 2},
       {"small conv3 b128", 128, 64, 8, 96, 3, 1, 1, 8, 1},
+      {"small conv4 b128", 128, 96, 8, 96, 3, 1, 1, 8, 2},
+      {"small conv5 b128", 128, 96, 8, 64, 3, 1, 1, 8, 2},
   };
-  std::printf("%-28s %12s %22s %7s\n", "layer", "NHWC ms", "blocked+reorders ms", "ratio");
+  std::printf("%-24s %9s %9s %9s  %s\n", "layer", "NHWC ms", "blocked", "GEMM",
+              "(implementations: NHWC, blocked, GEMM)");
   for (const Layer& l : layers) {
     const memory::dims src = {l.n, l.c, l.h, l.h}, dst = {l.n, l.o, l.oh, l.oh};
     const memory::dims strides = {l.stride, l.stride}, pad = {l.pad, l.pad}, dil = {0, 0};
@@ -76,12 +94,17 @@ int main() {
         eng, alg, nhwc_src, any_wei, nhwc_dst, strides, dil, pad, pad, hint_nhwc);
     auto on_blocked = convolution_backward_weights::primitive_desc(
         eng, alg, any_src, any_wei, any_dst, strides, dil, pad, pad, hint_any);
+    auto on_gemm = on_nhwc;
+    while (std::string(on_gemm.impl_info_str()).find("gemm") == std::string::npos) {
+      if (!on_gemm.next_impl()) break;
+    }
     memory x = Filled(nhwc_src), dy = Filled(nhwc_dst);
     memory xb = Filled(on_blocked.src_desc()), dyb = Filled(on_blocked.diff_dst_desc());
     memory dw0 = Filled(on_nhwc.diff_weights_desc()), dw1 = Filled(on_blocked.diff_weights_desc());
-    convolution_backward_weights nhwc(on_nhwc), blocked(on_blocked);
+    memory dw2 = Filled(on_gemm.diff_weights_desc());
+    convolution_backward_weights nhwc(on_nhwc), blocked(on_blocked), gemm(on_gemm);
     reorder x_in(x, xb), dy_in(dy, dyb);
-    std::vector<double> a, b;
+    std::vector<double> a, b, c;
     for (int r = 0; r < 14; ++r) {
       a.push_back(Milliseconds([&] {
         nhwc.execute(strm, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, dw0}});
@@ -92,10 +115,13 @@ int main() {
         blocked.execute(strm,
                         {{DNNL_ARG_SRC, xb}, {DNNL_ARG_DIFF_DST, dyb}, {DNNL_ARG_DIFF_WEIGHTS, dw1}});
       }));
+      c.push_back(Milliseconds([&] {
+        gemm.execute(strm, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, dw2}});
+      }));
     }
-    std::sort(a.begin(), a.end());
-    std::sort(b.begin(), b.end());
-    std::printf("%-28s %12.1f %22.1f %7.2f\n", l.name, a[7], b[7], a[7] / b[7]);
+    for (auto* v : {&a, &b, &c}) std::sort(v->begin(), v->end());
+    std::printf("%-24s %9.1f %9.1f %9.1f  (%s, %s, %s)\n", l.name, a[7], b[7], c[7],
+                on_nhwc.impl_info_str(), on_blocked.impl_info_str(), on_gemm.impl_info_str());
     std::fflush(stdout);
   }
   const dnnl_version_t* v = dnnl_version();
