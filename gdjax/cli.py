@@ -2,7 +2,7 @@
 
 usage:
   gdjax [train] [--config=PRESET|FILE] [--config.FIELD=VALUE ...] [--workdir=DIR] [--restart]
-  gdjax eval --workdir=DIR [--config.FIELD=VALUE ...]
+  gdjax eval --workdir=DIR [--step=N] [--config.FIELD=VALUE ...]
   gdjax --version                         # or: gdjax version
   gdjax help [train|eval]                 # or: gdjax [COMMAND] --help
 
@@ -12,6 +12,7 @@ examples:
   gdjax train --config=paper --config.dataset=folder:/data/imagenet --workdir=runs/alexnet
   gdjax train --config.optimizer.name=adam --config.optimizer.learning_rate=1e-3
   gdjax eval --workdir=runs/default       # the latest checkpoint (ten crops if AlexNet input)
+  gdjax eval --workdir=runs/default --step=500   # one of the checkpoints the workdir keeps
 
 --config takes a preset name (default, cifar10, paper) or the path of a Python file whose
 get_config() returns a ConfigDict; --config.FIELD=VALUE overrides one field (an unknown field
@@ -64,6 +65,7 @@ FLAG_HELP = {
     },
     "eval": {
         "workdir": "The run to evaluate: its newest readable checkpoint and its config.json.",
+        "step": "Evaluate the checkpoint of this step (one the workdir keeps) instead.",
         "config": "A preset or config file instead of the workdir's config.json.",
         "verbose": "Show the whole traceback of an error.",
     },
@@ -391,9 +393,17 @@ def _run(command: str, args: list[str], start: float) -> int:
         else:
             config, _ = _base_config(flags)
         _apply_overrides(config, overrides)
+        step = None
+        if "step" in flags:
+            text = str(flags["step"]).strip()
+            if not text.isdigit():
+                raise UsageError(
+                    f"--step must be a checkpoint's step, an integer >= 0, got {flags['step']!r}"
+                )
+            step = int(text)
         from gdjax.train import evaluate_checkpoint
 
-        print(json.dumps(evaluate_checkpoint(config, str(run_dir)), indent=2))
+        print(json.dumps(evaluate_checkpoint(config, str(run_dir), step), indent=2))
         return 0
 
     config, preset = _base_config(flags)
@@ -446,11 +456,13 @@ def _run(command: str, args: list[str], start: float) -> int:
 
 def _complete(e: Exception) -> bool:
     """Errors whose message says what happened and what is left, so no type or hint is added:
-    a missing extra, a checkpoint that could not be written, a workdir another run holds (the
-    last two only ever raised once the trainer is imported, so they are looked up there rather
-    than imported here)."""
+    a missing extra, a checkpoint that could not be written or read, a workdir another run
+    holds (the last three only ever raised once the trainer is imported, so they are looked up
+    there rather than imported here)."""
     checkpoint = sys.modules.get("gdjax.train.checkpoint")
-    written = checkpoint is not None and isinstance(e, checkpoint.CheckpointWriteError)
+    written = checkpoint is not None and isinstance(
+        e, (checkpoint.CheckpointWriteError, checkpoint.CheckpointUnreadableError)
+    )
     loop = sys.modules.get("gdjax.train.loop")
     busy = loop is not None and isinstance(e, loop.WorkdirBusyError)
     return written or busy or isinstance(e, MissingExtraError)

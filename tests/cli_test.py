@@ -360,9 +360,9 @@ def test_the_readme_commands_run(command, readme_data, tmp_path, capsys, monkeyp
     root, tarball, imagenet = readme_data
     args = shlex.split(command)[1:] or ["train"]
     args = [
-        a.replace("/data/cifar-10-python.tar.gz", str(tarball)).replace(
-            "/data/imagenet", str(imagenet)
-        )
+        a.replace("/data/cifar-10-python.tar.gz", str(tarball))
+        .replace("/data/imagenet", str(imagenet))
+        .replace("--step=500", "--step=2")  # the stand-in run's only checkpoint
         for a in args
     ]
     if args[0] == "train":
@@ -408,6 +408,20 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     assert cli.main(["gdjax", "eval", "--workdir=runs/default", "--config.model.activation=tanh"])
     err = capsys.readouterr().err
     assert "another network (changed: model.activation: 'relu' -> 'tanh')" in err
+    # --step picks one of the checkpoints the workdir keeps (here only the last, step 100)
+    assert cli.main(["gdjax", "eval", "--workdir=runs/default", "--step=100"]) == 0
+    out = capsys.readouterr().out
+    chosen = json.loads(out[out.index("{") :])
+    assert chosen["step"] == 100 and chosen["loss"] == pytest.approx(result["loss"])
+    for step, message in [
+        ("50", f"no checkpoint of step 50 in {tmp_path / 'runs' / 'default' / 'checkpoints'} "
+               "(it keeps steps: 100)"),
+        ("latest", "--step must be a checkpoint's step, an integer >= 0, got 'latest'"),
+        ("-5", "--step must be a checkpoint's step, an integer >= 0, got '-5'"),
+    ]:  # fmt: skip
+        status = cli.main(["gdjax", "eval", "--workdir=runs/default", f"--step={step}"])
+        err = capsys.readouterr().err
+        assert status == 2 and err.strip().splitlines() == [f"gdjax eval: {message}"], err
 
 
 def test_a_whole_number_written_as_a_float_sets_an_int_field():

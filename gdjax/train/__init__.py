@@ -10,6 +10,7 @@ _extras.require(
 from gdjax.train.checkpoint import (
     Checkpointer,
     CheckpointMismatchError,
+    CheckpointUnreadableError,
     CheckpointWriteError,
     NonFiniteStateError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "MODES",
     "OPTIMIZERS",
     "CheckpointMismatchError",
+    "CheckpointUnreadableError",
     "CheckpointWriteError",
     "Checkpointer",
     "Collective",

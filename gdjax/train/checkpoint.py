@@ -42,6 +42,7 @@ from gdjax.train.steps import TrainState
 
 __all__ = [
     "CheckpointMismatchError",
+    "CheckpointUnreadableError",
     "CheckpointWriteError",
     "Checkpointer",
     "NonFiniteStateError",
@@ -58,6 +59,10 @@ class CheckpointMismatchError(RuntimeError):
             f"checkpoint {step} in {directory} holds another run's state "
             f"({'; '.join(differences[:3])})"
         )
+
+
+class CheckpointUnreadableError(RuntimeError):
+    """A checkpoint asked for by its step whose files are damaged or incomplete."""
 
 
 class CheckpointWriteError(OSError):
@@ -416,6 +421,44 @@ class Checkpointer:
         :class:`CheckpointMismatchError` when the newest readable checkpoint holds another
         structure.
         """
+        for step in reversed(self.all_steps()):
+            failed = self._read(step, template, shardings)
+            if isinstance(failed, tuple):
+                return failed
+            left = "trying an older one" if step != self.all_steps()[0] else "none is left"
+            warnings.warn(
+                f"checkpoint {step} in {self.directory} is unreadable (damaged or "
+                f"incomplete files: {failed}); {left}",
+                stacklevel=2,
+            )
+        return None
+
+    def restore_step(
+        self, template: TrainState, step: int, shardings: Any = None
+    ) -> tuple[TrainState, Any, dict]:
+        """Checkpoint ``step`` as ``(state, data_state, meta)``, as :meth:`restore_latest`
+        restores it, with no fallback: raises :class:`FileNotFoundError` when the directory
+        keeps no checkpoint of that step (naming those it keeps) and
+        :class:`CheckpointUnreadableError` when its files are damaged."""
+        kept = self.all_steps()
+        if step not in kept:
+            which = ", ".join(map(str, kept)) if kept else "none"
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {self.directory} (it keeps steps: {which})"
+            )
+        restored = self._read(step, template, shardings)
+        if not isinstance(restored, tuple):
+            raise CheckpointUnreadableError(
+                f"checkpoint {step} in {self.directory} is unreadable (damaged or incomplete "
+                f"files: {restored})"
+            )
+        return restored
+
+    def _read(
+        self, step: int, template: TrainState, shardings: Any
+    ) -> tuple[TrainState, Any, dict] | str:
+        """Checkpoint ``step`` restored into ``template``'s structure, or, when its files
+        cannot be read, the name of the failure (the step is then remembered as unreadable)."""
         saveable = _saveable(template)
         wanted = _layout(saveable)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saveable)
@@ -425,49 +468,41 @@ class Checkpointer:
                 abstract,
                 _fields(shardings),
             )
-        for step in reversed(self.all_steps()):
+        try:
+            metadata = self._manager.item_metadata(step)["state"]
+        except Exception:  # orbax raises many kinds on damaged metadata
+            metadata = None
+        if metadata is not None:
+            saved = _layout(getattr(metadata, "tree", metadata))
+            differences = _differences(saved, wanted)
+            if differences:
+                raise CheckpointMismatchError(self.directory, step, differences)
+        with _orbax_failures(self.directory) as failed:
             try:
-                metadata = self._manager.item_metadata(step)["state"]
-            except Exception:  # orbax raises many kinds on damaged metadata
-                metadata = None
-            if metadata is not None:
-                saved = _layout(getattr(metadata, "tree", metadata))
-                differences = _differences(saved, wanted)
-                if differences:
-                    raise CheckpointMismatchError(self.directory, step, differences)
-            with _orbax_failures(self.directory) as failed:
-                try:
-                    restored = self._manager.restore(
-                        step,
-                        args=ocp.args.Composite(
-                            state=ocp.args.StandardRestore(abstract),
-                            data=ocp.args.JsonRestore(),
-                            meta=ocp.args.JsonRestore(),
-                        ),
-                    )
-                    arrays = restored["state"]
-                    if int(arrays["step"]) != step:
-                        raise ValueError(f"it holds step {int(arrays['step'])}")
-                except Exception as e:  # any unreadable checkpoint: fall back to an older one
-                    failed.append(type(e).__name__)
-            if failed:
-                self.unreadable.add(step)
-                left = "trying an older one" if step != self.all_steps()[0] else "none is left"
-                warnings.warn(
-                    f"checkpoint {step} in {self.directory} is unreadable (damaged or "
-                    f"incomplete files: {failed[0]}); {left}",
-                    stacklevel=2,
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract),
+                        data=ocp.args.JsonRestore(),
+                        meta=ocp.args.JsonRestore(),
+                    ),
                 )
-                continue
-            state = template.replace(
-                step=arrays["step"],
-                params=arrays["params"],
-                model_state=arrays["model_state"],
-                opt_state=arrays["opt_state"],
-                rng=jax.random.wrap_key_data(arrays["rng"], impl=jax.random.key_impl(template.rng)),
-            )
-            return state, restored["data"], dict(restored["meta"])
-        return None
+                arrays = restored["state"]
+                if int(arrays["step"]) != step:
+                    raise ValueError(f"it holds step {int(arrays['step'])}")
+            except Exception as e:  # any unreadable checkpoint
+                failed.append(type(e).__name__)
+        if failed:
+            self.unreadable.add(step)
+            return failed[0]
+        state = template.replace(
+            step=arrays["step"],
+            params=arrays["params"],
+            model_state=arrays["model_state"],
+            opt_state=arrays["opt_state"],
+            rng=jax.random.wrap_key_data(arrays["rng"], impl=jax.random.key_impl(template.rng)),
+        )
+        return state, restored["data"], dict(restored["meta"])
 
     def close(self) -> None:
         self._manager.close()

@@ -829,12 +829,16 @@ def _train(
 
 
 def evaluate_checkpoint(
-    config: ml_collections.ConfigDict, workdir: str
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
 ) -> dict[str, float | int | str]:
-    """Metrics of the latest readable checkpoint in ``workdir`` on ``config.eval_split`` (ten
-    crops when the config's input pipeline is AlexNet's): loss, error, top-5 error, accuracy,
-    the checkpoint's ``step``, the ``split`` and the number of ``examples`` scored. Writes
-    nothing."""
+    """Metrics of the latest readable checkpoint in ``workdir`` (or of checkpoint ``step``,
+    one of those the workdir keeps) on ``config.eval_split`` (ten crops when the config's
+    input pipeline is AlexNet's): loss, error, top-5 error, accuracy, the checkpoint's
+    ``step``, the ``split`` and the number of ``examples`` scored. Writes nothing."""
+    if step is not None and (
+        isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0
+    ):
+        raise ValueError(f"step must be a checkpoint's step, an integer >= 0, got {step!r}")
     c = _config_dict(config)
     check_config(c, jax.process_count())
     directory = _workdir(workdir) / "checkpoints"
@@ -852,7 +856,10 @@ def evaluate_checkpoint(
     run = build(c)
     checkpointer = Checkpointer(directory, c.keep_checkpoints, create=False)
     try:
-        restored = checkpointer.restore_latest(run.state, run.shardings)
+        if step is None:
+            restored = checkpointer.restore_latest(run.state, run.shardings)
+        else:
+            restored = checkpointer.restore_step(run.state, int(step), run.shardings)
     except CheckpointMismatchError as e:
         raise _mismatch(pathlib.Path(workdir), c, e, evaluating=True) from None
     finally:

@@ -19,6 +19,7 @@ import pytest
 from gdjax.configs import get_config, override
 from gdjax.train import (
     Checkpointer,
+    CheckpointUnreadableError,
     ConfigError,
     WorkdirMismatchError,
     build,
@@ -766,6 +767,38 @@ def test_a_truncated_newest_checkpoint_is_replaced_not_kept(tmp_path):
     finally:
         ckpt.close()
     assert int(state.step) == 30 and not ckpt.unreadable
+
+
+def test_eval_of_a_chosen_step_scores_that_checkpoint_and_never_another(tmp_path):
+    """evaluate_checkpoint (and gdjax eval) scored only the newest checkpoint; ``step`` picks
+    one the workdir keeps. It scores what the run logged when it evaluated at that step; a step
+    not kept, or one whose files are damaged, is an error naming it, not another step's score."""
+    config = quick_config(num_steps=6, checkpoint_every_steps=2, eval_every_epochs=1e-6)
+    train_and_evaluate(config, str(tmp_path))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    logged = {r["step"]: r for r in rows if r["split"] == "test"}
+    assert _steps(tmp_path / "checkpoints") == [2, 4, 6]
+    for step in (2, 4, 6, np.int64(4)):
+        result = evaluate_checkpoint(config, str(tmp_path), step)
+        assert result["step"] == step
+        for key in ("loss", "error", "top5_error"):
+            assert result[key] == pytest.approx(logged[int(step)][key], rel=1e-6), (step, key)
+    assert logged[2]["loss"] != logged[6]["loss"]  # the steps are told apart
+    assert evaluate_checkpoint(config, str(tmp_path))["step"] == 6
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 3 .*keeps steps: 2, 4, 6"):
+        evaluate_checkpoint(config, str(tmp_path), 3)
+    for bad in (-1, 2.0, "2", True):
+        with pytest.raises(
+            ValueError, match=rf"step must be .*integer >= 0, got {re.escape(repr(bad))}"
+        ):
+            evaluate_checkpoint(config, str(tmp_path), bad)
+    _truncate_biggest_array(tmp_path / "checkpoints" / "4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback, no warning: the error says it
+        with pytest.raises(CheckpointUnreadableError, match=r"checkpoint 4 in .* is unreadable"):
+            evaluate_checkpoint(config, str(tmp_path), 4)
+    assert _steps(tmp_path / "checkpoints") == [2, 4, 6]  # eval writes nothing, moves nothing
+    assert evaluate_checkpoint(config, str(tmp_path), 2)["step"] == 2
 
 
 def test_a_truncated_newest_checkpoint_costs_the_command_two_lines(tmp_path):
