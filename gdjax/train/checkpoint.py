@@ -422,13 +422,13 @@ class Checkpointer:
         structure.
         """
         for step in reversed(self.all_steps()):
-            failed = self._read(step, template, shardings)
-            if isinstance(failed, tuple):
-                return failed
+            read = self._read(step, template, shardings)
+            if isinstance(read, tuple):
+                return read
             left = "trying an older one" if step != self.all_steps()[0] else "none is left"
             warnings.warn(
                 f"checkpoint {step} in {self.directory} is unreadable (damaged or "
-                f"incomplete files: {failed}); {left}",
+                f"incomplete files: {read}); {left}",
                 stacklevel=2,
             )
         return None
