@@ -393,14 +393,7 @@ def _run(command: str, args: list[str], start: float) -> int:
         else:
             config, _ = _base_config(flags)
         _apply_overrides(config, overrides)
-        step = None
-        if "step" in flags:
-            text = str(flags["step"]).strip()
-            if not text.isdigit():
-                raise UsageError(
-                    f"--step must be a checkpoint's step, an integer >= 0, got {flags['step']!r}"
-                )
-            step = int(text)
+        step = _integer_flag(flags, "step", "a checkpoint's step, an integer >= 0", minimum=0)
         from gdjax.train import evaluate_checkpoint
 
         print(json.dumps(evaluate_checkpoint(config, str(run_dir), step), indent=2))
@@ -415,16 +408,10 @@ def _run(command: str, args: list[str], start: float) -> int:
     if any(flags.get(name) not in (None, False) for name in multi_host):
         from gdjax.train import initialize_distributed
 
-        def number(name):
-            if flags.get(name) is None:
-                return None
-            try:
-                return int(str(flags[name]))
-            except ValueError:
-                raise UsageError(f"--{name} must be an integer, got {flags[name]!r}") from None
-
         initialize_distributed(
-            flags.get("coordinator_address"), number("num_processes"), number("process_id")
+            flags.get("coordinator_address"),
+            _integer_flag(flags, "num_processes"),
+            _integer_flag(flags, "process_id"),
         )
     from gdjax.train import train_and_evaluate
 
@@ -452,6 +439,25 @@ def _run(command: str, args: list[str], start: float) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _integer_flag(
+    flags: dict[str, str | bool],
+    name: str,
+    expected: str = "an integer",
+    minimum: int | None = None,
+) -> int | None:
+    """Flag ``--name`` as an int (``None`` when not given); a usage error naming the flag, the
+    value and ``expected`` when it is not an integer or is under ``minimum``."""
+    if flags.get(name) is None:
+        return None
+    try:
+        value = int(str(flags[name]))
+    except ValueError:
+        value = None
+    if value is None or (minimum is not None and value < minimum):
+        raise UsageError(f"--{name} must be {expected}, got {flags[name]!r}")
+    return value
 
 
 def _complete(e: Exception) -> bool:

@@ -290,6 +290,21 @@ def _all_finite(leaves: list[Any]) -> jax.Array:
     return jax.numpy.all(jax.numpy.stack([jax.numpy.isfinite(x).all() for x in leaves]))
 
 
+def _restore_target(template: TrainState, shardings: Any) -> tuple[Any, Any]:
+    """What a restore reads into: the abstract arrays of ``template``'s saved fields (placed by
+    ``shardings`` when given, else where the template's arrays are) and their layout, which a
+    checkpoint's metadata is compared with."""
+    saveable = _saveable(template)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saveable)
+    if shardings is not None:  # the key's raw data lies where the key did
+        abstract = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            _fields(shardings),
+        )
+    return abstract, _layout(saveable)
+
+
 class Checkpointer:
     """Save and restore ``(state, data_state, meta)`` under ``directory``.
 
@@ -421,16 +436,13 @@ class Checkpointer:
         :class:`CheckpointMismatchError` when the newest readable checkpoint holds another
         structure.
         """
+        target = _restore_target(template, shardings)
         for step in reversed(self.all_steps()):
-            read = self._read(step, template, shardings)
+            read = self._read(step, template, *target)
             if isinstance(read, tuple):
                 return read
             left = "trying an older one" if step != self.all_steps()[0] else "none is left"
-            warnings.warn(
-                f"checkpoint {step} in {self.directory} is unreadable (damaged or "
-                f"incomplete files: {read}); {left}",
-                stacklevel=2,
-            )
+            warnings.warn(f"{self._unreadable(step, read)}; {left}", stacklevel=2)
         return None
 
     def restore_step(
@@ -446,28 +458,23 @@ class Checkpointer:
             raise FileNotFoundError(
                 f"no checkpoint of step {step} in {self.directory} (it keeps steps: {which})"
             )
-        restored = self._read(step, template, shardings)
+        restored = self._read(step, template, *_restore_target(template, shardings))
         if not isinstance(restored, tuple):
-            raise CheckpointUnreadableError(
-                f"checkpoint {step} in {self.directory} is unreadable (damaged or incomplete "
-                f"files: {restored})"
-            )
+            raise CheckpointUnreadableError(self._unreadable(step, restored))
         return restored
 
+    def _unreadable(self, step: int, failure: str) -> str:
+        return (
+            f"checkpoint {step} in {self.directory} is unreadable (damaged or incomplete "
+            f"files: {failure})"
+        )
+
     def _read(
-        self, step: int, template: TrainState, shardings: Any
+        self, step: int, template: TrainState, abstract: Any, wanted: Any
     ) -> tuple[TrainState, Any, dict] | str:
-        """Checkpoint ``step`` restored into ``template``'s structure, or, when its files
-        cannot be read, the name of the failure (the step is then remembered as unreadable)."""
-        saveable = _saveable(template)
-        wanted = _layout(saveable)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saveable)
-        if shardings is not None:  # the key's raw data lies where the key did
-            abstract = jax.tree.map(
-                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                abstract,
-                _fields(shardings),
-            )
+        """Checkpoint ``step`` restored into ``abstract`` (:func:`_restore_target`), or, when
+        its files cannot be read, the name of the failure (the step is then remembered as
+        unreadable)."""
         try:
             metadata = self._manager.item_metadata(step)["state"]
         except Exception:  # orbax raises many kinds on damaged metadata

@@ -56,6 +56,7 @@ import ml_collections
 import numpy as np
 
 from gdjax import data
+from gdjax._checks import is_int
 from gdjax.models import AlexNet, _onednn, compiler_options, onednn_status
 from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
 from gdjax.train.evaluation import evaluate
@@ -835,9 +836,7 @@ def evaluate_checkpoint(
     one of those the workdir keeps) on ``config.eval_split`` (ten crops when the config's
     input pipeline is AlexNet's): loss, error, top-5 error, accuracy, the checkpoint's
     ``step``, the ``split`` and the number of ``examples`` scored. Writes nothing."""
-    if step is not None and (
-        isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0
-    ):
+    if step is not None and (not is_int(step) or step < 0):
         raise ValueError(f"step must be a checkpoint's step, an integer >= 0, got {step!r}")
     c = _config_dict(config)
     check_config(c, jax.process_count())
