@@ -1,11 +1,17 @@
-// The convolution weight gradient of AlexNet's layers on oneDNN, three ways, timed alternately
+// The convolution weight gradient of AlexNet's layers on oneDNN, four ways, timed alternately
 // in one process (median of 14):
 //   NHWC     x and dy read in NHWC, as XLA hands them over (oneDNN's first choice for that);
 //   blocked  x and dy reordered into oneDNN's blocked layouts first (the reorders counted);
 //   GEMM     x and dy in NHWC on oneDNN's im2col + GEMM implementation (`x64:gemm:jit`,
-//            found among the NHWC primitive's implementations with next_impl()).
+//            found among the NHWC primitive's implementations with next_impl());
+//   as fwd   the weight gradient as a forward convolution: dw[o,i,a,b] = sum over n,h,w of
+//            dy[n,h,w,o] x[n, s*h + a - p, s*w + b - p, i] is a convolution of x seen as a batch
+//            of C images of N channels with dy seen as O kernels of OH x OW taps (dilated by
+//            the stride), out k x k; x, dy and the result transposed by reorders (counted).
+//            Ungrouped layers only.
 // The first two set the rule in gdjax/models/_onednn_conv.cc (blocked from 16 input maps per
-// group on); the third was measured against it on AVX2 (2026-12-06, README: not kept).
+// group on); the third and fourth were measured against it on AVX2 (2026-12-06/07, README:
+// not kept).
 // Layers of the three variants at the batches `experiments/bench.py` runs; the paper's and
 // small's grouped layers as two groups.
 //
@@ -16,6 +22,7 @@
 // Held to AVX2 on an AVX-512 machine: ONEDNN_MAX_CPU_ISA=AVX2 /tmp/weight_grad
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -74,8 +81,8 @@ int main() {
       {"small conv4 b128", 128, 96, 8, 96, 3, 1, 1, 8, 2},
       {"small conv5 b128", 128, 96, 8, 64, 3, 1, 1, 8, 2},
   };
-  std::printf("%-24s %9s %9s %9s  %s\n", "layer", "NHWC ms", "blocked", "GEMM",
-              "(implementations: NHWC, blocked, GEMM)");
+  std::printf("%-24s %9s %9s %9s %9s  %s\n", "layer", "NHWC ms", "blocked", "GEMM", "as fwd",
+              "(implementations: NHWC, blocked, GEMM, as fwd)");
   for (const Layer& l : layers) {
     const memory::dims src = {l.n, l.c, l.h, l.h}, dst = {l.n, l.o, l.oh, l.oh};
     const memory::dims strides = {l.stride, l.stride}, pad = {l.pad, l.pad}, dil = {0, 0};
@@ -104,7 +111,38 @@ int main() {
     memory dw2 = Filled(on_gemm.diff_weights_desc());
     convolution_backward_weights nhwc(on_nhwc), blocked(on_blocked), gemm(on_gemm);
     reorder x_in(x, xb), dy_in(dy, dyb);
-    std::vector<double> a, b, c;
+    // The weight gradient as a forward convolution (ungrouped layers): x viewed as {C, N, H, W}
+    // and dy as {O, N, OH, OW} through the strides of their NHWC buffers; out {C, O, k, k},
+    // written into an HWIO buffer (what XLA wants back) through the strides of that view.
+    const bool as_fwd = l.groups == 1;
+    const memory::dim hw = l.h * l.h, ohw = l.oh * l.oh, right = l.k + (l.oh - 1) * l.stride - l.h - l.pad;
+    const memory::desc x_view({l.c, l.n, l.h, l.h}, dt::f32, {1, hw * l.c, l.h * l.c, l.c});
+    const memory::desc dy_view({l.o, l.n, l.oh, l.oh}, dt::f32, {1, ohw * l.o, l.oh * l.o, l.o});
+    const memory::desc dw_view({l.c, l.o, l.k, l.k}, dt::f32,
+                               {l.o, 1, l.k * l.c * l.o, l.c * l.o});
+    auto fwd_pd = as_fwd ? convolution_forward::primitive_desc(
+                               eng, prop_kind::forward_inference, alg,
+                               memory::desc({l.c, l.n, l.h, l.h}, dt::f32, tag::any),
+                               memory::desc({l.o, l.n, l.oh, l.oh}, dt::f32, tag::any),
+                               memory::desc({l.c, l.o, l.k, l.k}, dt::f32, tag::any),
+                               {1, 1}, {l.stride - 1, l.stride - 1}, pad, {right, right})
+                         : convolution_forward::primitive_desc();
+    memory xv, dyv, xf, dyf, dwf, dw3;
+    convolution_forward fwd;
+    reorder x_t, dy_t, dw_t;
+    if (as_fwd) {
+      xf = Filled(fwd_pd.src_desc());
+      dyf = Filled(fwd_pd.weights_desc());
+      dwf = Filled(fwd_pd.dst_desc());
+      dw3 = Filled(dw_view);
+      fwd = convolution_forward(fwd_pd);
+      xv = memory(x_view, eng, x.get_data_handle());
+      dyv = memory(dy_view, eng, dy.get_data_handle());
+      x_t = reorder(xv, xf);
+      dy_t = reorder(dyv, dyf);
+      dw_t = reorder(dwf, dw3);
+    }
+    std::vector<double> a, b, c, d;
     for (int r = 0; r < 14; ++r) {
       a.push_back(Milliseconds([&] {
         nhwc.execute(strm, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, dw0}});
@@ -118,10 +156,34 @@ int main() {
       c.push_back(Milliseconds([&] {
         gemm.execute(strm, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, dw2}});
       }));
+      if (as_fwd) {
+        d.push_back(Milliseconds([&] {
+          x_t.execute(strm, xv, xf);
+          dy_t.execute(strm, dyv, dyf);
+          fwd.execute(strm, {{DNNL_ARG_SRC, xf}, {DNNL_ARG_WEIGHTS, dyf}, {DNNL_ARG_DST, dwf}});
+          dw_t.execute(strm, dwf, dw3);
+        }));
+      }
     }
-    for (auto* v : {&a, &b, &c}) std::sort(v->begin(), v->end());
-    std::printf("%-24s %9.1f %9.1f %9.1f  (%s, %s, %s)\n", l.name, a[7], b[7], c[7],
-                on_nhwc.impl_info_str(), on_blocked.impl_info_str(), on_gemm.impl_info_str());
+    for (auto* v : {&a, &b, &c, &d}) std::sort(v->begin(), v->end());
+    char fwd_ms[64] = "        -";
+    if (as_fwd) {  // the same numbers as the weight-gradient primitive's, in the same order
+      memory ref(memory::desc({l.o, l.c, l.k, l.k}, dt::f32, {1, l.o, l.k * l.c * l.o, l.c * l.o}),
+                 eng);
+      reorder(dw0, ref).execute(strm, dw0, ref);
+      strm.wait();
+      const float* p = static_cast<const float*>(ref.get_data_handle());
+      const float* q = static_cast<const float*>(dw3.get_data_handle());
+      double diff = 0, scale = 0;
+      for (memory::dim i = 0; i < l.o * l.c * l.k * l.k; ++i) {
+        diff = std::max(diff, static_cast<double>(std::abs(p[i] - q[i])));
+        scale = std::max(scale, static_cast<double>(std::abs(p[i])));
+      }
+      std::snprintf(fwd_ms, sizeof fwd_ms, "%9.1f (max diff %.0e of %.0e)", d[7], diff, scale);
+    }
+    std::printf("%-24s %9.1f %9.1f %9.1f %s  (%s, %s, %s, %s)\n", l.name, a[7], b[7], c[7], fwd_ms,
+                on_nhwc.impl_info_str(), on_blocked.impl_info_str(), on_gemm.impl_info_str(),
+                as_fwd ? fwd_pd.impl_info_str() : "-");
     std::fflush(stdout);
   }
   const dnnl_version_t* v = dnnl_version();

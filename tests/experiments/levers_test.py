@@ -1,8 +1,10 @@
-"""The speed levers' A/B harness, at a tiny size, and the oneDNN layout microbenchmark builds."""
+"""The speed levers' A/B harness, at a tiny size; the oneDNN layout microbenchmark builds; the
+FMA peak probe builds and runs."""
 
 import importlib
 import json
 import pathlib
+import platform
 import shutil
 import subprocess
 
@@ -94,3 +96,40 @@ def test_the_weight_gradient_microbenchmark_builds(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "weight_grad").is_file()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 intrinsics")
+def test_the_fma_peak_probe_builds_and_measures_each_instruction_set(tmp_path):
+    compiler = shutil.which("c++")
+    if compiler is None:
+        pytest.skip("needs a C++ compiler")
+    binary = tmp_path / "fma_peak"
+    source = ROOT / "experiments" / "fma_peak.cc"
+    flags = ["-O2", "-mavx2", "-mfma", "-fopenmp"]
+    done = subprocess.run(
+        [compiler, *flags, str(source), "-o", str(binary)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ran = subprocess.run(
+        [str(binary), "200000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"},
+    )
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert lines[0] == "threads 2"
+    avx2 = float(lines[1].removeprefix("AVX2 256-bit FMA: ").removesuffix(" GFLOP/s"))
+    assert avx2 > 0
+    has_avx512 = "avx512f" in pathlib.Path("/proc/cpuinfo").read_text()
+    if has_avx512:
+        avx512 = float(lines[2].removeprefix("AVX-512 512-bit FMA: ").removesuffix(" GFLOP/s"))
+        assert avx512 > 0
+    else:
+        assert lines[2] == "AVX-512 512-bit FMA: not on this CPU"
+    refused = subprocess.run([str(binary), "0"], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "iterations per thread, > 0" in refused.stderr
