@@ -100,6 +100,12 @@ def test_torch_rows_are_skipped_with_a_note_where_torch_cannot_follow_jax(
         ("bench_data", ["--steps", "-2"], "argument --steps: expected an integer >= 0, got -2"),
         ("onednn_profile", ["--case", "small:32"], "argument --case: expected variant:pixels"),
         ("onednn_profile", ["--steps", "0"], "argument --steps: expected an integer >= 1, got 0"),
+        ("onednn_profile", ["--peak", "0"], "argument --peak: expected a number > 0, got 0.0"),
+        (
+            "onednn_profile",
+            ["--peak", "GFLOPS"],
+            "argument --peak: expected a number > 0, got 'GFLOPS'",
+        ),
         ("large_batch", ["--epochs", "0"], "argument --epochs: expected a number > 0, got 0.0"),
         ("large_batch", ["--epochs", "inf"], "expected a finite number > 0, got 'inf'"),
         ("gd_variants", ["--seeds", "0"], "argument --seeds: expected an integer >= 1, got 0"),
