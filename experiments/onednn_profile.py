@@ -156,16 +156,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     peak = f" {'% peak':>6s}" if args.peak else ""
     print(f"{'ms/step':>8s} {'calls':>5s} {'GFLOP/s':>7s}{peak}  primitive")
-    conv_ms = conv_gflop = 0.0
-    for key, ms in totals.items():
-        flops = conv_flops(key[2]) if key[0] == "convolution" else None
-        if flops is not None:
-            conv_ms += ms
-            conv_gflop += flops * counts[key] / 1e9
+    flops = {key: conv_flops(key[2]) for key in totals if key[0] == "convolution"}
+    flops = {key: f for key, f in flops.items() if f is not None}  # 2-D convolutions
+    conv_ms = sum(totals[key] for key in flops)
+    conv_gflop = sum(f * counts[key] for key, f in flops.items()) / 1e9
     for key, ms in sorted(totals.items(), key=lambda kv: -kv[1])[: args.top]:
         kind, prop, problem, impl = key
-        flops = conv_flops(problem) if kind == "convolution" else None
-        rate = flops * counts[key] / ms / 1e6 if flops is not None and ms > 0 else None
+        rate = flops[key] * counts[key] / ms / 1e6 if key in flops and ms > 0 else None
         cells = f"{rate:7.1f}" if rate is not None else f"{'':7s}"
         if args.peak:
             cells += f" {100 * rate / args.peak:6.1f}" if rate is not None else f" {'':6s}"
