@@ -10,8 +10,8 @@
 //            the stride), out k x k; x, dy and the result transposed by reorders (counted).
 //            Ungrouped layers only.
 // The first two set the rule in gdjax/models/_onednn_conv.cc (blocked from 16 input maps per
-// group on); the third and fourth were measured against it on AVX2 (2026-12-06/07, README:
-// not kept).
+// group on); the third and fourth were measured against it on AVX2 (2026-12-06, README: not
+// kept).
 // Layers of the three variants at the batches `experiments/bench.py` runs; the paper's and
 // small's grouped layers as two groups.
 //
@@ -22,8 +22,8 @@
 // Held to AVX2 on an AVX-512 machine: ONEDNN_MAX_CPU_ISA=AVX2 /tmp/weight_grad
 
 #include <algorithm>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -115,7 +115,8 @@ int main() {
     // and dy as {O, N, OH, OW} through the strides of their NHWC buffers; out {C, O, k, k},
     // written into an HWIO buffer (what XLA wants back) through the strides of that view.
     const bool as_fwd = l.groups == 1;
-    const memory::dim hw = l.h * l.h, ohw = l.oh * l.oh, right = l.k + (l.oh - 1) * l.stride - l.h - l.pad;
+    const memory::dim hw = l.h * l.h, ohw = l.oh * l.oh;
+    const memory::dim right = l.k + (l.oh - 1) * l.stride - l.h - l.pad;  // out k x k
     const memory::desc x_view({l.c, l.n, l.h, l.h}, dt::f32, {1, hw * l.c, l.h * l.c, l.c});
     const memory::desc dy_view({l.o, l.n, l.oh, l.oh}, dt::f32, {1, ohw * l.o, l.oh * l.o, l.o});
     const memory::desc dw_view({l.c, l.o, l.k, l.k}, dt::f32,
