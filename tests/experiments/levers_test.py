@@ -3,6 +3,7 @@ FMA peak probe builds and runs."""
 
 import importlib
 import json
+import os
 import pathlib
 import platform
 import shutil
@@ -105,7 +106,7 @@ def test_the_fma_peak_probe_builds_and_measures_each_instruction_set(tmp_path):
         pytest.skip("needs a C++ compiler")
     binary = tmp_path / "fma_peak"
     source = ROOT / "experiments" / "fma_peak.cc"
-    flags = ["-O2", "-mavx2", "-mfma", "-fopenmp"]
+    flags = ["-O2", "-std=c++17", "-mavx2", "-mfma", "-pthread"]  # as its header says
     done = subprocess.run(
         [compiler, *flags, str(source), "-o", str(binary)],
         capture_output=True,
@@ -113,23 +114,20 @@ def test_the_fma_peak_probe_builds_and_measures_each_instruction_set(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    ran = subprocess.run(
-        [str(binary), "200000"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"},
-    )
+    ran = subprocess.run([str(binary), "200000", "2"], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     lines = ran.stdout.splitlines()
     assert lines[0] == "threads 2"
     avx2 = float(lines[1].removeprefix("AVX2 256-bit FMA: ").removesuffix(" GFLOP/s"))
     assert avx2 > 0
-    has_avx512 = "avx512f" in pathlib.Path("/proc/cpuinfo").read_text()
-    if has_avx512:
+    if "avx512f" in pathlib.Path("/proc/cpuinfo").read_text():
         avx512 = float(lines[2].removeprefix("AVX-512 512-bit FMA: ").removesuffix(" GFLOP/s"))
         assert avx512 > 0
     else:
         assert lines[2] == "AVX-512 512-bit FMA: not on this CPU"
-    refused = subprocess.run([str(binary), "0"], capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "iterations per thread, > 0" in refused.stderr
+    # Without an argument it uses every core; bad arguments are refused with the usage line.
+    every_core = subprocess.run([str(binary), "1000"], capture_output=True, text=True, timeout=60)
+    assert every_core.stdout.startswith(f"threads {os.cpu_count()}\n")
+    for bad in (["0"], ["1000", "0"], ["1000", "2", "extra"]):
+        refused = subprocess.run([str(binary), *bad], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "usage:" in refused.stderr, bad
