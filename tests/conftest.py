@@ -65,10 +65,31 @@ def x64():
         jax.config.update("jax_enable_x64", previous)
 
 
+# Modules of long tests (several processes, whole training runs: 5-25 s each), run first.
+# pytest-xdist hands tests out in collection order, which is alphabetical, so these (most of
+# them in tests/train) came last, and one worker idled while the other ran the last of them
+# (24 s of an 11-minute run, 2026-12-06). Longest first, the workers finish together.
+LONG_FIRST = (
+    "tests/train/topology_test.py",
+    "tests/experiments/host_memory_bench_test.py",
+    "tests/experiments/levers_test.py",
+    "tests/experiments/experiments_test.py",
+    "tests/train/parallel_test.py",
+    "tests/train/mesh_test.py",
+)
+
+
+def _rank(item: pytest.Item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the oneDNN-path tests where jaxlib is too old for that path (it is refused)."""
+    """Put the long modules first (``LONG_FIRST``; the sort keeps every other test's order), and
+    deselect the oneDNN-path tests where jaxlib is too old for that path (it is refused)."""
     from gdjax.models import _onednn
 
+    items.sort(key=_rank)
     if _onednn.jaxlib_supported():
         return
     keep = [item for item in items if item.get_closest_marker("onednn") is None]

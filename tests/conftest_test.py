@@ -1,0 +1,53 @@
+"""The suite's own scheduling: the modules of long tests exist and are handed out first."""
+
+import pathlib
+import subprocess
+import sys
+
+import conftest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_every_long_module_named_first_exists():
+    # A renamed or removed module would silently drop out of the order.
+    for path in conftest.LONG_FIRST:
+        assert (ROOT / path).is_file(), path
+
+
+def test_the_long_modules_are_collected_before_the_rest_in_their_own_order():
+    short = "tests/optim/alias_test.py"
+    long_ = list(reversed(conftest.LONG_FIRST[:2]))  # given out of order on the command line
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            short,
+            *long_,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    modules = [line.split("::", 1)[0] for line in done.stdout.splitlines() if "::" in line]
+    assert modules, done.stdout
+    first_seen = list(dict.fromkeys(modules))
+    assert first_seen == [*conftest.LONG_FIRST[:2], short]
+    # Each module's tests stay together and in their own order (the sort is stable).
+    alone = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", short],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    ids = [line for line in done.stdout.splitlines() if line.startswith(short + "::")]
+    assert ids == [line for line in alone.stdout.splitlines() if "::" in line]
+    assert modules == sorted(modules, key=first_seen.index)
