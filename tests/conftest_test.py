@@ -1,5 +1,6 @@
 """The suite's own scheduling: the modules of long tests exist and are handed out first."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -7,6 +8,8 @@ import sys
 import conftest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The collection is read line by line: the caller's PYTEST_ADDOPTS (-v, say) must not change it.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
 
 
 def test_every_long_module_named_first_exists():
@@ -33,6 +36,7 @@ def test_the_long_modules_are_collected_before_the_rest_in_their_own_order():
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=ENV,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -46,6 +50,7 @@ def test_the_long_modules_are_collected_before_the_rest_in_their_own_order():
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=ENV,
         timeout=300,
     )
     ids = [line for line in done.stdout.splitlines() if line.startswith(short + "::")]
