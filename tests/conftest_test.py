@@ -18,21 +18,10 @@ def test_every_long_module_named_first_exists():
         assert (ROOT / path).is_file(), path
 
 
-def test_the_long_modules_are_collected_before_the_rest_in_their_own_order():
-    short = "tests/optim/alias_test.py"
-    long_ = list(reversed(conftest.LONG_FIRST[:2]))  # given out of order on the command line
+def _collected(*paths: str) -> list[str]:
+    """The test ids ``pytest --collect-only -q`` lists for ``paths``, in its order."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "--collect-only",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            short,
-            *long_,
-        ],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *paths],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -40,19 +29,18 @@ def test_the_long_modules_are_collected_before_the_rest_in_their_own_order():
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    modules = [line.split("::", 1)[0] for line in done.stdout.splitlines() if "::" in line]
-    assert modules, done.stdout
+    ids = [line for line in done.stdout.splitlines() if "::" in line]
+    assert ids, done.stdout
+    return ids
+
+
+def test_the_long_modules_are_collected_before_the_rest_in_their_own_order():
+    short = "tests/optim/alias_test.py"
+    long_ = list(reversed(conftest.LONG_FIRST[:2]))  # given out of order on the command line
+    ids = _collected(short, *long_)
+    modules = [i.split("::", 1)[0] for i in ids]
     first_seen = list(dict.fromkeys(modules))
     assert first_seen == [*conftest.LONG_FIRST[:2], short]
     # Each module's tests stay together and in their own order (the sort is stable).
-    alone = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", short],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=ENV,
-        timeout=300,
-    )
-    ids = [line for line in done.stdout.splitlines() if line.startswith(short + "::")]
-    assert ids == [line for line in alone.stdout.splitlines() if "::" in line]
+    assert [i for i in ids if i.startswith(short + "::")] == _collected(short)
     assert modules == sorted(modules, key=first_seen.index)

@@ -437,11 +437,12 @@ class Checkpointer:
         structure.
         """
         target = _restore_target(template, shardings)
-        for step in reversed(self.all_steps()):
+        steps = self.all_steps()
+        for step in reversed(steps):
             read = self._read(step, template, *target)
             if isinstance(read, tuple):
                 return read
-            left = "trying an older one" if step != self.all_steps()[0] else "none is left"
+            left = "trying an older one" if step != steps[0] else "none is left"
             warnings.warn(f"{self._unreadable(step, read)}; {left}", stacklevel=2)
         return None
 
