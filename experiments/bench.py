@@ -106,7 +106,8 @@ def _gdjax_case(variant: str, size: int, batch: int, steps: int, channels: int =
         train, donate_argnums=0, keep_unused=True, compiler_options=compiler_options("train")
     )
     infer = jax.jit(
-        lambda p, x: model.apply({"params": p}, x), compiler_options=compiler_options("infer")
+        lambda p, x: model.apply({"params": p}, x),
+        compiler_options=compiler_options("infer", batch_size=batch),
     )
     t0 = time.perf_counter()
     state.update(train(dict(state), jax.random.key(2)))

@@ -16,7 +16,12 @@ Zen 4, jaxlib 0.10):
     ``xla_cpu_experimental_ynn_fusion_type`` limited to reductions: the dense layers' dots run
     on XLA's own dot emitter instead of YNNPACK, which at a batch of 32 took twice as long for
     fc6/fc7 (inference: torchvision 1.07-1.23x, small 1.05-1.14x, paper 1.07x). Not in
-    training: there the same change was 0.91-1.03x.
+    training: there the same change was 0.91-1.03x. Not either for more than
+    ``YNN_ROWS_ON_AVX2`` rows per device on an x86 CPU without AVX-512, when the caller gives
+    ``batch_size``: on a 2-core AVX2-only AMD EPYC Zen 3, YNNPACK's dots won there (whole
+    inference, torchvision b128 1.14x, small b128 and b512 1.05x and 1.02x, paper b128
+    1.00x), while XLA's won at 32 and 64 rows (torchvision 1.23x and 1.03x). On AVX-512 XLA's
+    dots stay (level with YNNPACK at torchvision b128, ahead at 32 rows).
 ``"init"`` (a model's ``init``: its parameters drawn from a key)
     ``xla_backend_optimization_level=1``: LLVM's O1 pipeline instead of O3 for the threefry
     and inverse-CDF loops that draw the parameters. Compiling the init took 1.0-1.8 s instead
@@ -32,9 +37,12 @@ function), so the same call works on every jaxlib; on other backends there are n
 from __future__ import annotations
 
 import functools
+import platform
 from typing import Any
 
 import jax
+
+from gdjax._checks import is_int
 
 KINDS = ("train", "infer", "init")
 
@@ -44,6 +52,23 @@ CPU_OPTIONS = {
     "infer": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
     "init": {"xla_backend_optimization_level": 1},
 }
+
+
+# Rows per device above which an x86 CPU without AVX-512 keeps YNNPACK's dots in inference.
+YNN_ROWS_ON_AVX2 = 64
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+
+
+@functools.cache
+def _x86_without_avx512() -> bool:
+    """Whether this is an x86 CPU that lacks AVX-512F (numpy's own CPU feature probe)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return not features.get("AVX512F", False)
 
 
 @functools.cache
@@ -58,10 +83,16 @@ def _supported(backend: str, name: str, value: Any) -> bool:
     return True
 
 
-def compiler_options(kind: str = "train", backend: str | None = None) -> dict[str, Any] | None:
+def compiler_options(
+    kind: str = "train", backend: str | None = None, *, batch_size: int | None = None
+) -> dict[str, Any] | None:
     """XLA compiler options for a program of ``kind`` (``"train"``: a training step that
     donates its state; ``"infer"``: a forward pass; ``"init"``: a model's ``init``) on
     ``backend`` (default: JAX's default backend), or ``None`` where there are none.
+
+    ``batch_size``: the rows each device's program sees, where the caller knows them; it only
+    changes ``"infer"`` on an x86 CPU without AVX-512, where above ``YNN_ROWS_ON_AVX2`` rows
+    the dense layers stay on YNNPACK (module docstring). ``None``: the choice for small batches.
 
     Pass them to ``jax.jit(..., compiler_options=...)`` or ``.lower(...).compile(...)``;
     ``gdjax.train`` compiles its steps with them. See the module docstring for what each does
@@ -73,8 +104,14 @@ def compiler_options(kind: str = "train", backend: str | None = None) -> dict[st
     """
     if kind not in KINDS:
         raise ValueError(f"compiler_options: kind={kind!r}, expected one of {KINDS}")
+    if batch_size is not None and not (is_int(batch_size) and batch_size >= 1):
+        raise ValueError(
+            f"compiler_options: batch_size={batch_size!r}, expected an int >= 1 or None"
+        )
     backend = backend or jax.default_backend()
     if backend != "cpu":
         return None
     options = {k: v for k, v in CPU_OPTIONS[kind].items() if _supported(backend, k, v)}
+    if batch_size is not None and batch_size > YNN_ROWS_ON_AVX2 and _x86_without_avx512():
+        options.pop(_YNN, None)
     return options or None

@@ -264,6 +264,7 @@ class Parallel:
         self._state_shardings: Any = None
         self._train_for: Any = None  # the state shardings the sharded step was jitted for
         self._gradients: Any = None  # the last step's gradients (gradient_buffer)
+        self._eval_programs: dict[Any, Any] = {}  # jit/sharded eval steps, by compiler options
         step = functools.partial(train_step, label_smoothing=label_smoothing, l2=l2)
         self.train_step_function = step  # the pure step these compile (e.g. to export it)
         self._buffered_step = _into_buffer(
@@ -272,7 +273,6 @@ class Parallel:
         if mode == "none":
             self.num_devices = 1
             self._train = self._jit_train()
-            self._eval = jax.jit(eval_step, compiler_options=compiler_options("infer"))
         elif mode == "pmap":
             self.num_devices = jax.device_count()
             self._train = jax.pmap(
@@ -290,9 +290,6 @@ class Parallel:
             self.rules = tuple((name, axis) for name, axis in RULES if self.mesh.shape[axis] > 1)
             self.replicated = NamedSharding(self.mesh, P())
             self.data_sharding = NamedSharding(self.mesh, P("data"))
-            self._eval = jax.jit(
-                eval_step, out_shardings=self.replicated, compiler_options=compiler_options("infer")
-            )
 
     # -- layout ---------------------------------------------------------------------------------
 
@@ -514,7 +511,23 @@ class Parallel:
 
     def eval_step(self, state: TrainState, batch: Any) -> dict:
         with self.context():
-            return self._first(self._eval(state, batch))
+            return self._first(self._eval_for(batch)(state, batch))
+
+    def _eval_for(self, batch: Any) -> Any:
+        """The eval step for this batch: under jit, compiled with the inference options for its
+        rows per device (``compiler_options("infer", batch_size=...)``: on an x86 CPU without
+        AVX-512 a large batch keeps YNNPACK's dots), one program per choice."""
+        if self.mode == "pmap":
+            return self._eval
+        rows = max(1, jax.tree.leaves(batch)[0].shape[0] // self.num_devices)
+        options = compiler_options("infer", batch_size=rows)
+        key = tuple(sorted((options or {}).items()))
+        if key not in self._eval_programs:
+            kwargs: dict[str, Any] = {"compiler_options": options}
+            if self.mode == "sharded":
+                kwargs["out_shardings"] = self.replicated
+            self._eval_programs[key] = jax.jit(eval_step, **kwargs)
+        return self._eval_programs[key]
 
     def _first(self, tree: Any) -> Any:
         """Under pmap, the first device's copy of a replicated pytree; else the pytree."""

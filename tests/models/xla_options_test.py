@@ -1,6 +1,8 @@
 """compiler_options: what each kind asks of XLA on the CPU, that XLA takes it, and that the
 programs compute the same thing with it."""
 
+import pathlib
+import platform
 import re
 
 import jax
@@ -94,3 +96,37 @@ def test_a_donated_step_with_the_training_options_gives_the_same_state():
     copy = jax.tree.map(jnp.copy, (params, tx.init(params)))
     got = jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options("train"))(*copy)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, want)
+
+
+@pytest.mark.parametrize("avx2_only", [True, False])
+def test_a_large_batch_keeps_ynnpack_only_on_an_x86_without_avx512(monkeypatch, avx2_only):
+    """Measured on AVX2 (Zen 3): YNNPACK's dots won above 64 rows, XLA's at 32 and 64; on
+    AVX-512 XLA's stay at every size."""
+    monkeypatch.setattr(xla_options, "_x86_without_avx512", lambda: avx2_only)
+    rows = xla_options.YNN_ROWS_ON_AVX2
+    assert compiler_options("infer", "cpu", batch_size=rows) == YNN
+    assert compiler_options("infer", "cpu", batch_size=1) == YNN
+    assert compiler_options("infer", "cpu") == YNN  # no batch given: the small-batch choice
+    large = compiler_options("infer", "cpu", batch_size=rows + 1)
+    assert large == (None if avx2_only else YNN)
+    assert compiler_options("infer", "cpu", batch_size=np.int64(512)) == large
+    for kind in ("train", "init"):  # the other kinds do not depend on the batch
+        assert compiler_options(kind, "cpu", batch_size=rows + 1) == compiler_options(kind, "cpu")
+    assert compiler_options("infer", "gpu", batch_size=rows + 1) is None
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, True, "128"])
+def test_a_bad_batch_size_is_named(bad):
+    with pytest.raises(ValueError, match=rf"batch_size={bad!r}, expected an int >= 1 or None"):
+        compiler_options("infer", batch_size=bad)
+
+
+def test_the_cpu_probe_agrees_with_the_kernel():
+    """numpy's CPU feature probe against Linux's own list of the CPU's flags."""
+    xla_options._x86_without_avx512.cache_clear()
+    cpuinfo = pathlib.Path("/proc/cpuinfo")
+    if platform.machine() != "x86_64" or not cpuinfo.is_file():
+        assert not xla_options._x86_without_avx512()  # not x86: never the AVX2 rule
+        return
+    flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
+    assert xla_options._x86_without_avx512() == ("avx512f" not in flags.split())

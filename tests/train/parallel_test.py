@@ -278,6 +278,35 @@ def test_an_evaluation_between_donating_steps_sees_the_current_parameters():
     assert again["loss"] != before["loss"]  # the 40 steps changed what is evaluated
 
 
+@pytest.mark.parametrize("mode", ["none", "sharded"])
+def test_the_eval_step_picks_the_inference_options_by_rows_per_device(monkeypatch, mode):
+    """On an x86 CPU without AVX-512 (made so here) a batch of more than 64 rows per device is
+    evaluated by a program that keeps YNNPACK's dots, a smaller one by XLA's (one program per
+    choice, each kept); both count what the plain evaluation counts."""
+    from gdjax.models import xla_options
+    from gdjax.train.steps import eval_step
+
+    monkeypatch.setattr(xla_options, "_x86_without_avx512", lambda: True)
+    model = AlexNet(num_classes=10, variant="small", in_channels=1)
+    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    state = TrainState.create(
+        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
+    )
+    par = Parallel(mode)
+    state = par.put_state(state)
+    ynn = tuple(sorted(xla_options.compiler_options("infer", "cpu").items()))
+    plain = jax.jit(eval_step)
+    for per_device, key in [(65, ()), (8, ynn), (65, ())]:
+        batch = batches(1, per_device * par.num_devices, per_device)[0]
+        got = jax.device_get(par.eval_step(state, par.put_batch(batch)))
+        want = jax.device_get(plain(jax.device_get(state), batch))
+        assert got.keys() == want.keys()
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=2e-5, err_msg=k)
+        assert key in par._eval_programs
+    assert len(par._eval_programs) == 2
+
+
 def test_a_jaxlib_whose_donation_corrupts_results_is_refused(monkeypatch, tmp_path, capsys):
     from gdjax import cli
     from gdjax.models import _onednn
