@@ -30,12 +30,21 @@ def batches(n=3, size=32, seed=0):
     ]
 
 
-def run(mode, dropout_rate=0.0, data=None, **kwargs):
-    model = AlexNet(num_classes=10, variant="small", in_channels=1, dropout_rate=dropout_rate)
+def small_state(tx=None, **model_kwargs):
+    """The small AlexNet on 28 px grey images, initialised from key 0, with ``tx`` (momentum
+    0.05 unless given) and dropout key 1."""
+    model = AlexNet(num_classes=10, variant="small", in_channels=1, **model_kwargs)
     variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    state = TrainState.create(
-        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
+    return TrainState.create(
+        apply_fn=model.apply,
+        variables=variables,
+        tx=gdjax.momentum(0.05) if tx is None else tx,
+        rng=jax.random.key(1),
     )
+
+
+def run(mode, dropout_rate=0.0, data=None, **kwargs):
+    state = small_state(dropout_rate=dropout_rate)
     par = Parallel(mode, **kwargs)
     state = par.put_state(state)
     history = []
@@ -106,11 +115,7 @@ def test_the_step_updates_donated_parameters_in_place(mode):
     """On the CPU, XLA's default copy insertion copies donated kernels that the backward pass
     reads (on one device: conv2-5 and fc6-8) before the step; the step that Parallel compiles,
     with compiler_options("train"), copies none, and computes the same thing."""
-    model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    state = TrainState.create(
-        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
-    )
+    state = small_state()
     par = Parallel(mode)
     placed = par.put_state(state)
     batch = par.put_batch(batches(1)[0])
@@ -127,11 +132,7 @@ def test_the_step_updates_donated_parameters_in_place(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_no_recompilation_after_the_first_step(mode, compile_counter):
-    model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    state = TrainState.create(
-        apply_fn=model.apply, variables=variables, tx=gdjax.adam(1e-3), rng=jax.random.key(1)
-    )
+    state = small_state(gdjax.adam(1e-3))
     par = Parallel(mode)
     state = par.put_state(state)
     data = batches(5)
@@ -144,11 +145,7 @@ def test_no_recompilation_after_the_first_step(mode, compile_counter):
 
 
 def _partitioned_state():
-    model = AlexNet(num_classes=10, variant="small", in_channels=1, groups=2, partitioned=True)
-    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    return TrainState.create(
-        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
-    )
+    return small_state(groups=2, partitioned=True)
 
 
 def _pointers(tree):
@@ -205,11 +202,7 @@ def test_a_new_model_gets_a_new_gradient_buffer():
     par = Parallel("none", gradient_buffer=True)
     a = par.put_state(_partitioned_state())
     a, _ = par.train_step(a, par.put_batch(batches(1)[0]))
-    model = AlexNet(num_classes=10, variant="small", in_channels=1, groups=1)
-    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    b = TrainState.create(
-        apply_fn=model.apply, variables=variables, tx=gdjax.adam(1e-3), rng=jax.random.key(1)
-    )
+    b = small_state(gdjax.adam(1e-3), groups=1)
     b = par.put_state(b)
     b, metrics = par.train_step(b, par.put_batch(batches(1)[0]))
     shapes = jax.tree.map(jnp.shape, par._gradients)
@@ -256,11 +249,7 @@ def test_an_evaluation_between_donating_steps_sees_the_current_parameters():
     from gdjax.models.xla_options import compiler_options
     from gdjax.train.steps import eval_step
 
-    model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    state = TrainState.create(
-        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
-    )
+    state = small_state()
     par = Parallel("none")
     state = par.put_state(state)
     test_batch = par.put_batch(batches(1, 100, 9)[0])
@@ -287,11 +276,7 @@ def test_the_eval_step_picks_the_inference_options_by_rows_per_device(monkeypatc
     from gdjax.train.steps import eval_step
 
     monkeypatch.setattr(xla_options, "_x86_without_avx512", lambda: True)
-    model = AlexNet(num_classes=10, variant="small", in_channels=1)
-    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    state = TrainState.create(
-        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
-    )
+    state = small_state()
     par = Parallel(mode)
     state = par.put_state(state)
     ynn = tuple(sorted(xla_options.compiler_options("infer", "cpu").items()))
@@ -365,11 +350,7 @@ def train_on_process_slices(mode, steps=3, batch_size=16):
     loader = data.make_loader(
         global_source(), batch_size=batch_size, transform=data.SmallEval(stats), seed=5
     )
-    model = AlexNet(num_classes=10, variant="small", in_channels=1, dropout_rate=0.0)
-    variables = jit_init(model)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    state = TrainState.create(
-        apply_fn=model.apply, variables=variables, tx=gdjax.momentum(0.05), rng=jax.random.key(1)
-    )
+    state = small_state(dropout_rate=0.0)
     par = Parallel(mode)
     state = par.put_state(state)
     it = iter(loader)
