@@ -290,7 +290,8 @@ def loop_overhead(steps: int = 150, rounds: int = 2) -> dict[str, float]:
     from gdjax.train import build, read_metrics, train_and_evaluate
 
     c = get_config("default")
-    c.progress, c.num_steps, c.log_every_steps = False, steps, 25
+    # Six log intervals whatever the length (25 steps at the default 150).
+    c.progress, c.num_steps, c.log_every_steps = False, steps, max(1, steps // 6)
     c.eval_every_epochs, c.checkpoint_every_steps = 1e6, 10**9
 
     def loop_rate() -> float:
