@@ -760,19 +760,19 @@ def _truncate_biggest_array(checkpoint):
 def test_a_truncated_newest_checkpoint_is_replaced_not_kept(tmp_path):
     """A damaged newest step: the rerun falls back, retrains to that step and writes it anew
     (the damaged one moved aside), so the next run and gdjax eval read the new one."""
-    config = quick_config(num_steps=30)
+    config = quick_config(num_steps=6, checkpoint_every_steps=2)
     train_and_evaluate(config, str(tmp_path))
-    _truncate_biggest_array(tmp_path / "checkpoints" / "30")
-    with pytest.warns(UserWarning, match=r"checkpoint 30 .* is unreadable \(damaged"):
+    _truncate_biggest_array(tmp_path / "checkpoints" / "6")
+    with pytest.warns(UserWarning, match=r"checkpoint 6 .* is unreadable \(damaged"):
         train_and_evaluate(config, str(tmp_path))
-    assert _steps(tmp_path / "checkpoints")[-1] == 30
+    assert _steps(tmp_path / "checkpoints")[-1] == 6
     assert len(list((tmp_path / "checkpoints.unreadable").iterdir())) == 1
     ckpt = Checkpointer(tmp_path / "checkpoints")
     try:
         state, _, _ = ckpt.restore_latest(build(config).state)  # no warning: it reads
     finally:
         ckpt.close()
-    assert int(state.step) == 30 and not ckpt.unreadable
+    assert int(state.step) == 6 and not ckpt.unreadable
 
 
 def test_eval_of_a_chosen_step_scores_that_checkpoint_and_never_another(tmp_path):
@@ -812,9 +812,9 @@ def test_a_truncated_newest_checkpoint_costs_the_command_two_lines(tmp_path):
     tracebacks of about 60 lines each ("Exception ignored in: <coroutine object
     _read_array_index_and_device_put>"): orbax's other reads of the damaged checkpoint, closed
     unfinished whenever the garbage collector found them (the next test makes it happen)."""
-    flags = {"num_steps": 30, "checkpoint_every_steps": 10, "progress": False}
+    flags = {"num_steps": 6, "checkpoint_every_steps": 2, "progress": False}
     train_and_evaluate(override(get_config("default"), **flags), str(tmp_path))
-    _truncate_biggest_array(tmp_path / "checkpoints" / "30")
+    _truncate_biggest_array(tmp_path / "checkpoints" / "6")
     done = subprocess.run(
         [sys.executable, "-m", "gdjax.cli", "train", f"--workdir={tmp_path}",
          *(f"--config.{k}={v}" for k, v in flags.items())],
@@ -824,11 +824,11 @@ def test_a_truncated_newest_checkpoint_costs_the_command_two_lines(tmp_path):
     lines = done.stderr.splitlines()
     assert len(lines) == 2, done.stderr[-3000:]
     assert lines[0] == (
-        f"gdjax train: warning: checkpoint 30 in {tmp_path / 'checkpoints'} is unreadable "
+        f"gdjax train: warning: checkpoint 6 in {tmp_path / 'checkpoints'} is unreadable "
         "(damaged or incomplete files: Exception); trying an older one"
     )
-    assert lines[1].startswith("gdjax train: warning: unreadable checkpoint 30 moved to ")
-    assert "resumed from step 20" in done.stdout
+    assert lines[1].startswith("gdjax train: warning: unreadable checkpoint 6 moved to ")
+    assert "resumed from step 4" in done.stdout
 
 
 def test_orbax_reads_abandoned_in_a_failed_folder_print_nothing(monkeypatch, tmp_path):
@@ -947,8 +947,8 @@ def test_a_checkpoint_the_disk_refuses_is_one_line_and_the_older_one_resumes(tmp
     """It was 331 lines (orbax's threads logging the write error, "Event loop is closed"
     tracebacks), exit status 2 as if the config were wrong, and the partial checkpoint folder
     left on the full disk."""
-    flags = [f"--workdir={tmp_path}", "--config.max_steps=30", "--config.progress=False"]
-    flags += ["--config.batch_size=32", "--config.checkpoint_every_steps=10"]
+    flags = [f"--workdir={tmp_path}", "--config.max_steps=6", "--config.progress=False"]
+    flags += ["--config.batch_size=32", "--config.checkpoint_every_steps=2"]
     done = subprocess.run(
         [sys.executable, "-c", FULL_DISK, *flags],
         env=FOR_A_WHOLE_STDERR,
@@ -956,18 +956,18 @@ def test_a_checkpoint_the_disk_refuses_is_one_line_and_the_older_one_resumes(tmp
         text=True,
     )
     want = (
-        f"gdjax train: checkpoint 20 could not be written in {tmp_path / 'checkpoints'} "
-        "(File too large); its partial files were removed and checkpoint 10 is kept"
+        f"gdjax train: checkpoint 4 could not be written in {tmp_path / 'checkpoints'} "
+        "(File too large); its partial files were removed and checkpoint 2 is kept"
     )
     assert done.returncode == 1 and done.stderr.strip() == want, done.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
     # With room again, the run resumes from the checkpoint kept.
     config = override(
         get_config("default"),
-        **{"max_steps": 30, "progress": False, "batch_size": 32, "checkpoint_every_steps": 10},
+        **{"max_steps": 6, "progress": False, "batch_size": 32, "checkpoint_every_steps": 2},
     )
-    assert train_and_evaluate(config, str(tmp_path))["steps_this_run"] == 20
-    assert _steps(tmp_path / "checkpoints") == [10, 20, 30]
+    assert train_and_evaluate(config, str(tmp_path))["steps_this_run"] == 4
+    assert _steps(tmp_path / "checkpoints") == [2, 4, 6]
 
 
 LATE_WAKEUPS = """
