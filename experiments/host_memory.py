@@ -46,6 +46,9 @@ MODES = ("train", "infer")
 
 
 def _child(case: str, steps: int, repeats: int) -> None:
+    from common import case_spec
+
+    case = case_spec(case)  # a bad case fails here, before PyTorch and the trainer load
     import bench
 
     variant, size, batch = case.split(":")

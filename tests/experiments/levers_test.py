@@ -23,12 +23,18 @@ def levers():
 
 
 @pytest.mark.skipif(not onednn_status()[0], reason="the levers are the oneDNN path's")
-def test_each_lever_is_timed_against_the_step_without_it(levers, tmp_path, capsys):
+def test_each_lever_is_timed_against_the_step_without_it(levers, tmp_path, capsys, monkeypatch):
     out = tmp_path / "levers.json"
+    compiled = []
+    compile_ = levers._compile
+    monkeypatch.setattr(levers, "_compile", lambda *a: compiled.append(repr(a)) or compile_(*a))
     rows = levers.main(
         ["--cases", "small:32:4", "--rounds", "2", "--steps", "1", "--json", str(out)]
     )
     assert [r["lever"] for r in rows] == levers.available()
+    # The step without a lever (and the one with region analysis) recurs from lever to lever:
+    # each program is compiled once, fewer than a pair per lever.
+    assert len(compiled) == len(set(compiled)) < 2 * len(rows)
     for row in rows:
         for mode in ("train", "infer"):
             assert row[f"{mode}_img_s"] > 0 and row[f"{mode}_img_s_without"] > 0
@@ -37,6 +43,21 @@ def test_each_lever_is_timed_against_the_step_without_it(levers, tmp_path, capsy
     assert json.loads(out.read_text()) == rows
     printed = capsys.readouterr().out
     assert "fused_relu" in printed and "xla_single_thread" in printed
+
+
+def test_the_same_programs_are_compiled_once_while_among_the_last_few(levers, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(levers, "_compile", lambda *a: compiled.append(a) or (object(),) * 3)
+    monkeypatch.setattr(levers, "_COMPILED", type(levers._COMPILED)())
+    first = levers._programs("small", 32, 2, {"fused_relu": True}, {})
+    assert levers._programs("small", 32, 2, {"fused_relu": True}, {}) is first
+    assert levers._programs("small", 32, 2, {"fused_relu": False}, {}) is not first
+    assert levers._programs("small", 32, 2, {"fused_relu": True}, {}, buffered=True) is not first
+    assert len(compiled) == 3
+    for batch in range(3, 3 + levers._KEEP):  # pushes the first out
+        levers._programs("small", 32, batch, {}, {})
+    assert levers._programs("small", 32, 2, {"fused_relu": True}, {}) is not first
+    assert len(compiled) == 4 + levers._KEEP
 
 
 def test_a_lever_changes_the_compiled_program(levers):
