@@ -113,9 +113,11 @@ def _plain_relu(on: bool):
 
 
 # The last few (train step, inference, state) compiled, by their arguments: the step without a
-# lever is the same program for most levers (no keyword arguments, no options), and so is the
-# step with region analysis for three, so each is compiled once, not once per lever. A handful,
-# because each holds its training state (0.7 GB for torchvision's parameters and momentum).
+# lever is the same program for five levers (no keyword arguments, no options), and the step
+# with CPU_OPTIONS["train"] recurs too, so each is compiled once, not once per lever (the state
+# trains on from lever to lever; a step's speed does not depend on the values). A handful,
+# because each holds its state: 0.5 GB for torchvision's parameters and momentum, 0.7 with the
+# gradient buffer.
 _COMPILED: collections.OrderedDict[str, tuple] = collections.OrderedDict()
 _KEEP = 4
 
