@@ -35,6 +35,7 @@ def test_each_lever_is_timed_against_the_step_without_it(levers, tmp_path, capsy
     # The step without a lever (and the one with region analysis) recurs from lever to lever:
     # each program is compiled once, fewer than a pair per lever.
     assert len(compiled) == len(set(compiled)) < 2 * len(rows)
+    assert not levers._COMPILED  # nothing held once the run is over
     for row in rows:
         for mode in ("train", "infer"):
             assert row[f"{mode}_img_s"] > 0 and row[f"{mode}_img_s_without"] > 0
