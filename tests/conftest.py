@@ -112,15 +112,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 class CompileCounter:
-    """Counts XLA backend compilations while active (``with CompileCounter() as c: ...``)."""
+    """Counts XLA backend compilations while active (``with CompileCounter() as c: ...``), or
+    the JAX events named by ``event`` (``CompileCounter(CompileCounter.TRACE)``: traces)."""
 
     EVENT = "/jax/core/compile/backend_compile_duration"
+    TRACE = "/jax/core/compile/jaxpr_trace_duration"
 
-    def __init__(self):
+    def __init__(self, event: str = EVENT):
+        self.event = event
         self.count = 0
 
     def _listen(self, event, duration, **kwargs):
-        if event == self.EVENT:
+        if event == self.event:
             self.count += 1
 
     def __enter__(self):

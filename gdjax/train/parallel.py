@@ -150,6 +150,10 @@ def _is_key(x: Any) -> bool:
     return jax.dtypes.issubdtype(jnp.result_type(x), jax.dtypes.prng_key)
 
 
+def _same(tree: Any) -> Any:
+    return tree  # one function for every _replicate, so that pmap compiles it once per layout
+
+
 def _replicate(tree: Any) -> Any:
     """One copy of every leaf per local device, stacked on a new leading axis as ``pmap``
     lays out its arguments. Each leaf goes through the host once (a broadcast view there, so
@@ -161,7 +165,7 @@ def _replicate(tree: Any) -> Any:
         value = np.asarray(jax.random.key_data(x) if _is_key(x) else x)
         return np.broadcast_to(value, (n, *value.shape))
 
-    placed = jax.pmap(lambda s: s, axis_name=AXIS)(jax.tree.map(host, tree))
+    placed = jax.pmap(_same, axis_name=AXIS)(jax.tree.map(host, tree))
 
     def rekey(p: jax.Array, x: Any) -> Any:
         return jax.random.wrap_key_data(p, impl=jax.random.key_impl(x)) if _is_key(x) else p
@@ -196,6 +200,25 @@ def _into_buffer(step_and_gradients: Any) -> Any:
         return step_and_gradients(state, batch)
 
     return step
+
+
+@functools.lru_cache(maxsize=8)
+def _steps(label_smoothing: float, l2: float) -> tuple[Any, Any, Any]:
+    """The pure training steps for one loss (plain, into a gradient buffer, and pmap's), the
+    same objects for every :class:`Parallel` of that loss in the process.
+
+    jit and pmap key their traces and compiled programs by the function (and by the state's
+    static fields, which :func:`gdjax.train.build` shares too): a second run of an equal
+    network and optimizer in one process (a notebook cell run again, a sweep over seeds)
+    then traces, lowers and compiles nothing. The last eight losses are kept."""
+    step = functools.partial(train_step, label_smoothing=label_smoothing, l2=l2)
+    buffered = _into_buffer(
+        functools.partial(train_step_and_gradients, label_smoothing=label_smoothing, l2=l2)
+    )
+    return step, buffered, functools.partial(step, axis_name=AXIS)
+
+
+_PMAP_EVAL = functools.partial(eval_step, axis_name=AXIS)
 
 
 def _zeros_like(tree: Any) -> Any:
@@ -265,20 +288,15 @@ class Parallel:
         self._train_for: Any = None  # the state shardings the sharded step was jitted for
         self._gradients: Any = None  # the last step's gradients (gradient_buffer)
         self._eval_programs: dict[Any, Any] = {}  # jit/sharded eval steps, by compiler options
-        step = functools.partial(train_step, label_smoothing=label_smoothing, l2=l2)
+        step, self._buffered_step, pmap_step = _steps(float(label_smoothing), float(l2))
         self.train_step_function = step  # the pure step these compile (e.g. to export it)
-        self._buffered_step = _into_buffer(
-            functools.partial(train_step_and_gradients, label_smoothing=label_smoothing, l2=l2)
-        )
         if mode == "none":
             self.num_devices = 1
             self._train = self._jit_train()
         elif mode == "pmap":
             self.num_devices = jax.device_count()
-            self._train = jax.pmap(
-                functools.partial(step, axis_name=AXIS), axis_name=AXIS, donate_argnums=0
-            )
-            self._eval = jax.pmap(functools.partial(eval_step, axis_name=AXIS), axis_name=AXIS)
+            self._train = jax.pmap(pmap_step, axis_name=AXIS, donate_argnums=0)
+            self._eval = jax.pmap(_PMAP_EVAL, axis_name=AXIS)
         else:
             n = jax.device_count()
             self.num_devices = n // self.model_parallel  # the batch is split this many ways

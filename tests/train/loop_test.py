@@ -347,6 +347,47 @@ def test_no_evaluation_batch_is_larger_than_the_split():
     assert build(quick_config(eval_batch_size=7)).eval_batch_size == 7
 
 
+@pytest.mark.parametrize("parallel", ["none", "pmap", "sharded"])
+def test_a_second_run_of_an_equal_network_and_optimizer_traces_and_compiles_nothing(
+    tmp_path, compile_counter, parallel
+):
+    """Runs in one process (a notebook cell run again, a sweep over seeds) share the model,
+    the optimizer and the steps, so jit finds the first run's traces and programs; the second
+    run still trains from its own seed."""
+    first = train_and_evaluate(quick_config(num_steps=4, parallel=parallel), str(tmp_path / "a"))
+    with compile_counter() as compiles, compile_counter(compile_counter.TRACE) as traces:
+        second = train_and_evaluate(
+            quick_config(num_steps=6, seed=1, parallel=parallel), str(tmp_path / "b")
+        )
+    assert (compiles.count, traces.count) == (0, 0)
+    assert second["steps_this_run"] == 6 and second["loss"] != first["loss"]
+
+
+CONSTANT, COSINE = {"schedule.name": "constant"}, {"schedule.name": "cosine"}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same_optimizer", "same_model"),
+    [
+        ({}, {"seed": 3, "num_steps": 8, "eval_batch_size": 7}, True, True),
+        ({}, {"optimizer.learning_rate": 0.02}, False, True),
+        ({}, {"optimizer.name": "adam"}, False, True),
+        ({}, {"batch_size": 16}, False, True),  # the step schedule's drop moves with the epoch
+        ({}, {"model.dropout_rate": 0.1}, True, False),
+        ({}, {"model.activation": "tanh"}, True, False),
+        (CONSTANT, {**CONSTANT, "batch_size": 16}, True, True),
+        (COSINE, {**COSINE, "num_steps": 80}, False, True),
+    ],
+)
+def test_equal_networks_and_optimizers_are_shared_between_runs_and_only_they(
+    a, b, same_optimizer, same_model
+):
+    """What differs in the programs (the network, the optimizer, the rate or the step counts
+    its schedule reads) is not shared: each run steps with the optimizer its config asks for."""
+    one, other = build(quick_config(**a)).state, build(quick_config(**b)).state
+    assert (one.tx is other.tx, one.apply_fn == other.apply_fn) == (same_optimizer, same_model)
+
+
 def test_override_sets_fields_and_says_what_a_section_takes():
     """override(c, optimizer="adam") was ml_collections' "cannot be casted to type <class
     '...ConfigDict'>", and override(c, input={"flip": False}) replaced the section, dropping
