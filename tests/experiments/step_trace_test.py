@@ -101,11 +101,15 @@ def test_a_real_step_is_traced_op_by_op(trace, capsys):
         assert out["by_kind"]["oneDNN (gdjax custom calls)"] > 0
     printed = capsys.readouterr().out
     assert "ms per step" in printed and "start     end" in printed
-    # the timeline is one step: it lists ops (those over 0.3 ms), each once. (It asked for the
-    # step's longest op by its mean over the steps, which can be under 0.3 ms in the last one.)
+    # the timeline is one step: it lists ops (those over 0.3 ms), and each of the custom calls
+    # (convolutions, LRN, pooling: each runs once a step) once. A fusion may recur: one of
+    # dropout's forward, beside its random bits' `while` loop, was listed twice in one step of
+    # a CI run (2026-12-07). (It asked for the step's longest op by its mean over the steps,
+    # which can be under 0.3 ms in the last one.)
     timeline = printed[printed.index("start     end") :]
     names = [line.split()[3] for line in timeline.splitlines()[1:]]
-    assert names and len(names) == len(set(names)), timeline
+    calls = [name for name in names if name.startswith("ffi_call")]
+    assert calls and len(calls) == len(set(calls)), timeline
 
 
 def test_bad_arguments_are_named(trace, capsys):
