@@ -31,7 +31,6 @@ recipe), checkpoint, answer SIGTERM.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -65,12 +64,10 @@ from gdjax.train.evaluation import evaluate
 from gdjax.train.metrics_writer import MetricsWriter, plot_curves
 from gdjax.train.parallel import Parallel
 from gdjax.train.recipe import (
-    OPTIMIZERS,
     Plateau,
     current_learning_rate,
-    make_optimizer,
     scale_learning_rate,
-    scaled_learning_rate,
+    shared_optimizer,
     skipped_steps,
 )
 from gdjax.train.steps import TrainState
@@ -127,51 +124,18 @@ def _transforms(c: ml_collections.ConfigDict, stats: data.DatasetStats) -> tuple
 
 
 # Runs of an equal network and optimizer in one process (a notebook cell run again, a sweep
-# over seeds, the experiments) share the model, its jitted init and the optimizer: jit keys its
-# traces and compiled programs by the function and by the state's static fields (``apply_fn``,
-# ``tx``), which compare by identity, so the second run traces, lowers and compiles nothing
-# (about 2 s of a 7 s 40-step run of the default config on two cores). The steps are shared by
-# :class:`Parallel`. The last eight of each are kept.
+# over seeds, the experiments) share the model and the optimizer (``shared_optimizer``): jit
+# keys its traces and compiled programs by the function and by the state's static fields
+# (``apply_fn``, ``tx``), which compare by identity, so the second run traces, lowers and
+# compiles nothing (about 2 s of a 7 s 40-step run of the default config on two cores). The
+# steps are shared by :class:`Parallel`; the init is one function, the model a static argument.
 @functools.lru_cache(maxsize=8)
 def _shared_model(**fields: Any) -> AlexNet:
     return AlexNet(**fields)
 
 
-def _options_key(options: dict[str, Any] | None) -> tuple:
-    return tuple(sorted((options or {}).items()))
-
-
-@functools.lru_cache(maxsize=8)
-def _shared_init(model: AlexNet, options: tuple) -> Any:
-    return jax.jit(model.init, compiler_options=dict(options) or None)
-
-
-_OPTIMIZERS: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-
-
-def _shared_optimizer(c: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> Any:
-    """:func:`make_optimizer`'s transformation, the same object for configs that give the same
-    one: the optimizer's fields (and its factory), the scaled rate, and the step counts only
-    where the schedule reads them (a warm-up or ``step``: an epoch's updates; ``cosine``: all)."""
-    s = c.schedule
-    accumulate = c.optimizer.grad_accum_steps
-    per_epoch = max(1, steps_per_epoch // accumulate) if s.warmup_epochs or s.name == "step" else 0
-    total = max(1, total_steps // accumulate) if s.name == "cosine" else 0
-    key = (
-        OPTIMIZERS[c.optimizer.name],
-        json.dumps(c.optimizer.to_dict(), sort_keys=True, default=repr),
-        json.dumps(s.to_dict(), sort_keys=True, default=repr),
-        scaled_learning_rate(c),
-        per_epoch,
-        total,
-    )
-    if key in _OPTIMIZERS:
-        _OPTIMIZERS.move_to_end(key)
-    else:
-        _OPTIMIZERS[key] = make_optimizer(c, steps_per_epoch, total_steps)
-        while len(_OPTIMIZERS) > 8:
-            _OPTIMIZERS.popitem(last=False)
-    return _OPTIMIZERS[key]
+def _init(model: AlexNet, key: jax.Array, images: jax.Array) -> Any:
+    return model.init(key, images)
 
 
 @dataclasses.dataclass
@@ -250,9 +214,9 @@ def build(c: ml_collections.ConfigDict) -> Run:
         partitioned=c.parallel == "sharded",
     )
     init_key, state_key = jax.random.split(jax.random.key(c.seed))
-    init = _shared_init(model, _options_key(compiler_options("init")))
-    variables = init(init_key, jnp.zeros((1, *image_shape), jnp.float32))
-    tx = _shared_optimizer(c, steps_per_epoch, total_steps)
+    init = jax.jit(_init, static_argnums=0, compiler_options=compiler_options("init"))
+    variables = init(model, init_key, jnp.zeros((1, *image_shape), jnp.float32))
+    tx = shared_optimizer(c, steps_per_epoch, total_steps)
     state = TrainState.create(apply_fn=model.apply, variables=variables, tx=tx, rng=state_key)
     # The partitioning boxes (sharded runs) say where each leaf goes; the state drops them.
     shardings = parallel.state_shardings(state) if c.parallel == "sharded" else None

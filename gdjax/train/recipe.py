@@ -8,7 +8,9 @@ recompiling.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -31,6 +33,7 @@ __all__ = [
     "make_optimizer",
     "matrices_only",
     "scale_learning_rate",
+    "shared_optimizer",
     "skipped_steps",
 ]
 
@@ -99,6 +102,42 @@ def learning_rate_schedule(
     return optax.join_schedules([ramp, lambda n: after(n + warmup)], [warmup])
 
 
+def _updates(c: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> tuple:
+    """Optimizer updates per epoch and in all: steps divided by ``grad_accum_steps``."""
+    accumulate = c.optimizer.grad_accum_steps
+    return max(1, steps_per_epoch // accumulate), max(1, total_steps // accumulate)
+
+
+_SHARED: collections.OrderedDict[tuple, optax.GradientTransformation] = collections.OrderedDict()
+
+
+def shared_optimizer(
+    c: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+) -> optax.GradientTransformation:
+    """:func:`make_optimizer`, the same object for configs that give the same optimizer (so
+    that runs of it in one process share their compiled steps; the last eight are kept): the
+    same factory, ``optimizer`` and ``schedule`` sections and scaled rate, and the same update
+    counts where :func:`learning_rate_schedule` reads them (an epoch's for a warm-up or
+    ``step``, all of them for ``cosine``)."""
+    per_epoch, total = _updates(c, steps_per_epoch, total_steps)
+    s = c.schedule
+    key = (
+        OPTIMIZERS[c.optimizer.name],
+        json.dumps(c.optimizer.to_dict(), sort_keys=True, default=repr),
+        json.dumps(s.to_dict(), sort_keys=True, default=repr),
+        scaled_learning_rate(c),
+        per_epoch if s.warmup_epochs or s.name == "step" else 0,
+        total if s.name == "cosine" else 0,
+    )
+    if key in _SHARED:
+        _SHARED.move_to_end(key)
+    else:
+        _SHARED[key] = make_optimizer(c, steps_per_epoch, total_steps)
+        while len(_SHARED) > 8:
+            _SHARED.popitem(last=False)
+    return _SHARED[key]
+
+
 def make_optimizer(
     c: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
 ) -> optax.GradientTransformation:
@@ -109,9 +148,7 @@ def make_optimizer(
     ratio, LAMB from weight decay, as their papers' recipes do."""
     from gdjax.train.validation import optimizer_kwargs
 
-    updates_per_epoch = max(1, steps_per_epoch // c.optimizer.grad_accum_steps)
-    total_updates = max(1, total_steps // c.optimizer.grad_accum_steps)
-    lr = learning_rate_schedule(c, updates_per_epoch, total_updates)
+    lr = learning_rate_schedule(c, *_updates(c, steps_per_epoch, total_steps))
     masks = {k: matrices_only for k in LAYER_MASKS.get(c.optimizer.name, ())}
     tx = optax.inject_hyperparams(OPTIMIZERS[c.optimizer.name], static_args=tuple(masks))(
         learning_rate=lr, **optimizer_kwargs(c), **masks
