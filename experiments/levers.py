@@ -150,7 +150,9 @@ def _programs(
     return _COMPILED[key]
 
 
-def _compile(variant, size, batch, model_kwargs, options, xla_lrn, buffered, plain_relu):
+def _lower(variant, size, batch, model_kwargs, xla_lrn=False, buffered=False, plain_relu=False):
+    """The lowered (train step, inference) of one AlexNet, and the training state: what
+    ``_compile`` compiles (the custom calls a lever puts in or takes out show here already)."""
     model = AlexNet(num_classes=10 if variant == "small" else 1000, variant=variant, **model_kwargs)
     x = jax.random.normal(jax.random.key(0), (batch, size, size, 3))
     y = jnp.zeros((batch,), jnp.int32)
@@ -158,15 +160,18 @@ def _compile(variant, size, batch, model_kwargs, options, xla_lrn, buffered, pla
         jax.random.key(1), x[:1]
     )["params"]
     train, state = momentum_training(model, x, y, params, buffered)
-    options = options or None
     with _lrn_on_xla(xla_lrn), _plain_relu(plain_relu):
-        train_c = (
-            jax.jit(train, donate_argnums=0, keep_unused=True)
-            .lower(state, jax.random.key(2))
-            .compile(options)
-        )
-        infer_c = jax.jit(lambda p: model.apply({"params": p}, x)).lower(params).compile(options)
-    return train_c, infer_c, state
+        train_l = jax.jit(train, donate_argnums=0, keep_unused=True).lower(state, jax.random.key(2))
+        infer_l = jax.jit(lambda p: model.apply({"params": p}, x)).lower(params)
+    return train_l, infer_l, state
+
+
+def _compile(variant, size, batch, model_kwargs, options, xla_lrn, buffered, plain_relu):
+    train_l, infer_l, state = _lower(
+        variant, size, batch, model_kwargs, xla_lrn, buffered, plain_relu
+    )
+    options = options or None
+    return train_l.compile(options), infer_l.compile(options), state
 
 
 def _timer(train_c, infer_c, state, steps: int):

@@ -62,28 +62,35 @@ def test_the_same_programs_are_compiled_once_while_among_the_last_few(levers, mo
 
 
 def test_a_lever_changes_the_compiled_program(levers):
-    """Each lever's variant is another program (the A/B compares something)."""
+    """Each lever's variant is another program (the A/B compares something). Where the lever
+    puts custom calls or operations in or out, the lowered step shows it; copies and aliasing
+    are the compiler's, so those steps are compiled (the step alone, not the inference)."""
     if not onednn_status()[0]:
         pytest.skip(onednn_status()[1])
-    fused = levers._programs("small", 32, 2, *levers.LEVERS["fused_relu"])[0].as_text()
-    unfused = levers._programs("small", 32, 2, levers.BASELINES["fused_relu"], {})[0].as_text()
+
+    def lowered(model_kwargs, **kwargs):
+        return levers._lower("small", 32, 2, model_kwargs, **kwargs)[0].as_text()
+
+    fused = lowered(levers.LEVERS["fused_relu"][0])
+    unfused = lowered(levers.BASELINES["fused_relu"])
     assert "gdjax_conv_bias_relu_fwd" in fused and "gdjax_conv_bias_relu_fwd" not in unfused
-    plain = levers._programs("small", 32, 2, {}, {})[0].as_text()  # small fuses by default
-    assert "gdjax_conv_bias_relu_fwd" in plain
+    step = levers._lower("small", 32, 2, {})[0]
+    plain = step.compile()
+    assert "gdjax_conv_bias_relu_fwd" in plain.as_text()  # small fuses by default
     # XLA's thread count leaves no trace in the compiled program's text (the two texts differed
     # only in source-line metadata), so for that lever: this jaxlib takes the option.
     assert "xla_single_thread" in levers.available()
-    region = {"xla_cpu_copy_insertion_use_region_analysis": True}
-    assert (
-        " copy(%state__p_" in plain
-        and " copy(%state__p_" not in levers._programs("small", 32, 2, {}, region)[0].as_text()
-    )
+    region = levers.LEVERS["region_copies"][1]
+    assert region == {"xla_cpu_copy_insertion_use_region_analysis": True}
+    unbuffered = step.compile(region)
+    assert " copy(%state__p_" in plain.as_text()
+    assert " copy(%state__p_" not in unbuffered.as_text()
     # The gradient buffer: the step with it aliases one more output (the gradients) to one
     # more donated argument, of the parameters' size.
     options = levers.LEVERS["gradient_buffer"][1]
-    assert options == levers.BASELINE_OPTIONS["gradient_buffer"]
-    buffered, _, state = levers._programs("small", 32, 2, {}, options, buffered=True)
-    unbuffered = levers._programs("small", 32, 2, {}, options, buffered=False)[0]
+    assert options == levers.BASELINE_OPTIONS["gradient_buffer"] == region
+    buffered_step, _, state = levers._lower("small", 32, 2, {}, buffered=True)
+    buffered = buffered_step.compile(options)
     size = sum(x.nbytes for x in jax.tree.leaves(state["p"]))
     extra = (
         buffered.memory_analysis().alias_size_in_bytes
@@ -92,10 +99,9 @@ def test_a_lever_changes_the_compiled_program(levers):
     assert extra == size
     # The packed ReLU mask: the step with it shifts bits into bytes (and back) that the step with
     # jax.nn.relu does not (its only shifts are the dropout's random bits).
-    kwargs = {"fused_relu": False}
-    packed = levers._programs("small", 32, 2, kwargs, options)[0].as_text()
-    plain = levers._programs("small", 32, 2, kwargs, options, plain_relu=True)[0].as_text()
-    assert packed.count("shift-left(") > plain.count("shift-left(")
+    packed = lowered(unfused_kwargs := levers.BASELINES["fused_relu"])
+    plain_relu = lowered(unfused_kwargs, plain_relu=True)
+    assert packed.count("stablehlo.shift_left") > plain_relu.count("stablehlo.shift_left") > 0
 
 
 @pytest.mark.skipif(not onednn_status()[0], reason="needs the oneDNN headers and a compiler")

@@ -634,17 +634,39 @@ def test_missing_onednn_or_compiler_is_reported(monkeypatch, tmp_path):
         pass
 
 
+def _stand_in_compiler(folder: pathlib.Path, output: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """A compiler that logs each call and writes what the shell command ``output`` prints as
+    the library it is asked for: the caching and the atomic writes are _built's, whatever
+    compiles. The kernels themselves are compiled with the real compiler once for the session
+    (every oneDNN test runs on them); a second real build here took 10-25 s for nothing more."""
+    calls, compiler = folder / "calls", folder / "c++"
+    compiler.write_text(
+        f'#!/bin/sh\necho called >> "{calls}"\n'
+        f'for a in "$@"; do out="$a"; done\n{output} > "$out"\n'
+    )
+    compiler.chmod(0o755)
+    return compiler, calls
+
+
+def _session_library() -> pathlib.Path:
+    """The kernels the session compiled (with the real compiler, into the session's cache)."""
+    with _onednn._built(*_onednn._find_onednn()) as library:
+        return library
+
+
 @needs_onednn
 def test_build_is_cached_and_atomic(monkeypatch, tmp_path):
-    monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path))
+    compiler, calls = _stand_in_compiler(tmp_path, "echo library")
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setenv("GDJAX_CACHE_DIR", str(tmp_path / "cache"))
     include, lib = _onednn._find_onednn()
     with _onednn._built(include, lib) as first:
-        assert first.is_file() and tmp_path in first.parents
-    assert first.is_file()  # the cache's library stays
+        assert first.is_file() and tmp_path / "cache" in first.parents
+    assert first.read_text() == "library\n"  # the cache's library stays
     stamp = first.stat().st_mtime_ns
     with _onednn._built(include, lib) as again:
         assert again == first
-    assert first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert first.stat().st_mtime_ns == stamp and calls.read_text() == "called\n"  # not rebuilt
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left behind
 
 
@@ -672,12 +694,13 @@ def test_a_cache_that_cannot_be_written_still_gets_the_kernels(tmp_path):
         """
     )
     cache = tmp_path / "a-file" / "cache"
-    env = dict(
-        os.environ, GDJAX_CACHE_DIR=str(cache), TMPDIR=str(tmp_path / "tmp"), JAX_PLATFORMS="cpu"
-    )
+    # The compiler hands over the session's kernels, so the process loads real ones.
+    compiler, calls = _stand_in_compiler(tmp_path, f"cat '{_session_library()}'")
+    env = dict(os.environ, GDJAX_CACHE_DIR=str(cache), TMPDIR=str(tmp_path / "tmp"),
+               JAX_PLATFORMS="cpu", CXX=str(compiler))  # fmt: skip
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "onednn-ok" in done.stdout
+    assert "onednn-ok" in done.stdout and calls.read_text() == "called\n"
     assert f"cannot write the kernel cache {cache}" in done.stderr, done.stderr[-3000:]
     assert "set GDJAX_CACHE_DIR to a writable folder" in done.stderr
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -689,13 +712,7 @@ def test_processes_that_start_together_compile_once(tmp_path):
     kernels, the others wait for its library (a stand-in compiler logs each call)."""
     from processes import run_together, worker_env
 
-    calls = tmp_path / "calls"
-    compiler = tmp_path / "c++"
-    compiler.write_text(
-        f'#!/bin/sh\necho called >> "{calls}"\nsleep 3\n'
-        'for a in "$@"; do out="$a"; done\necho library > "$out"\n'
-    )
-    compiler.chmod(0o755)
+    compiler, calls = _stand_in_compiler(tmp_path, "sleep 3; echo library")
     include, lib = _onednn._find_onednn()
     script = (
         "import pathlib, sys\nfrom gdjax.models import _onednn\n"
