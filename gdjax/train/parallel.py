@@ -528,6 +528,10 @@ class Parallel:
         return jax.jit(_zeros_like)(params)
 
     def eval_step(self, state: TrainState, batch: Any) -> dict:
+        # The optimizer is neither read nor passed: the eval program (keyed by the state's
+        # static fields, the optimizer among them) is one per network and batch, shared by
+        # runs of other optimizers in the process (a sweep traces and compiles it once).
+        state = state.replace(opt_state=None, tx=None)
         with self.context():
             return self._first(self._eval_for(batch)(state, batch))
 

@@ -363,6 +363,27 @@ def test_a_second_run_of_an_equal_network_and_optimizer_traces_and_compiles_noth
     assert second["steps_this_run"] == 6 and second["loss"] != first["loss"]
 
 
+@pytest.mark.parametrize("parallel", ["none", "pmap", "sharded"])
+def test_a_run_of_another_optimizer_on_an_equal_network_evaluates_on_the_same_program(
+    tmp_path, monkeypatch, parallel
+):
+    """The eval step reads neither the optimizer nor its state, so a sweep over optimizers
+    traces and compiles its evaluation once; each run still scores its own parameters."""
+    from gdjax.train import steps
+
+    first = train_and_evaluate(quick_config(num_steps=4, parallel=parallel), str(tmp_path / "a"))
+    traced = []  # each step checks its batch when it is traced (pmap names every trace _fun)
+    check = steps._check_batch
+    monkeypatch.setattr(steps, "_check_batch", lambda fn, b: traced.append(fn) or check(fn, b))
+    other = {"num_steps": 4, "parallel": parallel, "optimizer.name": "adam",
+             "optimizer.learning_rate": 1e-3}  # fmt: skip
+    second = train_and_evaluate(quick_config(**other), str(tmp_path / "b"))
+    assert traced == ["train_step"]  # the new optimizer's step, and no evaluation
+    assert second["loss"] != first["loss"]
+    want = evaluate_checkpoint(quick_config(**other), str(tmp_path / "b"))
+    assert (second["loss"], second["error"]) == pytest.approx((want["loss"], want["error"]))
+
+
 CONSTANT, COSINE = {"schedule.name": "constant"}, {"schedule.name": "cosine"}
 
 
