@@ -146,12 +146,20 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
     notebook's inline one) and open figures are left alone.
     """
     require("plots", "plot_curves", "matplotlib")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     workdir = pathlib.Path(workdir)
     rows = read_metrics(workdir / "metrics.jsonl")
     out = pathlib.Path(out) if out is not None else workdir / "curves.png"
+    _curves_figure(rows, workdir.name).savefig(out, dpi=100)
+    return out
+
+
+def _curves_figure(rows: list[dict], title: str) -> Any:
+    """The figure :func:`plot_curves` saves: loss and error against steps, one line per split
+    (the training rows a line, an evaluated split's points marked; a split of one row, as in
+    a run with a single log, a marked point, which a line alone would not show)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     evaluated = sorted({r["split"] for r in rows} - {"train"})  # test, val or train_eval
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
@@ -161,7 +169,8 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
             points = [(r["step"], r[name]) for r in rows if r["split"] == split and name in r]
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, "-" if split == "train" else "o-", label=split, markersize=3)
+                style = "-" if split == "train" and len(xs) > 1 else "o-"
+                ax.plot(xs, ys, style, label=split, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -169,9 +178,8 @@ def plot_curves(workdir: str | os.PathLike, out: str | os.PathLike | None = None
             ax.legend()
     if any(np.any(np.asarray(line.get_ydata()) > 0) for line in axes[1].get_lines()):
         axes[1].set_yscale("log")
-    fig.suptitle(workdir.name)
+    fig.suptitle(title)
     # Fixed margins that fit the labels of this layout (tight_layout measured every tick
     # label's text to find them: 0.15 s of the 0.43 s a plot took, at the end of every run).
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.88, wspace=0.3)
-    fig.savefig(out, dpi=100)
-    return out
+    return fig

@@ -106,6 +106,22 @@ def test_plot_curves_leaves_the_callers_matplotlib_alone(tmp_path):
     assert (width, height) == (1000, 400)
 
 
+@pytest.mark.parametrize("train_rows", [1, 3])
+def test_every_split_of_the_curves_is_visible_however_short(train_rows):
+    """A run that logged its training metrics once drew them as a line of one point, which is
+    nothing at all: such a split is a marked point; a longer one stays a plain line."""
+    from gdjax.train.metrics_writer import _curves_figure
+
+    rows = [{"step": 10 * (i + 1), "split": "train", "loss": 2.0 / (i + 1), "error": 0.5}
+            for i in range(train_rows)]  # fmt: skip
+    rows.append({"step": 10 * train_rows, "split": "test", "loss": 1.5, "error": 0.4})
+    for ax in _curves_figure(rows, "run").axes:
+        train, test = ax.get_lines()
+        assert (train.get_label(), test.get_label()) == ("train", "test")
+        assert len(train.get_xdata()) == train_rows and test.get_marker() == "o"
+        assert train.get_marker() == ("o" if train_rows == 1 else "None")
+
+
 def _session_starts(logdir: pathlib.Path) -> list[int]:
     """The steps of the SessionLog START events, which TensorBoard purges from (purge_step)."""
     from tensorboardX.proto.event_pb2 import Event, SessionLog
