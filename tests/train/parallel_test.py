@@ -319,9 +319,10 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
 import jax
 import numpy as np
-from gdjax.train import initialize_distributed
+from gdjax.configs import get_config, override
+from gdjax.train import build, eval_batches, evaluate, initialize_distributed
 
-address, pid, mode, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+address, pid, mode, out, fields = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
 initialize_distributed(address, num_processes=2, process_id=pid)
 assert jax.process_count() == 2 and jax.device_count() == 4
 sys.path.insert(0, os.environ["GDJAX_TESTS"])
@@ -329,7 +330,15 @@ from train.parallel_test import train_on_process_slices
 
 params = train_on_process_slices(mode)
 if pid == 0:
-    np.savez(out, **{"/".join(map(str, k)): v for k, v in params})
+    np.savez(f"{out}.npz", **{"/".join(map(str, k)): v for k, v in params})
+# Then an evaluation of the digits' test split, in the same two processes.
+c = override(get_config("default"), **json.loads(fields))
+run = build(c)
+steps = sum(1 for _ in eval_batches(run.test_src, run.eval_tf, run.eval_batch_size))
+state = run.parallel.put_state(run.state, run.shardings)
+result = evaluate(run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size)
+with open(f"{out}.{pid}.json", "w") as f:
+    json.dump({"steps": steps, "result": result}, f)
 print("done", pid, flush=True)
 """
 
@@ -364,54 +373,33 @@ def train_on_process_slices(mode, steps=3, batch_size=16):
 
 
 @pytest.mark.parametrize("mode", ["sharded", "pmap"])
-def test_two_processes_match_one(tmp_path, mode):
-    out = tmp_path / "params.npz"
-    run_workers(2, WORKER, [mode, str(out)], timeout=240)
-    got = dict(np.load(out))
+def test_two_processes_train_and_evaluate_as_one(tmp_path, mode):
+    """Two processes x 2 devices, each reading its own slice of the global batches, train to
+    the parameters of one process. Then they evaluate digits' 359 test images in batches that
+    do not divide them: both processes run the same number of steps (a collective would hang
+    otherwise) and the metrics equal one process's. (One pair of processes does both: each
+    process start, import and distributed initialisation costs seconds.)"""
+    from gdjax.configs import get_config, override
+    from gdjax.train import build, evaluate
+
+    fields = {"dataset": "digits", "input.image_size": 16, "parallel": mode,
+              "eval_batch_size": 40, "batch_size": 32}  # fmt: skip
+    out = tmp_path / "out"
+    run_workers(2, WORKER, [mode, str(out), json.dumps(fields)], timeout=300)
+
+    got = dict(np.load(f"{out}.npz"))
     want = {"/".join(map(str, k)): v for k, v in train_on_process_slices("none")}
     assert got.keys() == want.keys()
     for k in want:
         # float32 round-off: the processes reduce in another order (7e-6 seen on jax 0.6).
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=2e-5, err_msg=k)
 
-
-EVAL_WORKER = r"""
-import json, os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
-import jax
-from gdjax.configs import get_config, override
-from gdjax.train import build, eval_batches, evaluate, initialize_distributed
-
-address, pid, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-initialize_distributed(address, num_processes=2, process_id=pid)
-c = override(get_config("default"), **json.loads(sys.argv[4]))
-run = build(c)
-steps = sum(1 for _ in eval_batches(run.test_src, run.eval_tf, run.eval_batch_size))
-state = run.parallel.put_state(run.state, run.shardings)
-result = evaluate(run.parallel, state, run.test_src, run.eval_tf, run.eval_batch_size)
-with open(f"{out}.{pid}.json", "w") as f:
-    json.dump({"steps": steps, "result": result}, f)
-"""
-
-
-@pytest.mark.parametrize("mode", ["sharded", "pmap"])
-def test_two_process_evaluation_counts_every_example_once(tmp_path, mode):
-    """digits' 359 test images over 2 processes x 2 devices, in batches that do not divide
-    them: both processes run the same number of steps (a collective would hang otherwise) and
-    the metrics equal one process's."""
-    from gdjax.configs import get_config, override
-    from gdjax.train import build, evaluate
-
-    fields = {"dataset": "digits", "input.image_size": 16, "parallel": mode,
-              "eval_batch_size": 40, "batch_size": 32}  # fmt: skip
-    run_workers(2, EVAL_WORKER, [str(tmp_path / "out"), json.dumps(fields)], timeout=240)
-    got = [json.loads((tmp_path / f"out.{pid}.json").read_text()) for pid in (0, 1)]
-    assert got[0]["steps"] == got[1]["steps"] == 9  # ceil(ceil(359 / 2) / 20)
+    evaluated = [json.loads((tmp_path / f"out.{pid}.json").read_text()) for pid in (0, 1)]
+    assert evaluated[0]["steps"] == evaluated[1]["steps"] == 9  # ceil(ceil(359 / 2) / 20)
     one = override(get_config("default"), **{**fields, "parallel": "none"})
     run = build(one)
     want = evaluate(run.parallel, run.state, run.test_src, run.eval_tf, 40)
-    for result in (r["result"] for r in got):
+    for result in (r["result"] for r in evaluated):
         assert result.keys() == want.keys()
         for k in want:
             assert result[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
