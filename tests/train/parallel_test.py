@@ -322,17 +322,17 @@ import numpy as np
 from gdjax.configs import get_config, override
 from gdjax.train import build, eval_batches, evaluate, initialize_distributed
 
-address, pid, mode, out, fields = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
+address, pid, out, fields = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 initialize_distributed(address, num_processes=2, process_id=pid)
 assert jax.process_count() == 2 and jax.device_count() == 4
 sys.path.insert(0, os.environ["GDJAX_TESTS"])
 from train.parallel_test import train_on_process_slices
 
-params = train_on_process_slices(mode)
+params = train_on_process_slices(fields["parallel"])
 if pid == 0:
     np.savez(f"{out}.npz", **{"/".join(map(str, k)): v for k, v in params})
 # Then an evaluation of the digits' test split, in the same two processes.
-c = override(get_config("default"), **json.loads(fields))
+c = override(get_config("default"), **fields)
 run = build(c)
 steps = sum(1 for _ in eval_batches(run.test_src, run.eval_tf, run.eval_batch_size))
 state = run.parallel.put_state(run.state, run.shardings)
@@ -385,7 +385,7 @@ def test_two_processes_train_and_evaluate_as_one(tmp_path, mode):
     fields = {"dataset": "digits", "input.image_size": 16, "parallel": mode,
               "eval_batch_size": 40, "batch_size": 32}  # fmt: skip
     out = tmp_path / "out"
-    run_workers(2, WORKER, [mode, str(out), json.dumps(fields)], timeout=300)
+    run_workers(2, WORKER, [str(out), json.dumps(fields)], timeout=300)  # the mode in fields
 
     got = dict(np.load(f"{out}.npz"))
     want = {"/".join(map(str, k)): v for k, v in train_on_process_slices("none")}
@@ -398,8 +398,8 @@ def test_two_processes_train_and_evaluate_as_one(tmp_path, mode):
     assert evaluated[0]["steps"] == evaluated[1]["steps"] == 9  # ceil(ceil(359 / 2) / 20)
     one = override(get_config("default"), **{**fields, "parallel": "none"})
     run = build(one)
-    want = evaluate(run.parallel, run.state, run.test_src, run.eval_tf, 40)
+    on_one = evaluate(run.parallel, run.state, run.test_src, run.eval_tf, 40)
     for result in (r["result"] for r in evaluated):
-        assert result.keys() == want.keys()
-        for k in want:
-            assert result[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+        assert result.keys() == on_one.keys()
+        for k in on_one:
+            assert result[k] == pytest.approx(on_one[k], rel=1e-5, abs=1e-6), k
