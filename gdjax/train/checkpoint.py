@@ -38,6 +38,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gdjax._checks import is_int
 from gdjax.train.steps import TrainState
 
 __all__ = [
@@ -453,6 +454,8 @@ class Checkpointer:
         restores it, with no fallback: raises :class:`FileNotFoundError` when the directory
         keeps no checkpoint of that step (naming those it keeps) and
         :class:`CheckpointUnreadableError` when its files are damaged."""
+        if not is_int(step) or step < 0:  # True == 1 and 2.0 == 2 would find a step
+            raise ValueError(f"restore_step: step must be an integer >= 0, got {step!r}")
         kept = self.all_steps()
         if step not in kept:
             which = ", ".join(map(str, kept)) if kept else "none"

@@ -860,6 +860,9 @@ def test_eval_of_a_chosen_step_scores_that_checkpoint_and_never_another(tmp_path
             ValueError, match=rf"step must be .*integer >= 0, got {re.escape(repr(bad))}"
         ):
             evaluate_checkpoint(config, str(tmp_path), bad)
+    for bad in (True, 2.0, -2):  # the checkpointer itself too (2.0 == 2 restored step 2)
+        with pytest.raises(ValueError, match=rf"step must be an integer >= 0, got {bad!r}"):
+            Checkpointer(tmp_path / "checkpoints").restore_step(None, bad)
     _truncate_biggest_array(tmp_path / "checkpoints" / "4")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback, no warning: the error says it
