@@ -84,17 +84,6 @@ def _rank(item: pytest.Item) -> int:
     return LONG_FIRST.index(path) if path in LONG_FIRST else len(LONG_FIRST)
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto``: one worker more than the CPUs this process may run on (``--maxprocesses``
-    still caps it), so that a core is not left idle while a worker waits for the processes a
-    test started, or on its own oneDNN build lock. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` (read by
-    pytest-xdist itself) still decides where it is set."""
-    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
-        return None
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux; elsewhere every CPU
-    return (len(affinity(0)) if affinity else os.cpu_count() or 1) + 1
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Put the long modules first (``LONG_FIRST``; the sort keeps every other test's order), and
     deselect the oneDNN-path tests where jaxlib is too old for that path (it is refused)."""
