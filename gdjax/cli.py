@@ -159,12 +159,16 @@ def _base_config(flags: dict[str, str | bool]) -> tuple[object, str]:
         near = closest(str(value), PRESETS) if "/" not in str(value) else None
         hint = f" (did you mean --config={near}?)" if near else ""
         raise UsageError(f"--config={value}: not a preset ({', '.join(PRESETS)}) nor a file{hint}")
+    import importlib.machinery
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"gdjax_user_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
+    # Read as Python whatever the name ends in (ml_collections' config flags do the same):
+    # spec_from_file_location gives no loader for a name without ".py" ("my_config", "c.txt").
+    name = f"gdjax_user_config_{path.stem}"
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader))
     with _config_file_errors(value, path, "loading it"):
-        spec.loader.exec_module(module)
+        loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise UsageError(f"--config={value}: the file defines no get_config()")
     with _config_file_errors(value, path, "get_config()"):

@@ -464,14 +464,39 @@ def test_none_is_a_value_of_string_fields_and_unsets_the_others():
         ("def get_config(:", "loading it raised SyntaxError: "),
     ],
 )
-def test_a_config_file_without_a_configdict_says_so(body, message, tmp_path, capsys):
+@pytest.mark.parametrize("filename", ["my_config.py", "my_config"])
+def test_a_config_file_without_a_configdict_says_so(body, message, filename, tmp_path, capsys):
     """A get_config() that returned a plain dict said "the config lacks dataset, ... and 58
-    more"; the file's own fault is named now."""
-    path = tmp_path / "my_config.py"
+    more"; the file's own fault is named now. A name without ".py" is read as Python too."""
+    path = tmp_path / filename
     path.write_text(body + "\n")
     assert cli.main(["gdjax", "train", f"--config={path}", f"--workdir={tmp_path / 'w'}"]) == 2
     err = capsys.readouterr().err
+    message = message.replace("my_config.py", filename)
     assert f"--config={path}: {message}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("filename", ["my_config", "config.txt", "preset.cfg"])
+def test_a_config_file_is_read_as_python_whatever_its_name_ends_in(filename, tmp_path, capsys):
+    """`--config=my_config` (the ".py" left off) or a ".txt" file stopped with "AttributeError:
+    'NoneType' object has no attribute 'loader'", exit status 1."""
+    from gdjax.configs import get_config
+
+    path = tmp_path / filename
+    path.write_text(
+        "from gdjax.configs import get_config as preset\n\n"
+        "def get_config():\n    c = preset('default')\n    c.batch_size = 7\n    return c\n"
+    )
+    config, name = cli._base_config({"config": str(path)})
+    expected = get_config("default")
+    expected.batch_size = 7
+    assert config.to_dict() == expected.to_dict() and name == path.stem
+    # A file that is not Python at all says what Python made of it, in one line.
+    path.write_text("batch_size: 7\nlearning rate = 0.1\n")
+    assert cli.main(["gdjax", "train", f"--config={path}", f"--workdir={tmp_path / 'w'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gdjax train: --config={path}: loading it raised ")
+    assert f"({filename}, line " in err and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(
