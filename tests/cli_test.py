@@ -151,6 +151,18 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
             "process_id must be >= 0 and < num_processes (2), got 5",
         ),
         (["train", "--coordinator_address=h:1", "--num_processes=0"], "num_processes must be >= 1"),
+        # JAX's bare "Number of processes must be defined."
+        (
+            ["train", "--coordinator_address=h:1"],
+            "coordinator_address 'h:1' given without num_processes and process_id, and JAX "
+            "detected no cluster to take them from: give --num_processes and --process_id (or "
+            "GDJAX_NUM_PROCESSES, GDJAX_PROCESS_ID)",
+        ),
+        (
+            ["train", "--coordinator_address=h:1", "--num_processes=2"],
+            "coordinator_address 'h:1' given without process_id, and JAX detected no cluster "
+            "to take it from: give --process_id (or GDJAX_PROCESS_ID)",
+        ),
         (["train", "--num_processes=two"], "--num_processes must be an integer, got 'two'"),
         # `--workdir=$RUN` with RUN unset trained into (or resumed) runs/default without a word
         (["train", "--workdir="], "--workdir is empty (an unset shell variable?): give it a"),
@@ -164,7 +176,8 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, 
     for var in list(os.environ):  # no cluster for JAX to detect, whatever runs the tests
         if var.startswith(("SLURM_", "OMPI_", "PMI_", "GDJAX_COORDINATOR", "GDJAX_NUM_PROC")):
             monkeypatch.delenv(var)
-    if message.startswith(("no coordinator", "give --coordinator")):
+    monkeypatch.delenv("GDJAX_PROCESS_ID", raising=False)
+    if message.startswith(("no coordinator", "give --coordinator", "coordinator_address 'h:1' g")):
         # JAX's multi-host start-up, as a user's fresh `gdjax` process meets it: in this worker
         # the backend has started, and jax < 0.9 says so before it looks for a coordinator.
         code = f"import sys; from gdjax import cli; sys.exit(cli.main({['gdjax', *args]!r}))"

@@ -130,6 +130,22 @@ def initialize_distributed(
         )
     except ValueError as e:
         jax.config.update("jax_cpu_collectives_implementation", collectives)
+        missing = [
+            name
+            for name, value in (("num_processes", num_processes), ("process_id", process_id))
+            if value is None
+        ]
+        if coordinator_address is not None and missing and "must be defined" in str(e):
+            # JAX's own words ("Number of processes must be defined.") name no argument.
+            raise ValueError(
+                f"coordinator_address {coordinator_address!r} given without "
+                f"{' and '.join(missing)}, and JAX detected no cluster to take "
+                f"{'them' if len(missing) > 1 else 'it'} from: give "
+                + " and ".join(f"--{m}" for m in missing)
+                + " (or "
+                + ", ".join(f"GDJAX_{m.upper()}" for m in missing)
+                + ")"
+            ) from None
         if coordinator_address is not None or "coordinator_address" not in str(e):
             raise
         raise ValueError(
