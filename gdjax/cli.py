@@ -60,7 +60,8 @@ FLAG_HELP = {
         "distributed": "Call jax.distributed.initialize() first (cluster auto-detection).",
         "coordinator_address": "host:port of process 0 (multi-host).",
         "num_processes": "Number of processes (multi-host).",
-        "process_id": "This process's index (multi-host).",
+        "process_id": "This process's index (multi-host). GDJAX_COORDINATOR, "
+        "GDJAX_NUM_PROCESSES and GDJAX_PROCESS_ID, set, stand for these three flags.",
         "verbose": "Show the whole traceback of an error.",
     },
     "eval": {
@@ -409,7 +410,12 @@ def _run(command: str, args: list[str], start: float) -> int:
 
     check_config(config)  # before any process group, dataset or model
     multi_host = ("distributed", "coordinator_address", "num_processes", "process_id")
-    if any(flags.get(name) not in (None, False) for name in multi_host):
+    # The variables initialize_distributed reads ask for it as the flags do: a job script that
+    # sets them and runs `gdjax train` on every host trained one run per host, each alone.
+    variables = ("GDJAX_COORDINATOR", "GDJAX_NUM_PROCESSES", "GDJAX_PROCESS_ID")
+    if any(flags.get(name) not in (None, False) for name in multi_host) or any(
+        os.environ.get(name, "").strip() for name in variables
+    ):
         from gdjax.train import initialize_distributed
 
         initialize_distributed(

@@ -191,6 +191,32 @@ def test_errors_are_one_line_with_status_2(capsys, tmp_path, monkeypatch, args, 
     assert not (tmp_path / "runs").exists() and not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.parametrize(
+    "variables, message",
+    [
+        ({"GDJAX_NUM_PROCESSES": "abc"}, "GDJAX_NUM_PROCESSES must be an integer, got 'abc'"),
+        ({"GDJAX_COORDINATOR": "h:1"}, "coordinator_address 'h:1' given without num_processes"),
+        (
+            {"GDJAX_COORDINATOR": "h:1", "GDJAX_NUM_PROCESSES": "2", "GDJAX_PROCESS_ID": "7"},
+            "process_id must be >= 0 and < num_processes (2), got 7",
+        ),
+    ],
+)
+def test_the_multi_host_variables_ask_for_a_multi_host_run(variables, message, tmp_path):
+    """Set without a flag they were ignored: a job script that set them on every host and ran
+    `gdjax train` trained one run per host, each alone (and a bad value was never read)."""
+    cluster = ("SLURM_", "OMPI_", "PMI_", "GDJAX_COORDINATOR", "GDJAX_NUM_PROC", "GDJAX_PROCESS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(cluster)}
+    argv = [sys.executable, "-m", "gdjax", "train", "--config.max_steps=1"]
+    done = subprocess.run(
+        argv, env={**env, **variables}, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    err = done.stderr.strip()
+    assert err.startswith("gdjax train: ") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_eval_pointed_at_the_checkpoints_folder_names_the_workdir(capsys, tmp_path):
     (tmp_path / "run" / "checkpoints" / "620").mkdir(parents=True)
     status = cli.main(["gdjax", "eval", f"--workdir={tmp_path / 'run' / 'checkpoints'}"])

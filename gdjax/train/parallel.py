@@ -100,11 +100,21 @@ def initialize_distributed(
     On the CPU, collectives across processes use gloo.
     """
     env = os.environ
-    coordinator_address = coordinator_address or env.get("GDJAX_COORDINATOR")
-    if num_processes is None and "GDJAX_NUM_PROCESSES" in env:
-        num_processes = int(env["GDJAX_NUM_PROCESSES"])
-    if process_id is None and "GDJAX_PROCESS_ID" in env:
-        process_id = int(env["GDJAX_PROCESS_ID"])
+    coordinator_address = coordinator_address or env.get("GDJAX_COORDINATOR") or None
+
+    def from_env(name: str) -> int | None:
+        text = env.get(name, "").strip()
+        if not text:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{name} must be an integer, got {env[name]!r}") from None
+
+    if num_processes is None:
+        num_processes = from_env("GDJAX_NUM_PROCESSES")
+    if process_id is None:
+        process_id = from_env("GDJAX_PROCESS_ID")
     if coordinator_address is not None:
         host, _, port = str(coordinator_address).rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
