@@ -348,12 +348,16 @@ def _saved_config(workdir: pathlib.Path) -> object:
             "--config=PRESET|FILE instead"
         )
 
-    def lay(node, values):
+    def lay(node, values, path=""):
         for key, value in values.items():
             if key not in node:
-                node[key] = value
+                # A field of an older gdjax, which nothing reads now, is left out (check_config
+                # refuses fields the run would not read); an optimizer's hyperparameter is kept
+                # for the optimizer's own check.
+                if path == "optimizer.hparams.":
+                    node[key] = value
             elif isinstance(value, dict):
-                lay(node[key], value)
+                lay(node[key], value, f"{path}{key}.")
             else:
                 node[key] = tuple(value) if isinstance(value, list) else value
 

@@ -515,6 +515,35 @@ def test_a_config_file_without_a_configdict_says_so(body, message, filename, tmp
     assert f"--config={path}: {message}" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_misspelt_field_in_a_config_file_is_one_line(tmp_path, capsys):
+    """The file's `c.batch_sise = 64` was never read: the run trained at the default size."""
+    path = tmp_path / "my_config.py"
+    path.write_text(
+        "from gdjax.configs import get_config as preset\n\n"
+        "def get_config():\n    c = preset('default')\n    c.batch_sise = 64\n    return c\n"
+    )
+    assert cli.main(["gdjax", "train", f"--config={path}", f"--workdir={tmp_path / 'w'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gdjax train: config.batch_sise (did you mean 'batch_size'?) is not a")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "w").exists(), err
+
+
+def test_eval_leaves_out_the_fields_of_an_older_config_json(tmp_path):
+    """gdjax eval lays a workdir's config.json over the default preset: a field an older gdjax
+    wrote, which nothing reads now, is left out rather than refused as a misspelling."""
+    from gdjax.configs import get_config
+    from gdjax.configs.base import unknown_fields
+
+    saved = get_config("default").to_dict()
+    saved.update(batch_size=48, retired_field=3)
+    saved["model"]["retired_too"] = True
+    saved["optimizer"]["hparams"]["momentum"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    config = cli._saved_config(tmp_path)
+    assert unknown_fields(config) == [] and "retired_field" not in config
+    assert (config.batch_size, config.optimizer.hparams.momentum) == (48, 0.5)
+
+
 @pytest.mark.parametrize("filename", ["my_config", "config.txt", "preset.cfg"])
 def test_a_config_file_is_read_as_python_whatever_its_name_ends_in(filename, tmp_path, capsys):
     """`--config=my_config` (the ".py" left off) or a ".txt" file stopped with "AttributeError:

@@ -155,6 +155,28 @@ def missing_fields(c: Any) -> list[str]:
     return missing
 
 
+def unknown_fields(c: ml_collections.ConfigDict) -> list[str]:
+    """Dotted names of the fields ``c`` has that the full config does not (a misspelt
+    ``c.batch_sise = 64`` in a config file), which the run would never read. The optimizer's
+    hyperparameters are left to its own check, which names those the optimizer takes."""
+    known = {p for p, _, _ in FIELDS}
+    parents = {p.rsplit(".", i)[0] for p in known for i in range(1, p.count(".") + 1)}
+
+    def walk(node: Any, prefix: str) -> list[str]:
+        found = []
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if path == "optimizer.hparams":
+                continue
+            if path in parents and isinstance(value, ml_collections.ConfigDict):
+                found += walk(value, path + ".")
+            elif path not in known:
+                found.append(path)
+        return found
+
+    return walk(c, "")
+
+
 def unset_required_fields(c: ml_collections.ConfigDict) -> list[str]:
     """Fields set to None that need a value."""
     nullable = nullable_fields()

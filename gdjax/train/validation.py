@@ -17,7 +17,13 @@ from typing import Any
 import ml_collections
 
 from gdjax._checks import did_you_mean, is_int
-from gdjax.configs.base import get_field, missing_fields, unset_required_fields
+from gdjax.configs.base import (
+    FIELDS,
+    get_field,
+    missing_fields,
+    unknown_fields,
+    unset_required_fields,
+)
 from gdjax.models.alexnet import ACTIVATIONS, VARIANTS, grouping_problem, takes_side
 from gdjax.models.conv import CONV_IMPLS
 from gdjax.train.parallel import MODES
@@ -238,6 +244,16 @@ def check_config(c: ml_collections.ConfigDict, process_count: int = 1) -> None:
         raise ConfigError(
             f"the config lacks {', '.join(missing[:3])}{more}: start from a preset, "
             "gdjax.configs.get_config('default'), and change fields with override(c, ...)"
+        )
+    unknown = unknown_fields(c)
+    if unknown:  # a misspelt field in a config file was silently never read
+        known = [p for p, _, _ in FIELDS]
+        names = ", ".join(f"config.{u}{did_you_mean(u, known)}" for u in unknown)
+        one = len(unknown) == 1
+        raise ConfigError(
+            f"{names} {'is not a field' if one else 'are not fields'}: the run would never "
+            f"read {'it' if one else 'them'}; the fields are those of "
+            "gdjax.configs.get_config('default') (gdjax --help lists them)"
         )
     for field in unset_required_fields(c):
         fail(field, None, "set (only optimizer hyperparameters may be None)")

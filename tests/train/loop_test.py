@@ -18,6 +18,7 @@ import pytest
 
 from gdjax.cli import _jaxlib_loads_cached_programs_quietly
 from gdjax.configs import get_config, override
+from gdjax.configs.base import unknown_fields
 from gdjax.train import (
     Checkpointer,
     CheckpointUnreadableError,
@@ -435,6 +436,37 @@ def test_override_sets_fields_and_says_what_a_section_takes():
 def test_check_config_names_a_bad_process_count(count):
     with pytest.raises(ValueError, match=f"process_count must be an int >= 1, got {count}"):
         check_config(quick_config(), count)  # 0 was a ZeroDivisionError
+
+
+def test_a_misspelt_field_is_refused_before_any_data_is_read(tmp_path):
+    """`c.batch_sise = 64` in a config file trained at the default batch size without a word."""
+    from gdjax.configs import PRESETS
+
+    for name in PRESETS:
+        assert unknown_fields(get_config(name)) == [], name
+    c = quick_config()
+    c.batch_sise = 64
+    message = (
+        r"config\.batch_sise \(did you mean 'batch_size'\?\) is not a field: the run would "
+        r"never read it; the fields are those of gdjax\.configs\.get_config\('default'\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(c, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+    c = quick_config()
+    c.schedule.warmup = 2.0
+    c.model.dropout = 0.1
+    with pytest.raises(ValueError, match=r"config\.model\.dropout \(did you mean 'model\.dropout_"):
+        check_config(c)
+    with pytest.raises(
+        ValueError, match=r"config\.schedule\.warmup \(did you mean 'schedule\.warm"
+    ):
+        check_config(c)
+    # An optimizer's hyperparameters keep their own check, which names those it takes.
+    c = quick_config()
+    c.optimizer.hparams.momentun = 0.9
+    with pytest.raises(ValueError, match=r"\['momentun'\] do not apply to 'momentum', which takes"):
+        check_config(c)
 
 
 @pytest.mark.parametrize("config", [None, "default", 64])
