@@ -52,7 +52,12 @@ def override(config: ml_collections.ConfigDict, **fields) -> ml_collections.Conf
         parent, _, last = key.rpartition(".")
         node = get_field(config, parent) if parent else config
         if last not in node:
-            raise KeyError(f"config has no field {key!r}")
+            from gdjax._checks import did_you_mean
+            from gdjax.configs.base import FIELDS
+
+            raise KeyError(
+                f"config has no field {key!r}{did_you_mean(key, [p for p, _, _ in FIELDS])}"
+            )
         current = node[last]
         if isinstance(current, ml_collections.ConfigDict) and isinstance(value, _Mapping):
             # a section's fields, each set in place (assigning the mapping dropped the others)

@@ -428,8 +428,12 @@ def test_override_sets_fields_and_says_what_a_section_takes():
         override(c, optimizer="sgd")
     with pytest.raises(TypeError, match=r"config.input is a section, not a value: set one of"):
         override(c, input=False)
-    with pytest.raises(KeyError, match=r"config has no field 'input\.flipp'"):
+    with pytest.raises(
+        KeyError, match=r"config has no field 'input\.flipp' \(did you mean 'input\.flip'\?\)"
+    ):
         override(c, input={"flipp": False})
+    with pytest.raises(KeyError, match=r"'batchsize' \(did you mean 'batch_size'\?\)"):
+        override(c, batchsize=8)
 
 
 @pytest.mark.parametrize("count", [0, -2, 1.5])
