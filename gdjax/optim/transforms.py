@@ -245,7 +245,9 @@ def add_decayed_weights(
         del extra_args
         if params is None:
             raise ValueError(
-                "add_decayed_weights: update() needs params (call update(grads, state, params))"
+                "add_decayed_weights: update() needs params, the weights it decays (call "
+                "update(grads, state, params)); the weight decay of adamw, alexnet_sgd, lars and "
+                "lamb is this block, which weight_decay=None leaves out"
             )
         wd = _hparams.value_at(weight_decay, state.count)
 

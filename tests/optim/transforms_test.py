@@ -333,6 +333,15 @@ def test_add_decayed_weights_without_params_says_so():
     tx = optim.add_decayed_weights(1e-2)
     with pytest.raises(ValueError, match="needs params"):
         tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+    # Through an optimizer with weight decay the message names where the block comes from,
+    # and weight_decay=None takes it out.
+    for make in (gdjax.adamw, gdjax.alexnet_sgd):
+        tx = make(1e-2)
+        with pytest.raises(ValueError, match=r"the weight decay of adamw, alexnet_sgd, lars and"):
+            tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+        tx = make(1e-2, weight_decay=None)
+        updates, _ = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+        assert updates["w"].shape == (2,)
 
 
 def test_complex_hyperparameter_with_an_imaginary_part_is_refused():
