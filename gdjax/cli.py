@@ -380,6 +380,26 @@ def _help(command: str) -> str:
     return "\n".join(lines)
 
 
+def _start_jax() -> None:
+    """Start JAX's backend, saying in one line when ``JAX_PLATFORMS`` names a platform it cannot
+    start (jax 0.10 without its CUDA plugin raised a bare ``AssertionError`` for "cuda")."""
+    import jax
+
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as e:
+        platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+        if not platforms:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "no such backend here"
+        first = first.split(" (set JAX_PLATFORMS=")[0].rstrip(". ")  # JAX's hint, said below
+        raise UsageError(
+            f"JAX_PLATFORMS={platforms!r}: JAX cannot start it ({first}); unset JAX_PLATFORMS "
+            "to let JAX choose, or install that platform's jax (NVIDIA GPUs: pip install -U "
+            "'jax[cuda13]', or 'jax[cuda12]'; TPUs: 'jax[tpu]')"
+        ) from e
+
+
 def _run(command: str, args: list[str], start: float) -> int:
     flags, overrides = _split_args(command, args)
     workdir = flags.get("workdir")
@@ -405,6 +425,7 @@ def _run(command: str, args: list[str], start: float) -> int:
         step = _integer_flag(flags, "step", "a checkpoint's step, an integer >= 0", minimum=0)
         from gdjax.train import evaluate_checkpoint
 
+        _start_jax()
         print(json.dumps(evaluate_checkpoint(config, str(run_dir), step), indent=2))
         return 0
 
@@ -429,6 +450,7 @@ def _run(command: str, args: list[str], start: float) -> int:
         )
     from gdjax.train import train_and_evaluate
 
+    _start_jax()
     workdir = str(workdir or f"runs/{preset}")
     result = train_and_evaluate(config, workdir, restart=bool(flags.get("restart")))
     if not result["steps_this_run"]:

@@ -217,6 +217,29 @@ def test_the_multi_host_variables_ask_for_a_multi_host_run(variables, message, t
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "platforms, cause",
+    [
+        ("cuda", "(no such backend here)"),  # jax 0.10 without its CUDA plugin: AssertionError
+        ("cpux", "Backend 'cpux' is not in the list of known backends"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_a_platform_jax_cannot_start_is_one_line(platforms, cause, command, tmp_path):
+    """`JAX_PLATFORMS=cuda gdjax train` on a machine without JAX's CUDA plugin printed
+    "AssertionError: AssertionError (--verbose shows the traceback)", exit status 1."""
+    (tmp_path / "checkpoints").mkdir()  # for eval: fails at the backend, before any restore
+    argv = [sys.executable, "-m", "gdjax", command, f"--workdir={tmp_path}"]
+    argv += ["--config.max_steps=1"] if command == "train" else ["--config=default"]
+    env = {**os.environ, "JAX_PLATFORMS": platforms}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    err = done.stderr.strip()
+    assert done.returncode == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"gdjax {command}: JAX_PLATFORMS={platforms!r}: JAX cannot start it")
+    assert cause in err and "unset JAX_PLATFORMS to let JAX choose" in err, err
+    assert not (tmp_path / "checkpoints" / "0").exists()
+
+
 def test_eval_pointed_at_the_checkpoints_folder_names_the_workdir(capsys, tmp_path):
     (tmp_path / "run" / "checkpoints" / "620").mkdir(parents=True)
     status = cli.main(["gdjax", "eval", f"--workdir={tmp_path / 'run' / 'checkpoints'}"])
