@@ -58,6 +58,7 @@ import numpy as np
 
 from gdjax import data
 from gdjax._checks import is_int
+from gdjax.configs.base import get_field
 from gdjax.models import AlexNet, _onednn, compiler_options, onednn_status
 from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
 from gdjax.train.evaluation import evaluate
@@ -196,6 +197,20 @@ def build(c: ml_collections.ConfigDict) -> Run:
         )
     if c.max_steps > 0:
         total_steps = min(total_steps, c.max_steps)
+    # The schedule's boundaries are update counts, compared with the optimizer's int32 count:
+    # a larger one stopped the first step with an OverflowError from inside jit.
+    per_epoch = max(1, steps_per_epoch // c.optimizer.grad_accum_steps)
+    epochs = [("schedule.warmup_epochs", c.schedule.warmup_epochs)]
+    if c.schedule.name == "step":
+        epochs.append(("schedule.step_epochs", max(c.schedule.step_epochs, default=0)))
+    for field, value in epochs:
+        if round(value * per_epoch) > 2**31 - 1:
+            fail(
+                field,
+                get_field(c, field),
+                f"within {(2**31 - 1) // per_epoch:,} epochs here (2**31 - 1 optimizer updates, "
+                f"its step count being an int32, at {per_epoch} updates an epoch)",
+            )
 
     # Under parallel="sharded" the model runs its convolutions and poolings per device
     # (shard_map), so oneDNN's calls stay on the fast path there too.

@@ -521,6 +521,16 @@ def test_an_unknown_preset_names_the_near_one(name, message):
             r"config.num_epochs must be at least 1/125 \(one step: an epoch is 125 steps of 32 "
             r"examples\), or num_steps >= 1, got 0.001",
         ),
+        # A boundary past the optimizer's int32 count: an OverflowError from inside jit.
+        (
+            {"schedule.warmup_epochs": 1e9},
+            r"config.schedule.warmup_epochs must be within 17,179,869 epochs here \(2\*\*31 - 1 "
+            r"optimizer updates, its step count being an int32, at 125 updates an epoch\)",
+        ),
+        (
+            {"schedule.name": "step", "schedule.step_epochs": (1.0, 2e7)},
+            r"config.schedule.step_epochs must be within 17,179,869 epochs here .* got \(1.0, 2",
+        ),
         # Switches another augmentation ignored without a word.
         (
             {"input.ten_crop": True},
