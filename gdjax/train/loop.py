@@ -195,11 +195,19 @@ def build(c: ml_collections.ConfigDict) -> Run:
             f"at least 1/{steps_per_epoch} (one step: an epoch is {steps_per_epoch} steps of "
             f"{c.batch_size} examples), or num_steps >= 1",
         )
+    accumulate = c.optimizer.grad_accum_steps
+    if accumulate > total_steps:  # the run would end before its first update, without a word
+        fail(
+            "optimizer.grad_accum_steps",
+            accumulate,
+            f"at most the run's {total_steps} steps (the optimizer updates once every "
+            f"grad_accum_steps steps: it would never update)",
+        )
     if c.max_steps > 0:
         total_steps = min(total_steps, c.max_steps)
     # The schedule's boundaries are update counts, compared with the optimizer's int32 count:
     # a larger one stopped the first step with an OverflowError from inside jit.
-    per_epoch = max(1, steps_per_epoch // c.optimizer.grad_accum_steps)
+    per_epoch = max(1, steps_per_epoch // accumulate)
     epochs = [("schedule.warmup_epochs", c.schedule.warmup_epochs)]
     if c.schedule.name == "step":
         epochs.append(("schedule.step_epochs", max(c.schedule.step_epochs, default=0)))

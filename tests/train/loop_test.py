@@ -521,6 +521,13 @@ def test_an_unknown_preset_names_the_near_one(name, message):
             r"config.num_epochs must be at least 1/125 \(one step: an epoch is 125 steps of 32 "
             r"examples\), or num_steps >= 1, got 0.001",
         ),
+        # Fewer steps than one accumulation: the run trained without a single update.
+        (
+            {"optimizer.grad_accum_steps": 1000, "num_epochs": 1.0, "num_steps": 0},
+            r"config.optimizer.grad_accum_steps must be at most the run's 125 steps \(the "
+            r"optimizer updates once every grad_accum_steps steps: it would never update\)",
+        ),
+        ({"optimizer.grad_accum_steps": 3_000_000_000}, r"at most the run's 40 steps \(the"),
         # A boundary past the optimizer's int32 count: an OverflowError from inside jit.
         (
             {"schedule.warmup_epochs": 1e9},
