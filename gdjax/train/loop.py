@@ -155,6 +155,42 @@ class Run:
     eval_batch_size: int
 
 
+def _check_lengths(c: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> None:
+    """The run's accumulation and schedule against its length (``total_steps``, before
+    ``max_steps``): a :class:`ConfigError` where nothing would work, a warning where a
+    setting never takes full effect."""
+    accumulate = c.optimizer.grad_accum_steps
+    if accumulate > total_steps:  # the run would end before its first update, without a word
+        fail(
+            "optimizer.grad_accum_steps",
+            accumulate,
+            f"at most the run's {total_steps} steps (the optimizer updates once every "
+            f"grad_accum_steps steps: it would never update)",
+        )
+    # The schedule's boundaries are update counts, compared with the optimizer's int32 count:
+    # a larger one stopped the first step with an OverflowError from inside jit.
+    per_epoch = max(1, steps_per_epoch // accumulate)
+    epochs = [("schedule.warmup_epochs", c.schedule.warmup_epochs)]
+    if c.schedule.name == "step":
+        epochs.append(("schedule.step_epochs", max(c.schedule.step_epochs, default=0)))
+    for field, value in epochs:
+        if round(value * per_epoch) > 2**31 - 1:
+            fail(
+                field,
+                get_field(c, field),
+                f"within {(2**31 - 1) // per_epoch:,} epochs here (2**31 - 1 optimizer updates, "
+                f"its step count being an int32, at {per_epoch} updates an epoch)",
+            )
+    warmup = c.schedule.warmup_epochs
+    if warmup and round(warmup * steps_per_epoch) >= total_steps:  # legal, but likely a slip
+        warnings.warn(
+            f"schedule.warmup_epochs={warmup:g} is as long as the run ({total_steps} steps, "
+            f"{total_steps / steps_per_epoch:.3g} epochs) or longer: the learning rate never "
+            "reaches its peak",
+            stacklevel=3,
+        )
+
+
 def build(c: ml_collections.ConfigDict) -> Run:
     """Data, model, optimizer and a fresh state for config ``c`` (durations converted here).
 
@@ -195,30 +231,9 @@ def build(c: ml_collections.ConfigDict) -> Run:
             f"at least 1/{steps_per_epoch} (one step: an epoch is {steps_per_epoch} steps of "
             f"{c.batch_size} examples), or num_steps >= 1",
         )
-    accumulate = c.optimizer.grad_accum_steps
-    if accumulate > total_steps:  # the run would end before its first update, without a word
-        fail(
-            "optimizer.grad_accum_steps",
-            accumulate,
-            f"at most the run's {total_steps} steps (the optimizer updates once every "
-            f"grad_accum_steps steps: it would never update)",
-        )
+    _check_lengths(c, steps_per_epoch, total_steps)
     if c.max_steps > 0:
         total_steps = min(total_steps, c.max_steps)
-    # The schedule's boundaries are update counts, compared with the optimizer's int32 count:
-    # a larger one stopped the first step with an OverflowError from inside jit.
-    per_epoch = max(1, steps_per_epoch // accumulate)
-    epochs = [("schedule.warmup_epochs", c.schedule.warmup_epochs)]
-    if c.schedule.name == "step":
-        epochs.append(("schedule.step_epochs", max(c.schedule.step_epochs, default=0)))
-    for field, value in epochs:
-        if round(value * per_epoch) > 2**31 - 1:
-            fail(
-                field,
-                get_field(c, field),
-                f"within {(2**31 - 1) // per_epoch:,} epochs here (2**31 - 1 optimizer updates, "
-                f"its step count being an int32, at {per_epoch} updates an epoch)",
-            )
 
     # Under parallel="sharded" the model runs its convolutions and poolings per device
     # (shard_map), so oneDNN's calls stay on the fast path there too.

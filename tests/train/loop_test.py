@@ -719,6 +719,24 @@ def test_large_batch_optimizers_exempt_biases_from_decay_and_trust_ratio(name):
     assert not np.allclose(other["bias"], got["bias"])  # the mask made a difference
 
 
+def test_a_warm_up_as_long_as_the_run_is_warned_of():
+    """A warm-up of 20 epochs in a run of 10 never reached the peak rate, without a word."""
+    message = (
+        r"schedule.warmup_epochs=0.5 is as long as the run \(40 steps, 0.32 epochs\) or "
+        r"longer: the learning rate never reaches its peak"
+    )
+    with pytest.warns(UserWarning, match=message):
+        build(quick_config(**{"schedule.warmup_epochs": 0.5}))
+    from gdjax.train.loop import _check_lengths
+
+    with pytest.warns(UserWarning, match=r"warmup_epochs=0.32 is as long as the run \(40 st"):
+        _check_lengths(quick_config(**{"schedule.warmup_epochs": 0.32}), 125, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_lengths(quick_config(**{"schedule.warmup_epochs": 0.31}), 125, 40)  # 39 steps
+        _check_lengths(quick_config(), 125, 40)  # no warm-up
+
+
 def test_mixed_precision_and_gradient_accumulation(tmp_path):
     config = quick_config(
         **{
