@@ -467,11 +467,12 @@ def _run(command: str, args: list[str], start: float) -> int:
         f"{result['accuracy']:.4f}{top5}; "
         f"{time.perf_counter() - start:.0f} s in all; logs and checkpoints in {workdir}"
     )
-    if result["skipped_nonfinite_steps"]:  # optimizer.skip_nonfinite: say how many
+    skipped = result["skipped_nonfinite_steps"]
+    if skipped:  # optimizer.skip_nonfinite: say how many
         print(
-            f"warning: {result['skipped_nonfinite_steps']} of the {result['steps']} steps were "
-            "skipped for non-finite updates (optimizer.skip_nonfinite); a lower learning "
-            "rate may train where these did not",
+            f"warning: {skipped} of the {result['steps']} steps "
+            f"{'was' if skipped == 1 else 'were'} skipped for non-finite updates "
+            "(optimizer.skip_nonfinite); a lower learning rate may train where these did not",
             file=sys.stderr,
         )
     return 0
@@ -499,14 +500,14 @@ def _integer_flag(
 def _complete(e: Exception) -> bool:
     """Errors whose message says what happened and what is left, so no type or hint is added:
     a missing extra, a checkpoint that could not be written or read, a workdir another run
-    holds (the last three only ever raised once the trainer is imported, so they are looked up
-    there rather than imported here)."""
+    holds, a run that diverged (the last four only ever raised once the trainer is imported,
+    so they are looked up there rather than imported here)."""
     checkpoint = sys.modules.get("gdjax.train.checkpoint")
     written = checkpoint is not None and isinstance(
         e, (checkpoint.CheckpointWriteError, checkpoint.CheckpointUnreadableError)
     )
     loop = sys.modules.get("gdjax.train.loop")
-    busy = loop is not None and isinstance(e, loop.WorkdirBusyError)
+    busy = loop is not None and isinstance(e, (loop.WorkdirBusyError, loop.DivergedError))
     return written or busy or isinstance(e, MissingExtraError)
 
 

@@ -405,7 +405,18 @@ def test_a_run_that_skipped_nonfinite_steps_says_how_many(tmp_path, capsys):
     err = capsys.readouterr().err
     skipped = json.loads((tmp_path / "run" / "result.json").read_text())["skipped_nonfinite_steps"]
     assert skipped >= 1
-    assert f"warning: {skipped} of the 5 steps were skipped for non-finite updates" in err, err
+    verb = "was" if skipped == 1 else "were"
+    assert f"warning: {skipped} of the 5 steps {verb} skipped for non-finite updates" in err, err
+
+
+def test_a_diverged_run_is_one_line_without_a_traceback_hint(tmp_path, capsys):
+    """It printed "FloatingPointError: non-finite training loss ... (--verbose shows the
+    traceback)", though the message says the step, the checkpoint and what to change."""
+    args = ["gdjax", "train", "--workdir", str(tmp_path / "run"), "--config.max_steps=5"]
+    assert cli.main([*args, "--config.optimizer.learning_rate=1e9", "--config.progress=False"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "tensorboardX" not in line]
+    assert len(err) == 1 and err[0].startswith("gdjax train: non-finite training loss"), err
+    assert err[0].endswith("set optimizer.skip_nonfinite=True to skip such steps."), err
 
 
 def test_a_run_too_short_to_time_says_so(tmp_path, capsys):

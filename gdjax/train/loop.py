@@ -83,6 +83,7 @@ from gdjax.train.validation import (
 )
 
 __all__ = [
+    "DivergedError",
     "Run",
     "WorkdirBusyError",
     "WorkdirMismatchError",
@@ -91,6 +92,11 @@ __all__ = [
     "evaluate_checkpoint",
     "train_and_evaluate",
 ]
+
+
+class DivergedError(FloatingPointError):
+    """A run stopped because its loss or parameters went NaN or infinite; the message names the
+    step, the newest checkpoint with finite parameters and what to change."""
 
 
 class WorkdirMismatchError(ConfigError):
@@ -516,7 +522,7 @@ class _NonFiniteLossError(Exception):
         self.step, self.loss = step, loss
 
 
-def _nonfinite_stop(checkpointer: Checkpointer, what: str, first_bad: int) -> FloatingPointError:
+def _nonfinite_stop(checkpointer: Checkpointer, what: str, first_bad: int) -> DivergedError:
     """The error that stops a diverged run, after setting aside the checkpoints from step
     ``first_bad`` on (their parameters are the ones that diverged): it names only a checkpoint
     that exists and holds parameters with a finite loss."""
@@ -529,7 +535,7 @@ def _nonfinite_stop(checkpointer: Checkpointer, what: str, first_bad: int) -> Fl
     )
     if moved:
         where += f" (steps {moved} set aside in {checkpointer.directory}.nonfinite)"
-    return FloatingPointError(
+    return DivergedError(
         f"{what}; {where}. Lower the learning rate, or set optimizer.skip_nonfinite=True to "
         "skip such steps."
     )
