@@ -414,7 +414,7 @@ def test_a_diverged_run_is_one_line_without_a_traceback_hint(tmp_path, capsys):
     traceback)", though the message says the step, the checkpoint and what to change."""
     args = ["gdjax", "train", "--workdir", str(tmp_path / "run"), "--config.max_steps=5"]
     assert cli.main([*args, "--config.optimizer.learning_rate=1e9", "--config.progress=False"]) == 1
-    err = [line for line in capsys.readouterr().err.splitlines() if "tensorboardX" not in line]
+    err = capsys.readouterr().err.splitlines()  # tensorboardX's own NaN line left out too
     assert len(err) == 1 and err[0].startswith("gdjax train: non-finite training loss"), err
     assert err[0].endswith("set optimizer.skip_nonfinite=True to skip such steps."), err
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -112,7 +113,17 @@ def _summary_writer() -> type:
     finally:
         if hide and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
+    # tensorboardX logs "NaN or Inf found in input tensor." for every such scalar: a line of its
+    # own in the command's output before gdjax's, which says the step and what to change (the
+    # value is still written).
+    logger = logging.getLogger("tensorboardX.x2num")
+    if _nonfinite_note not in logger.filters:
+        logger.addFilter(_nonfinite_note)
     return SummaryWriter
+
+
+def _nonfinite_note(record: logging.LogRecord) -> bool:
+    return "NaN or Inf found" not in record.getMessage()
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -58,6 +58,26 @@ def test_event_files_hold_the_scalars_and_torch_is_not_imported(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [10, 20]
 
 
+def test_a_nonfinite_scalar_is_written_without_tensorboardxs_line(tmp_path):
+    """tensorboardX logged "NaN or Inf found in input tensor." to stderr, a line of its own
+    before the command's one-line error about the diverged run."""
+    code = (
+        "from gdjax.train.metrics_writer import MetricsWriter\n"
+        f"w = MetricsWriter({str(tmp_path)!r})\n"
+        "w.write(30, 'train', {'loss': float('nan'), 'error': 0.5})\n"
+        "w.close()\n"
+        "import logging; logging.getLogger('tensorboardX.x2num').warning('other news')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "NaN or Inf" not in done.stderr and "other news" in done.stderr, done.stderr
+    scalars = _scalars(tmp_path / "tensorboard")
+    assert scalars["train/error"] == [(30, 0.5)]
+    ((step, loss),) = scalars["train/loss"]
+    assert step == 30 and loss != loss  # NaN, still written
+
+
 def test_writes_when_torch_is_already_imported(tmp_path):
     torch = pytest.importorskip("torch")
     w = MetricsWriter(tmp_path)
