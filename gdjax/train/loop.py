@@ -749,6 +749,8 @@ def train_and_evaluate(
     Raises :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
     wall_start = time.perf_counter()
+    if not isinstance(restart, (bool, np.bool_)):  # restart="no" moved a run's checkpoints aside
+        raise TypeError(f"train_and_evaluate: restart must be True or False, got {restart!r}")
     c = _config_dict(config)
     check_config(c, jax.process_count())
     workdir = _workdir(workdir)

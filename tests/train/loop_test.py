@@ -473,6 +473,14 @@ def test_a_misspelt_field_is_refused_before_any_data_is_read(tmp_path):
         check_config(c)
 
 
+@pytest.mark.parametrize("restart", ["no", "False", 0, None])
+def test_restart_takes_only_true_or_false(tmp_path, restart):
+    """restart="no" (any non-empty string) moved the workdir's checkpoints aside."""
+    with pytest.raises(TypeError, match=f"restart must be True or False, got {restart!r}"):
+        train_and_evaluate(quick_config(), str(tmp_path), restart=restart)
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("config", [None, "default", 64])
 def test_a_config_that_is_no_configdict_says_so(tmp_path, config):
     """None said "the config lacks dataset, eval_split, model.variant and 58 more"."""
