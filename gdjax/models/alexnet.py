@@ -489,6 +489,10 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if not isinstance(train, (bool, np.bool_)):  # train="no" ran dropout
+            raise TypeError(
+                f"AlexNet({self.variant!r}): train must be True or False, got {train!r}"
+            )
         x = jnp.asarray(x)  # a nested list or a numpy array is an array too
         self._check(x)
         spec = VARIANTS[self.variant]

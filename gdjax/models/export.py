@@ -102,6 +102,10 @@ def export(
             "export: variables must be the model's variables, {'params': params, ...}; got a "
             f"mapping with keys {sorted(map(str, variables))[:4]} (pass {{'params': params}})"
         )
+    if not isinstance(polymorphic_batch, (bool, np.bool_)):  # "no" exported a symbolic batch
+        raise TypeError(
+            f"export: polymorphic_batch must be True or False, got {polymorphic_batch!r}"
+        )
     if precision is not None and precision not in _PRECISIONS:
         raise ValueError(
             f"export: precision must be None or one of {_PRECISIONS}, got {precision!r}"

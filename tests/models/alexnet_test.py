@@ -221,6 +221,19 @@ def test_integer_images_are_refused_not_promoted(dtype):
     assert jax.jit(model.apply)(params, np.zeros((2, 32, 32, 3), np.float16)).shape == (2, 10)
 
 
+def test_train_takes_only_true_or_false():
+    """train="no" (a non-empty string) ran the network with dropout."""
+    model = AlexNet(variant="small", num_classes=10)
+    params = init(model, (1, 32, 32, 3))
+    x, key = jnp.ones((2, 32, 32, 3)), {"dropout": jax.random.key(1)}
+    for train in ("no", "False", 0, None):
+        with pytest.raises(TypeError, match=f"train must be True or False, got {train!r}"):
+            model.apply(params, x, train=train, rngs=key)
+    np.testing.assert_array_equal(
+        model.apply(params, x, train=np.bool_(False)), model.apply(params, x, train=False)
+    )
+
+
 @pytest.mark.parametrize("variant, kwargs, shape, message", BAD_INPUTS)
 def test_bad_input_names_the_expected_shape(variant, kwargs, shape, message):
     model = AlexNet(variant=variant, **kwargs)

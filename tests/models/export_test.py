@@ -125,5 +125,8 @@ def test_bad_arguments_are_named():
         export(model, variables, x[0])
     with pytest.raises(ValueError, match=r"precision must be None or one of .*, got 'fp32'"):
         export(model, variables, x, precision="fp32")
+    # "no" is a non-empty string: it exported a symbolic batch
+    with pytest.raises(TypeError, match=r"polymorphic_batch must be True or False, got 'no'"):
+        export(model, variables, x, polymorphic_batch="no")
     with pytest.raises(TypeError, match=r"model must be a flax\.linen\.Module, got function"):
         portable(lambda v, x: x)
