@@ -274,6 +274,10 @@ def spatial_sizes(variant: str, size: int, overlapping_pool: bool = True) -> lis
     """The side of the feature map after each conv stage (after its pooling, if any); 0 where
     the input is too small for the stage."""
     check_one_of("spatial_sizes: variant", variant, sorted(VARIANTS))
+    if not isinstance(overlapping_pool, (bool, np.bool_)):  # "no" counted as overlapping
+        raise TypeError(
+            f"spatial_sizes: overlapping_pool must be True or False, got {overlapping_pool!r}"
+        )
     window, stride = _pool_shape(overlapping_pool)
     sizes = []
     for conv in VARIANTS[variant].convs:

@@ -271,6 +271,12 @@ class TraceState(NamedTuple):
     trace: Any
 
 
+def _check_flag(owner: str, name: str, value: Any) -> None:
+    """A switch is True or False: a string such as "no" is truthy and would switch it on."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
+
+
 def trace(
     decay: ScalarOrSchedule,
     nesterov: bool = False,
@@ -297,8 +303,7 @@ def trace(
       An ``optax.GradientTransformationExtraArgs`` with state :class:`TraceState`.
     """
     _hparams.check_range("trace", "decay", decay, low=0.0, high=1.0)
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"trace: nesterov must be a bool, got {nesterov!r}")
+    _check_flag("trace", "nesterov", nesterov)
     _hparams.check_dtype("trace", "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params: Any) -> TraceState:
@@ -359,6 +364,7 @@ def scale_by_adagrad(
         "scale_by_adagrad", "initial_accumulator_value", initial_accumulator_value, low=0.0
     )
     _hparams.check_range("scale_by_adagrad", "eps", eps, low=0.0, low_inclusive=False)
+    _check_flag("scale_by_adagrad", "eps_in_sqrt", eps_in_sqrt)
 
     def init_fn(params: Any) -> ScaleByAdagradState:
         return ScaleByAdagradState(
@@ -449,6 +455,7 @@ def scale_by_rms(
       An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByRmsState`.
     """
     _check_rms("scale_by_rms", decay, eps, initial_scale)
+    _check_flag("scale_by_rms", "eps_in_sqrt", eps_in_sqrt)
 
     def init_fn(params: Any) -> ScaleByRmsState:
         return ScaleByRmsState(
@@ -498,6 +505,7 @@ def scale_by_stddev(
       An ``optax.GradientTransformationExtraArgs`` with state :class:`ScaleByStddevState`.
     """
     _check_rms("scale_by_stddev", decay, eps, initial_scale)
+    _check_flag("scale_by_stddev", "eps_in_sqrt", eps_in_sqrt)
 
     def init_fn(params: Any) -> ScaleByStddevState:
         owner = "scale_by_stddev"

@@ -244,6 +244,10 @@ def test_bad_input_names_the_expected_shape(variant, kwargs, shape, message):
 def test_spatial_sizes_names_the_variants():
     from gdjax.models import spatial_sizes
 
+    with pytest.raises(TypeError, match=r"overlapping_pool must be True or False, got 'no'"):
+        spatial_sizes("small", 32, overlapping_pool="no")  # was counted as overlapping
+    assert spatial_sizes("small", 32, False) != spatial_sizes("small", 32, True)
+
     with pytest.raises(
         ValueError, match=r"variant must be one of \['paper', 'small', 'torchvision'\], got 'huge'"
     ):

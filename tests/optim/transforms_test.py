@@ -344,6 +344,31 @@ def test_add_decayed_weights_without_params_says_so():
         assert updates["w"].shape == (2,)
 
 
+@pytest.mark.parametrize(
+    "owner, make",
+    [
+        ("trace", lambda v: optim.trace(0.9, nesterov=v)),
+        ("scale_by_adagrad", lambda v: optim.scale_by_adagrad(eps_in_sqrt=v)),
+        ("scale_by_rms", lambda v: optim.scale_by_rms(eps_in_sqrt=v)),
+        ("scale_by_stddev", lambda v: optim.scale_by_stddev(eps_in_sqrt=v)),
+        ("sgd", lambda v: gdjax.sgd(0.1, momentum=0.9, nesterov=v)),
+        ("momentum", lambda v: gdjax.momentum(0.1, 0.9, nesterov=v)),
+        ("adagrad", lambda v: gdjax.adagrad(0.1, eps_in_sqrt=v)),
+        ("rmsprop", lambda v: gdjax.rmsprop(0.1, centered=v)),
+        ("rmsprop", lambda v: gdjax.rmsprop(0.1, eps_in_sqrt=v)),
+        ("adam", lambda v: gdjax.adam(0.1, amsgrad=v)),
+        ("adamw", lambda v: gdjax.adamw(0.1, amsgrad=v)),
+        ("lars", lambda v: gdjax.lars(0.1, nesterov=v)),
+    ],
+)
+def test_every_switch_takes_only_true_or_false(owner, make):
+    """A string is truthy: scale_by_rms(eps_in_sqrt="no") put eps under the root."""
+    for value in ("no", 0, None):
+        with pytest.raises(TypeError, match=rf"^{owner}: \w+ must be True or False, got"):
+            make(value)
+    make(True), make(False)
+
+
 def test_complex_hyperparameter_with_an_imaginary_part_is_refused():
     with pytest.raises(ValueError, match=r"adam: learning_rate must be real, got 0\.1\+0\.5j$"):
         gdjax.adam(jnp.asarray(0.1 + 0.5j, jnp.complex64))
