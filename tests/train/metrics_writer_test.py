@@ -32,6 +32,14 @@ def _scalars(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
     return found
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh Python that imports gdjax from this checkout; it must succeed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_event_files_hold_the_scalars_and_torch_is_not_imported(tmp_path):
     """tensorboardX imports torch when it is installed (3-4 s a run); the writer hides it for
     that import, and a later ``import torch`` still works."""
@@ -47,9 +55,7 @@ def test_event_files_hold_the_scalars_and_torch_is_not_imported(tmp_path):
         "import torch\n"
         "print(torch.ones(2).sum().item())\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
+    done = _python(code)
     assert done.stdout.split() == ["False", "2.0"]
     assert _scalars(tmp_path / "tensorboard") == {
         "train/loss": [(10, 0.5), (20, 0.125)],
@@ -68,9 +74,7 @@ def test_a_nonfinite_scalar_is_written_without_tensorboardxs_line(tmp_path):
         "w.close()\n"
         "import logging; logging.getLogger('tensorboardX.x2num').warning('other news')\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stderr
+    done = _python(code)
     assert "NaN or Inf" not in done.stderr and "other news" in done.stderr, done.stderr
     scalars = _scalars(tmp_path / "tensorboard")
     assert scalars["train/error"] == [(30, 0.5)]
