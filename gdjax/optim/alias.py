@@ -61,9 +61,7 @@ def _validate(
             _hparams.check_range(owner, name, value, low=0.0, low_inclusive=False)
 
 
-def _check_flag(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
+_check_flag = T._check_flag  # one rule for every switch, the blocks' and the optimizers'
 
 
 def _chain(*blocks: optax.GradientTransformationExtraArgs | None):
