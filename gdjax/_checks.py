@@ -50,6 +50,13 @@ def did_you_mean(value: Any, choices: Any) -> str:
     return f" (did you mean {near!r}?)" if near else ""
 
 
+def check_flag(name: str, value: Any) -> None:
+    """Raise ``TypeError("{name} must be True or False, got ...")`` unless ``value`` is a bool
+    (Python's or numpy's): a string such as ``"no"`` is truthy and would switch it on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def check_one_of(name: str, value: Any, choices: Any) -> None:
     """Raise ``ValueError("{name} must be one of {choices}, got ...")``, with
     :func:`did_you_mean`'s hint (``'Small'``: did you mean ``'small'``?), unless ``value`` is

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from gdjax._checks import check_finite, check_positive_int, is_int
+from gdjax._checks import check_finite, check_flag, check_positive_int, is_int
 
 __all__ = [
     "AlexNetEval",
@@ -263,8 +263,8 @@ def _check_transform(t: Any) -> None:
             check_finite(f"{name}: pca_std", value)
         elif field.name == "scale":
             check_finite(f"{name}: scale", value, strict=True)
-        elif field.type in (bool, "bool") and not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name}: {field.name} must be True or False, got {value!r}")
+        elif field.type in (bool, "bool"):
+            check_flag(f"{name}: {field.name}", value)
     if not isinstance(t.stats, DatasetStats):
         raise TypeError(
             f"{name}: stats must be a DatasetStats (gdjax.data.compute_stats), got "

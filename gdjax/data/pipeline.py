@@ -28,7 +28,7 @@ import grain
 import jax
 import numpy as np
 
-from gdjax._checks import is_int
+from gdjax._checks import check_flag, is_int
 
 __all__ = ["example_rng", "make_loader", "split_for_devices"]
 
@@ -188,9 +188,8 @@ def make_loader(
         )
     if worker_count < 0:
         raise ValueError(f"worker_count must be >= 0, got {worker_count}")
-    for name, flag in (("shuffle", shuffle), ("drop_remainder", drop_remainder)):
-        if not isinstance(flag, (bool, np.bool_)):  # 'no' would be taken as True
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    check_flag("shuffle", shuffle)
+    check_flag("drop_remainder", drop_remainder)
     if not is_int(seed) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32 - 1], got {seed!r}")
     if transform is not None and not callable(transform):

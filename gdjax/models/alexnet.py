@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gdjax._checks import check_one_of, is_int
+from gdjax._checks import check_flag, check_one_of, is_int
 from gdjax.models.conv import CONV_IMPLS, conv_bias_relu, conv_general_dilated
 from gdjax.models.layers import adaptive_avg_pool, local_response_norm, max_pool, relu
 
@@ -274,10 +274,7 @@ def spatial_sizes(variant: str, size: int, overlapping_pool: bool = True) -> lis
     """The side of the feature map after each conv stage (after its pooling, if any); 0 where
     the input is too small for the stage."""
     check_one_of("spatial_sizes: variant", variant, sorted(VARIANTS))
-    if not isinstance(overlapping_pool, (bool, np.bool_)):  # "no" counted as overlapping
-        raise TypeError(
-            f"spatial_sizes: overlapping_pool must be True or False, got {overlapping_pool!r}"
-        )
+    check_flag("spatial_sizes: overlapping_pool", overlapping_pool)  # "no" was overlapping
     window, stride = _pool_shape(overlapping_pool)
     sizes = []
     for conv in VARIANTS[variant].convs:
@@ -493,10 +490,7 @@ class AlexNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if not isinstance(train, (bool, np.bool_)):  # train="no" ran dropout
-            raise TypeError(
-                f"AlexNet({self.variant!r}): train must be True or False, got {train!r}"
-            )
+        check_flag(f"AlexNet({self.variant!r}): train", train)  # train="no" ran dropout
         x = jnp.asarray(x)  # a nested list or a numpy array is an array too
         self._check(x)
         spec = VARIANTS[self.variant]

@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from gdjax._checks import check_flag
 from gdjax._extras import require
 
 __all__ = ["export", "portable"]
@@ -102,10 +103,7 @@ def export(
             "export: variables must be the model's variables, {'params': params, ...}; got a "
             f"mapping with keys {sorted(map(str, variables))[:4]} (pass {{'params': params}})"
         )
-    if not isinstance(polymorphic_batch, (bool, np.bool_)):  # "no" exported a symbolic batch
-        raise TypeError(
-            f"export: polymorphic_batch must be True or False, got {polymorphic_batch!r}"
-        )
+    check_flag("export: polymorphic_batch", polymorphic_batch)  # "no" exported a symbolic batch
     if precision is not None and precision not in _PRECISIONS:
         raise ValueError(
             f"export: precision must be None or one of {_PRECISIONS}, got {precision!r}"

@@ -57,7 +57,7 @@ import ml_collections
 import numpy as np
 
 from gdjax import data
-from gdjax._checks import is_int
+from gdjax._checks import check_flag, is_int
 from gdjax.configs.base import get_field
 from gdjax.models import AlexNet, _onednn, compiler_options, onednn_status
 from gdjax.train.checkpoint import Checkpointer, CheckpointMismatchError, NonFiniteStateError
@@ -66,6 +66,7 @@ from gdjax.train.metrics_writer import MetricsWriter, plot_curves
 from gdjax.train.parallel import Parallel
 from gdjax.train.recipe import (
     Plateau,
+    _updates,
     current_learning_rate,
     scale_learning_rate,
     shared_optimizer,
@@ -175,7 +176,7 @@ def _check_lengths(c: ml_collections.ConfigDict, steps_per_epoch: int, total_ste
         )
     # The schedule's boundaries are update counts, compared with the optimizer's int32 count:
     # a larger one stopped the first step with an OverflowError from inside jit.
-    per_epoch = max(1, steps_per_epoch // accumulate)
+    per_epoch, _ = _updates(c, steps_per_epoch, total_steps)  # the schedule's own count
     epochs = [("schedule.warmup_epochs", c.schedule.warmup_epochs)]
     if c.schedule.name == "step":
         epochs.append(("schedule.step_epochs", max(c.schedule.step_epochs, default=0)))
@@ -749,8 +750,7 @@ def train_and_evaluate(
     Raises :class:`WorkdirBusyError` when another run is training in ``workdir``.
     """
     wall_start = time.perf_counter()
-    if not isinstance(restart, (bool, np.bool_)):  # restart="no" moved a run's checkpoints aside
-        raise TypeError(f"train_and_evaluate: restart must be True or False, got {restart!r}")
+    check_flag("train_and_evaluate: restart", restart)  # "no" moved the checkpoints aside
     c = _config_dict(config)
     check_config(c, jax.process_count())
     workdir = _workdir(workdir)
