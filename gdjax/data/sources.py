@@ -28,6 +28,7 @@ import io
 import os
 import pathlib
 import pickle
+import re
 import tarfile
 import warnings
 from collections.abc import Sequence
@@ -487,11 +488,34 @@ def _resize_short_side_and_crop(im: Any, size: int) -> Any:
     return im
 
 
+def _cifar_kind(path: pathlib.Path) -> int | None:
+    """10 or 100 where ``path`` is a CIFAR python release (its ``.tar.gz`` by name, its
+    extracted folder or the folder holding that), else ``None``: what ``folder:`` suggests
+    instead of a folder layout the path was never meant to have."""
+    if path.is_file():  # cifar-10-python.tar.gz, cifar-100-python.tar.gz
+        named = re.match(r"cifar-?(100|10)(?!\d)", path.name.lower())
+        return int(named.group(1)) if named else None
+    for n, lay in _CIFAR.items():
+        for candidate in (path, path / lay["folder"]):
+            if all((candidate / f).is_file() for f in (*lay["train"], lay["meta"])):
+                return n
+    return None
+
+
+def _not_a_folder(path: pathlib.Path) -> str:
+    """Why ``folder:path`` cannot be read, where ``path`` is no folder."""
+    if not path.exists():
+        return f"folder:{path}: no such folder"
+    cifar = _cifar_kind(path)
+    hint = f" (a CIFAR archive: load it with cifar{cifar}:{path})" if cifar else ""
+    return f"folder:{path}: not a folder{hint}"
+
+
 def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> FolderSource:
     """``path/<split>/<class>/<image>``; ``split="test"`` reads ``val`` when there is no test."""
     root = pathlib.Path(path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"folder:{root}: no such folder")
+        raise FileNotFoundError(_not_a_folder(root))
     sub = root / split
     if not sub.is_dir() and split == "test" and (root / "val").is_dir():
         sub = root / "val"
@@ -505,6 +529,9 @@ def folder(path: str | os.PathLike, split: str = "train", **kwargs: Any) -> Fold
             else ""
         )
         other = next((o for o in ("val", "test") if o != split and o in present), None)
+        cifar = _cifar_kind(root)
+        if cifar:  # the python release, extracted: its batches are files, not class folders
+            hint = f" (it holds CIFAR-{cifar}'s python batches: load it with cifar{cifar}:{root})"
         if not hint and split != "train" and other:
             hint = f" (it has '{other}': evaluate on that, --config.eval_split={other})"
         raise FileNotFoundError(
@@ -612,15 +639,10 @@ def check_spec(spec: str) -> None:
             what = "a folder" if kind == "folder" else "the python-pickle tarball or its folder"
             raise ValueError(f"dataset spec {spec!r} needs a path: {kind}:PATH ({what})")
         path = pathlib.Path(arg).expanduser()
-        if kind == "folder" and not path.exists():
-            raise FileNotFoundError(f"folder:{path}: no such folder")
+        if kind == "folder" and not path.is_dir():
+            raise FileNotFoundError(_not_a_folder(path))
         if not path.exists():
             raise FileNotFoundError(f"{kind}:{path}: no such file or folder")
-        if kind == "folder" and not path.is_dir():
-            name = path.name.lower()  # cifar-10-python.tar.gz, cifar-100-python.tar.gz
-            archive = "cifar100" if name.startswith("cifar-100") else "cifar10"
-            hint = f" (a CIFAR archive? {archive}:{path})" if name.startswith("cifar-") else ""
-            raise FileNotFoundError(f"folder:{path}: not a folder{hint}")
     if kind == "tfds" and not arg:
         raise ValueError(f"{spec!r}: give the TFDS dataset name, tfds:NAME")
 

@@ -125,6 +125,24 @@ def test_the_other_cifar_is_named_with_the_spec_that_reads_it(tmp_path, num_clas
     assert len(data.load(f"cifar{num_classes}:{path}", "test")) > 0  # the spec it advises
 
 
+@pytest.mark.parametrize("form", ["tarball", "folder", "parent"])
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_folder_given_a_cifar_release_names_the_spec_that_reads_it(tmp_path, num_classes, form):
+    """folder: at an extracted CIFAR folder said only "no 'train' sub-folder (found none)",
+    and at the archive "no such folder"."""
+    tarball, folder, _ = write_cifar(tmp_path, num_classes)
+    path = {"tarball": tarball, "folder": folder, "parent": tmp_path}[form]
+    with pytest.raises(FileNotFoundError, match=rf"load it with cifar{num_classes}:") as caught:
+        data.load(f"folder:{path}")
+    spec = str(caught.value).rsplit("load it with ", 1)[1].rstrip(")")
+    assert spec == f"cifar{num_classes}:{path}"
+    assert len(data.load(spec, "train")) > 0  # the spec it advises reads the release
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(FileNotFoundError) as caught:
+        data.load(f"folder:{tmp_path / 'plain'}")
+    assert "load it with" not in str(caught.value)  # no hint where nothing looks like CIFAR
+
+
 def test_cifar_folder_lacking_batches(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
     with pytest.raises(FileNotFoundError, match="lacks"):
@@ -271,7 +289,7 @@ def test_folder_errors(tmp_path, image_root):
         with pytest.raises(FileNotFoundError) as err:  # the archive given to folder:
             data.load(f"folder:{tmp_path / archive}")
         assert str(err.value).endswith(
-            f"not a folder (a CIFAR archive? {spec}:{tmp_path / archive})"
+            f"not a folder (a CIFAR archive: load it with {spec}:{tmp_path / archive})"
         )
     with pytest.raises(FileNotFoundError, match="no 'train' sub-folder") as err:
         data.load(f"folder:{image_root / 'val'}", "train")
