@@ -113,7 +113,7 @@ def main(argv=None):
                                 jax.device_get(state.params[k]["kernel"]), pretrained[k]["kernel"]
                             )
                 metrics = evaluate(par, state, target_test, data.SmallEval(stats), 500)
-                accs[name].append(1.0 - metrics["error"])
+                accs[name].append(metrics["accuracy"])
         for name in accs:
             results[name][str(size)] = mean_std(accs[name])
         print(size, {k: results[k][str(size)]["mean"] for k in accs}, flush=True)

@@ -66,7 +66,9 @@ def evaluate(
     batch_size: int,
     split: str = "test",
 ) -> dict[str, float]:
-    """Mean loss, error and top-5 error over a whole split.
+    """Mean loss, error and top-5 error over a whole split, and the accuracy: the fraction of
+    examples scored right, ``(count - wrong) / count`` (not ``1 - error``, whose rounding gave
+    0.09999999999999998 for 1 in 10).
 
     Examples a source could not read (an unreadable image in a folder) are left out and
     counted: ``skipped`` in the result, and one warning per pass naming ``split``. A split
@@ -87,6 +89,7 @@ def evaluate(
             f"evaluate on ({getattr(source, 'name', type(source).__name__)})"
         )
     result = {k: v / count for k, v in totals.items()}
+    result["accuracy"] = (count - totals["error"]) / count
     if skipped:
         warnings.warn(
             f"{split} split: {skipped} unreadable example(s) left out of the evaluation",

@@ -879,7 +879,6 @@ def _train(
         evaluator(state, step)
     result = {
         **evaluator.last,
-        "accuracy": 1.0 - evaluator.last["error"],
         "steps": step,
         "steps_this_run": step - first_step,
         "epochs": step / run.steps_per_epoch,
@@ -936,7 +935,6 @@ def evaluate_checkpoint(
     )
     return {
         **result,
-        "accuracy": 1.0 - result["error"],
         "step": int(restored[0].step),
         "split": c.eval_split,
         "examples": len(run.test_src) - int(result.get("skipped", 0)),

@@ -75,3 +75,31 @@ def test_unreadable_examples_are_left_out_counted_and_never_score_a_split_alone(
     assert got == pytest.approx(want, rel=1e-6)
     with pytest.raises(ValueError, match=r"val split: none of its 12 examples could be read"):
         evaluate(parallel, state, _Unreadable(source, range(12)), transform, 4, split="val")
+
+
+def test_accuracy_is_the_fraction_right_not_one_minus_the_error():
+    """With 1 of 10 examples right the accuracy was ``1 - 0.9``, 0.09999999999999998 (the
+    command printed it rounded, ``gdjax eval``'s JSON did not); it is ``right / count``."""
+    import jax.numpy as jnp
+
+    from gdjax import data, sgd
+    from gdjax.models import AlexNet
+    from gdjax.train import Parallel, TrainState, evaluate
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 16, 16, 1), dtype=np.uint8)
+    model = AlexNet(variant="small", num_classes=3, in_channels=1)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+    state = TrainState.create(
+        apply_fn=model.apply, variables=variables, tx=sgd(0.1), rng=jax.random.key(1)
+    )
+    probe = ArraySource(images, np.zeros(10, np.int64), ["a", "b", "c"], "toy")
+    transform = data.SmallEval(data.compute_stats(probe))
+    x = np.stack([transform(probe[i], None)["image"] for i in range(10)])
+    predicted = np.asarray(model.apply(variables, x, train=False)).argmax(-1)
+    labels = (predicted + 1) % 3  # every example wrong ...
+    labels[0] = predicted[0]  # ... but the first
+    source = ArraySource(images, labels, ["a", "b", "c"], "toy")
+    result = evaluate(Parallel("none"), state, source, transform, batch_size=4)
+    assert result["error"] == pytest.approx(0.9)
+    assert result["accuracy"] == 0.1  # exactly: 1 - 0.9 is 0.09999999999999998
