@@ -221,6 +221,8 @@ def _parse_value(field: str, text: str, current: object) -> object:
         hint = f"like {current!r}" if current is not None else "or none (unset)"
         if kind is bool:
             hint = f"true or false{' or none (unset)' if field in nullable_fields() else ''}"
+        if field == "batch_size" and text.strip().lower() == "full":  # make_loader's word
+            hint += "; for batch GD, give the number of training examples"
         raise UsageError(f"--config.{field}={text}: expected {kind.__name__}, {hint}") from None
 
 

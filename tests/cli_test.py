@@ -77,6 +77,10 @@ def test_help_lists_flags_and_every_field_with_its_meaning(capsys):
         (["train", "--config=defualt"], "nor a file (did you mean --config=default?)"),
         (["train", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
         (["train", "--config.seed=abc"], "--config.seed=abc: expected int, like 0"),
+        (  # make_loader takes batch_size="full"; the config's field is the number itself
+            ["train", "--config.batch_size=full"],
+            "expected int, like 64; for batch GD, give the number of training examples",
+        ),
         (["train", "--config.num_steps=1.5"], "--config.num_steps=1.5: expected int, like 0"),
         (["train", "--config.num_steps=1e400"], "--config.num_steps=1e400: expected int, like"),
         (["train", "--config.optimizer.name=lbfgs"], "config.optimizer.name must be one of"),

@@ -172,7 +172,11 @@ def make_loader(
     if batch_size == "full":
         batch_size = n
     if not is_int(batch_size):
-        raise ValueError(f"batch_size must be a positive int or 'full', got {batch_size!r}")
+        near = isinstance(batch_size, str) and batch_size.strip().lower() == "full"
+        raise ValueError(
+            f"batch_size must be a positive int or 'full', got {batch_size!r}"
+            + (" (did you mean 'full'?)" if near else "")
+        )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or 'full', got {batch_size}")
     if batch_size % process_count:

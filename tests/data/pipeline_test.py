@@ -164,7 +164,9 @@ def test_batch_not_divisible_by_processes_is_an_error():
     "kwargs, message",
     [
         ({"batch_size": 0}, "batch_size must be >= 1"),
-        ({"batch_size": "all"}, "batch_size must be a positive int or 'full'"),
+        ({"batch_size": "all"}, r"batch_size must be a positive int or 'full', got 'all'$"),
+        ({"batch_size": "Full"}, r"got 'Full' \(did you mean 'full'\?\)"),
+        ({"batch_size": " full"}, r"got ' full' \(did you mean 'full'\?\)"),
         ({"batch_size": 50}, "exceeds the 20 examples"),
         ({"batch_size": 4, "num_epochs": 0}, "num_epochs must be"),
         ({"batch_size": 4, "worker_count": -1}, "worker_count must be >= 0"),
