@@ -445,6 +445,8 @@ def _run(command: str, args: list[str], start: float) -> int:
     ):
         from gdjax.train import initialize_distributed
 
+        if config.parallel == "pmap":
+            _no_persistent_cache()
         initialize_distributed(
             flags.get("coordinator_address"),
             _integer_flag(flags, "num_processes"),
@@ -621,6 +623,16 @@ def _xla_cache_setting() -> str | None:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(folder)
     os.environ.setdefault(MIN_COMPILE_TIME_VARIABLE, "0")
     return str(folder)
+
+
+def _no_persistent_cache() -> None:
+    """Compile every program of this process afresh, whatever cache ``$JAX_COMPILATION_CACHE_DIR``
+    or :func:`_xla_cache_setting` named: a pmap run of several processes that read its steps
+    from the cache hung for ever in its first step's all-reduce (jax 0.12.1, Gloo on the CPU;
+    reproduced in 5 of 5 runs, none with the cache off, 2026-12-07). Before anything compiles."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
 
 
 def _jaxlib_loads_cached_programs_quietly() -> bool:

@@ -455,22 +455,27 @@ def test_the_readme_commands_run(command, readme_data, tmp_path, capsys, monkeyp
 
 
 def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, monkeypatch):
-    """`gdjax` = `gdjax train` on the embedded MNIST subset, capped at 60 steps here; `gdjax
-    eval` reads the run's config and applies overrides on top of it."""
+    """`gdjax` = `gdjax train` on the embedded MNIST subset, capped at 100 steps here; `gdjax
+    eval` reads the run's config and applies overrides on top of it.
+
+    100 steps, not 60: at 60 the default recipe is taking off, and where it stands depends on
+    rounding. With jax 0.12.1 (Python 3.12), seeds 0, 1, 2 scored 0.37, 0.46 and 0.88 at 60
+    steps (0.80, 0.79, 0.88 with jax 0.10.2), and 0.77-0.91 over four seeds at 100 (2026-12-07)."""
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["gdjax", "--config.max_steps=60", "--config.progress=False"]) == 0
+    steps = 100
+    assert cli.main(["gdjax", f"--config.max_steps={steps}", "--config.progress=False"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"\d+ img/s in training; test accuracy .*, top-5 error .*; \d+ s in all", out)
     assert re.search(r"test loss [\d.]+  error [\d.]+  top-5 [\d.]+", out)  # 10 classes
     if onednn_status()[0]:  # the kernels run: nothing to say about them
         assert "run on XLA, not oneDNN" not in out
     result = json.loads((tmp_path / "runs" / "default" / "result.json").read_text())
-    assert result["steps"] == 60 and result["skipped_nonfinite_steps"] == 0
-    assert result["accuracy"] > 0.5, "60 steps of the default recipe must be far above chance"
+    assert result["steps"] == steps and result["skipped_nonfinite_steps"] == 0
+    assert result["accuracy"] > 0.5, f"{steps} steps of the default recipe must be far above chance"
     assert cli.main(["gdjax", "eval", "--workdir=runs/default"]) == 0
     out = capsys.readouterr().out
     evaluated = json.loads(out[out.index("{") :])
-    assert evaluated["step"] == 60
+    assert evaluated["step"] == steps
     assert evaluated["split"] == "test" and evaluated["examples"] == 1000  # mnist5k: 4000 + 1000
     # The same weights, the same test set: the same numbers. (jaxlib 0.8.0 and 0.8.1 gave 0.885
     # in training and 0.906 here: their evaluation program, run once at step 62, returned wrong
@@ -486,14 +491,14 @@ def test_no_argument_run_in_smoke_mode_learns_and_eval_agrees(tmp_path, capsys, 
     assert cli.main(["gdjax", "eval", "--workdir=runs/default", "--config.model.activation=tanh"])
     err = capsys.readouterr().err
     assert "another network (changed: model.activation: 'relu' -> 'tanh')" in err
-    # --step picks one of the checkpoints the workdir keeps (here only the last, step 60)
-    assert cli.main(["gdjax", "eval", "--workdir=runs/default", "--step=60"]) == 0
+    # --step picks one of the checkpoints the workdir keeps (here only the last)
+    assert cli.main(["gdjax", "eval", "--workdir=runs/default", f"--step={steps}"]) == 0
     out = capsys.readouterr().out
     chosen = json.loads(out[out.index("{") :])
-    assert chosen["step"] == 60 and chosen["loss"] == pytest.approx(result["loss"])
+    assert chosen["step"] == steps and chosen["loss"] == pytest.approx(result["loss"])
     for step, message in [
         ("30", f"no checkpoint of step 30 in {tmp_path / 'runs' / 'default' / 'checkpoints'} "
-               "(it keeps steps: 60)"),
+               f"(it keeps steps: {steps})"),
         ("latest", "--step must be a checkpoint's step, an integer >= 0, got 'latest'"),
         ("-5", "--step must be a checkpoint's step, an integer >= 0, got '-5'"),
     ]:  # fmt: skip
@@ -742,3 +747,28 @@ def test_a_bad_value_of_the_commands_variables_is_one_line_with_status_2(
         cli.entry_point()
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == f"gdjax: {variable}={value!r}: expected {expected}"
+
+
+@pytest.mark.parametrize("parallel, cached", [("pmap", False), ("sharded", True)])
+def test_a_multi_host_pmap_run_compiles_without_the_persistent_cache(monkeypatch, parallel, cached):
+    """Two pmap processes that read their steps from JAX's persistent cache hung in the first
+    step's all-reduce (jax 0.12.1; topology_test's pmap resume timed out): such a run compiles
+    afresh. Other runs keep the cache."""
+    import jax
+
+    import gdjax.train
+
+    seen = []
+
+    def record(*args):
+        seen.append(jax.config.jax_enable_compilation_cache)
+        raise KeyboardInterrupt  # stop before any process group or data
+
+    monkeypatch.setattr(gdjax.train, "initialize_distributed", record)
+    jax.config.update("jax_enable_compilation_cache", True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli._run("train", ["--distributed", f"--config.parallel={parallel}"], 0.0)
+        assert seen == [cached]
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
