@@ -645,6 +645,12 @@ def _jaxlib_loads_cached_programs_quietly() -> bool:
 
 
 _PARKED: list[object] = []  # grain's deleter pool, once _unlink_shared_batches took it away
+# Where grain keeps its shared-memory batches: under ``ipc`` since grain 0.2.16, beside it in
+# 0.2.15 (the oldest grain gdjax supports).
+_GRAIN_SHARED_MEMORY = (
+    "grain._src.python.ipc.shared_memory_array",
+    "grain._src.python.shared_memory_array",
+)
 
 
 def _unlink_shared_batches() -> None:
@@ -653,7 +659,7 @@ def _unlink_shared_batches() -> None:
     pool, which skipping the interpreter's teardown cut short; multiprocessing's resource
     tracker then cleaned up after us and printed "There appear to be 52 leaked shared_memory
     objects" (50: the pool's backlog). Does nothing where grain's loader never ran."""
-    module = sys.modules.get("grain._src.python.ipc.shared_memory_array")
+    module = next((sys.modules[m] for m in _GRAIN_SHARED_MEMORY if m in sys.modules), None)
     if module is None:
         return
     import gc

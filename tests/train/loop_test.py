@@ -962,7 +962,7 @@ def test_a_truncated_newest_checkpoint_costs_the_command_two_lines(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "gdjax.cli", "train", f"--workdir={tmp_path}",
          *(f"--config.{k}={v}" for k, v in flags.items())],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        env={**FOR_A_WHOLE_STDERR, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stderr.splitlines()
@@ -1249,7 +1249,10 @@ SHARED_BATCHES = """
 import gc
 import os
 import numpy as np
-from grain._src.python.ipc import shared_memory_array as shm
+try:
+    from grain._src.python.ipc import shared_memory_array as shm
+except ImportError:  # grain 0.2.15 keeps it outside ipc
+    from grain._src.python import shared_memory_array as shm
 from gdjax import cli
 
 # As the main process holds them: batches a worker handed over, unlinked when dropped, by a
@@ -1258,7 +1261,19 @@ shm.SharedMemoryArray.enable_async_del(1)
 # A collection at every allocation, in every thread: the interleavings of a loaded machine, where
 # grain's thread and ours closing at once left an unlink undone (1 to 3 left, 6 runs in 40 here).
 gc.set_threshold(1)
-batches = [shm.open_from_shm(shm.copy_to_shm(np.ones(4096))) for _ in range(60)]
+
+
+def handed_over():  # as a worker writes a batch and the main process opens it (grain's steps)
+    made = shm.SharedMemoryArray((4096,), np.float64)
+    made[:] = 1.0
+    metadata = made.metadata
+    del made  # the worker's handle: closed, not unlinked
+    batch = shm.SharedMemoryArray.from_metadata(metadata)
+    batch.unlink_on_del()  # the main process unlinks it when it drops it
+    return batch
+
+
+batches = [handed_over() for _ in range(60)]
 names = ["/dev/shm/" + b.shm.name.lstrip("/") for b in batches]
 assert all(os.path.exists(n) for n in names)
 held = [batches]
