@@ -6,6 +6,8 @@ about 0.5 s each on a 2-core CPU); a test's input needs no JAX program to be ran
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,3 +60,10 @@ def assert_equal(actual, desired) -> None:
     if same_dtype and bool(jnp.array_equal(actual, desired)):
         return
     np.testing.assert_array_equal(np.asarray(actual), np.asarray(desired))
+
+
+def onednn_calls(module_text: str) -> set[str]:
+    """The gdjax (oneDNN) custom-call targets a StableHLO module's text calls. Read off the
+    calls, not the whole text: an exported module's locations name Python functions, and a
+    trace cached by an earlier test can name one of ours (``_gdjax_case``)."""
+    return {t for t in re.findall(r"custom_call @([\w.]+)", module_text) if t.startswith("gdjax_")}
