@@ -765,10 +765,11 @@ def test_a_multi_host_pmap_run_compiles_without_the_persistent_cache(monkeypatch
         raise KeyboardInterrupt  # stop before any process group or data
 
     monkeypatch.setattr(gdjax.train, "initialize_distributed", record)
+    previous = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", True)
     try:
         with pytest.raises(KeyboardInterrupt):
             cli._run("train", ["--distributed", f"--config.parallel={parallel}"], 0.0)
         assert seen == [cached]
     finally:
-        jax.config.update("jax_enable_compilation_cache", True)
+        jax.config.update("jax_enable_compilation_cache", previous)

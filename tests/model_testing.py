@@ -65,5 +65,7 @@ def assert_equal(actual, desired) -> None:
 def onednn_calls(module_text: str) -> set[str]:
     """The gdjax (oneDNN) custom-call targets a StableHLO module's text calls. Read off the
     calls, not the whole text: an exported module's locations name Python functions, and a
-    trace cached by an earlier test can name one of ours (``_gdjax_case``)."""
-    return {t for t in re.findall(r"custom_call @([\w.]+)", module_text) if t.startswith("gdjax_")}
+    trace cached by an earlier test can name one of ours (``_gdjax_case``). Both of MLIR's
+    spellings count: ``custom_call @name`` and the generic ``call_target_name = "name"``."""
+    calls = re.findall(r'custom_call @([\w.]+)|call_target_name = "([\w.]+)"', module_text)
+    return {t for pair in calls for t in pair if t.startswith("gdjax_")}
